@@ -1,0 +1,211 @@
+//! NumPy files: `.npy` input tensors and `.npz` output archives (as `np.savez` writes them).
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Write};
+use std::path::Path;
+
+use convnextv2::Tensor;
+use npyz::{NpyFile, NpyHeader, Order, WriterBuilder};
+
+use crate::Error;
+
+fn npy_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Npy {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// An array read from a `.npy` / `.npz`, widened to f64 (exact for f32 and f64 files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+    /// The dtype in the file, numpy-style (`<f4`, `<f8`).
+    pub dtype: String,
+}
+
+/// Parses one `.npy` image held in memory; float32 and float64, C order.
+fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
+    let mut cursor = Cursor::new(bytes);
+    let header = NpyHeader::from_reader(&mut cursor)
+        .map_err(|e| npy_error(path, format!("not a .npy file: {e}")))?;
+    let start = cursor.position() as usize;
+    let npy = NpyFile::with_header(header, &bytes[start..]);
+    if npy.order() == Order::Fortran {
+        return Err(npy_error(
+            path,
+            "Fortran-order arrays are not supported; save a C-order array",
+        ));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let dtype = npy.dtype().descr();
+    let item = npy.dtype().num_bytes().unwrap_or(0);
+    // Check the data is all there before reading, so a lying header allocates nothing.
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| npy_error(path, format!("shape {shape:?} overflows")))?;
+    let available = bytes.len() - start;
+    if numel.saturating_mul(item) > available {
+        return Err(npy_error(
+            path,
+            format!(
+                "header promises {shape:?} of {dtype} ({} bytes) but the file holds {available}: truncated",
+                numel.saturating_mul(item)
+            ),
+        ));
+    }
+    let read_err = |e: std::io::Error| npy_error(path, e.to_string());
+    let data: Vec<f64> = match npy.try_data::<f32>() {
+        Ok(reader) => reader
+            .map(|v| v.map(f64::from))
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?,
+        Err(npy) => match npy.try_data::<f64>() {
+            Ok(reader) => reader.collect::<Result<_, _>>().map_err(read_err)?,
+            Err(_) => {
+                return Err(npy_error(
+                    path,
+                    format!("dtype {dtype} is not supported (expected float32 or float64)"),
+                ))
+            }
+        },
+    };
+    Ok(Array { shape, data, dtype })
+}
+
+/// Reads a `.npy` file (float32 or float64) as an f32 tensor.
+pub fn read_npy(path: &Path) -> Result<Tensor, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let a = parse_npy(&bytes, path)?;
+    let data = a.data.into_iter().map(|v| v as f32).collect();
+    Tensor::from_vec(&a.shape, data).map_err(|e| npy_error(path, e.to_string()))
+}
+
+/// Reads every array of a `.npz` archive (stored or deflated, float32 or float64).
+pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>, Error> {
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| npy_error(path, format!("not a .npz archive: {e}")))?;
+    let mut arrays = BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| npy_error(path, format!("archive entry {i}: {e}")))?;
+        let entry_name = entry
+            .name()
+            .map_err(|e| npy_error(path, format!("archive entry {i}: {e}")))?
+            .to_string();
+        let Some(name) = npyz::npz::array_name_from_file_name(&entry_name).map(str::to_string)
+        else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| npy_error(path, format!("{name}: {e}")))?;
+        let array = parse_npy(&bytes, &path.join(&name))?;
+        arrays.insert(name, array);
+    }
+    Ok(arrays)
+}
+
+/// Writes named f32 tensors as a `.npz` archive, atomically: the arrays go to a temporary
+/// file in the destination directory, renamed over `path` only once complete, so a failure
+/// leaves no file (and never a half-written one).
+pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let io_err = |source: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".cnx-")
+        .suffix(".npz.tmp")
+        .tempfile_in(dir)
+        .map_err(io_err)?;
+    {
+        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(tmp.as_file()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(true);
+        for (name, tensor) in arrays {
+            zip.start_file(npyz::npz::file_name_from_array_name(name), options)
+                .map_err(|e| io_err(std::io::Error::other(e)))?;
+            let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
+            let mut writer = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut zip)
+                .begin_nd()
+                .map_err(io_err)?;
+            writer
+                .extend(tensor.data().iter().copied())
+                .map_err(io_err)?;
+            writer.finish().map_err(io_err)?;
+        }
+        let mut inner = zip.finish().map_err(|e| io_err(std::io::Error::other(e)))?;
+        inner.flush().map_err(io_err)?;
+    }
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npz_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.npz");
+        let a = Tensor::from_vec(&[2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-8, 7.0]).unwrap();
+        let b = Tensor::from_vec(&[1], vec![42.0]).unwrap();
+        write_npz(&path, &[("a", &a), ("b", &b)]).unwrap();
+        let back = read_npz(&path).unwrap();
+        assert_eq!(back["a"].shape, vec![2, 3]);
+        assert_eq!(back["a"].dtype, "<f4");
+        let a64: Vec<f64> = a.data().iter().map(|&v| v as f64).collect();
+        assert_eq!(back["a"].data, a64);
+        assert_eq!(back["b"].data, vec![42.0]);
+        // Only the archive is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn truncated_npy_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("x.npy");
+        let t = Tensor::from_vec(&[1, 3, 2, 2], (0..12).map(|v| v as f32).collect()).unwrap();
+        write_npz(&dir.path().join("x.npz"), &[("x", &t)]).unwrap();
+        // Extract the .npy bytes from the archive and write them truncated.
+        let mut zip =
+            zip::ZipArchive::new(std::fs::File::open(dir.path().join("x.npz")).unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        zip.by_name("x.npy")
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        std::fs::write(&good, &bytes).unwrap();
+        assert_eq!(read_npy(&good).unwrap(), t);
+        std::fs::write(&good, &bytes[..bytes.len() - 5]).unwrap();
+        let err = read_npy(&good).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        std::fs::write(&good, b"not numpy").unwrap();
+        assert!(read_npy(&good)
+            .unwrap_err()
+            .to_string()
+            .contains("not a .npy"));
+    }
+}

@@ -1,0 +1,559 @@
+//! The IR: a petgraph `StableGraph` of typed ops, one node per Hugging Face module.
+//!
+//! Every node carries the HF module path it stands for (`convnextv2.encoder.stages.2.layers.5.
+//! pwconv1`), its output type and the HF names and shapes of its parameters. Edges carry the
+//! operand index. Types are per image: the batch size is chosen at run time.
+
+use std::fmt;
+
+use convnextv2::Activation;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+pub type NodeId = NodeIndex;
+
+/// How a value is laid out in memory, per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Channels, then rows, then columns (PyTorch's default for images).
+    Nchw,
+    /// Rows, columns, then channels ("channels last").
+    Nhwc,
+    /// A feature vector per image.
+    Features,
+}
+
+/// The type of a value, per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ValueType {
+    pub layout: Layout,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ValueType {
+    pub fn nchw(channels: usize, height: usize, width: usize) -> Self {
+        ValueType {
+            layout: Layout::Nchw,
+            channels,
+            height,
+            width,
+        }
+    }
+
+    pub fn nhwc(channels: usize, height: usize, width: usize) -> Self {
+        ValueType {
+            layout: Layout::Nhwc,
+            channels,
+            height,
+            width,
+        }
+    }
+
+    pub fn features(channels: usize) -> Self {
+        ValueType {
+            layout: Layout::Features,
+            channels,
+            height: 1,
+            width: 1,
+        }
+    }
+
+    /// Per-image dimensions in memory order.
+    pub fn dims(&self) -> Vec<usize> {
+        match self.layout {
+            Layout::Nchw => vec![self.channels, self.height, self.width],
+            Layout::Nhwc => vec![self.height, self.width, self.channels],
+            Layout::Features => vec![self.channels],
+        }
+    }
+
+    /// Spatial positions per image.
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Elements per image.
+    pub fn numel(&self) -> usize {
+        self.channels * self.pixels()
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (c, h, w) = (self.channels, self.height, self.width);
+        match self.layout {
+            Layout::Nchw => write!(f, "[N,{c},{h},{w}] NCHW"),
+            Layout::Nhwc => write!(f, "[N,{h},{w},{c}] NHWC"),
+            Layout::Features => write!(f, "[N,{c}]"),
+        }
+    }
+}
+
+/// Which axis a LayerNorm normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NormAxis {
+    /// The channel axis of an NCHW value (`ConvNextV2LayerNorm(data_format="channels_first")`).
+    ChannelsFirst,
+    /// The last axis of an NHWC or feature value (`nn.LayerNorm`).
+    ChannelsLast,
+}
+
+/// `nn.Conv2d` on NCHW values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub groups: usize,
+}
+
+/// A LayerNorm with affine parameters (`weight` = gamma, `bias` = beta).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNorm {
+    pub channels: usize,
+    pub eps: f64,
+    pub axis: NormAxis,
+}
+
+/// `nn.Linear` over the last axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Linear {
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// Permutations between the two image layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permute {
+    /// `x.permute(0, 2, 3, 1)`.
+    NchwToNhwc,
+    /// `x.permute(0, 3, 1, 2)`.
+    NhwcToNchw,
+}
+
+/// An operation. Parameters live on the node (see [`Node::params`]), named as HF names them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// The graph input, `pixel_values` (NCHW).
+    Input,
+    Conv2d(Conv2d),
+    LayerNorm(LayerNorm),
+    Linear(Linear),
+    Activation(Activation),
+    /// `ConvNextV2GRN` over an NHWC value: a whole-image reduction (every pixel of an image is
+    /// needed before any output pixel), then a per-channel affine map.
+    Grn {
+        channels: usize,
+    },
+    /// Elementwise sum of two values of the same type (the residual connection).
+    Add,
+    /// Mean over the spatial axes of an NCHW value, giving a feature vector.
+    GlobalAvgPool,
+    Permute(Permute),
+}
+
+impl Op {
+    /// Short name for listings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv2d(c) if c.groups == c.in_channels && c.groups > 1 => "DepthwiseConv2d",
+            Op::Conv2d(_) => "Conv2d",
+            Op::LayerNorm(_) => "LayerNorm",
+            Op::Linear(_) => "Linear",
+            Op::Activation(_) => "Activation",
+            Op::Grn { .. } => "GRN",
+            Op::Add => "Add",
+            Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::Permute(_) => "Permute",
+        }
+    }
+
+    /// Number of operands.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input => 0,
+            Op::Add => 2,
+            _ => 1,
+        }
+    }
+
+    /// The parameters the op needs: `(role, shape)`, in HF's shapes.
+    pub fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        match *self {
+            Op::Conv2d(c) => vec![
+                (
+                    "weight",
+                    vec![
+                        c.out_channels,
+                        c.in_channels / c.groups,
+                        c.kernel[0],
+                        c.kernel[1],
+                    ],
+                ),
+                ("bias", vec![c.out_channels]),
+            ],
+            Op::LayerNorm(ln) => vec![("weight", vec![ln.channels]), ("bias", vec![ln.channels])],
+            Op::Linear(l) => vec![
+                ("weight", vec![l.out_features, l.in_features]),
+                ("bias", vec![l.out_features]),
+            ],
+            Op::Grn { channels } => vec![
+                ("weight", vec![1, 1, 1, channels]),
+                ("bias", vec![1, 1, 1, channels]),
+            ],
+            _ => vec![],
+        }
+    }
+
+    /// Output type from operand types, or why the operands do not fit.
+    pub fn infer(&self, inputs: &[ValueType]) -> Result<ValueType, String> {
+        if inputs.len() != self.arity() {
+            return Err(format!(
+                "{} takes {} operand(s), got {}",
+                self.kind(),
+                self.arity(),
+                inputs.len()
+            ));
+        }
+        let expect_layout = |t: &ValueType, layouts: &[Layout]| {
+            if layouts.contains(&t.layout) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} expects {layouts:?} input, got {t}",
+                    self.kind()
+                ))
+            }
+        };
+        let expect_channels = |t: &ValueType, c: usize| {
+            if t.channels == c {
+                Ok(())
+            } else {
+                Err(format!("{} expects {c} channels, got {t}", self.kind()))
+            }
+        };
+        match *self {
+            Op::Input => Err("Input has no operands; its type is declared".into()),
+            Op::Conv2d(c) => {
+                let t = inputs[0];
+                expect_layout(&t, &[Layout::Nchw])?;
+                expect_channels(&t, c.in_channels)?;
+                if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0
+                {
+                    return Err(format!(
+                        "groups {} must divide the channel counts",
+                        c.groups
+                    ));
+                }
+                let out = |size: usize, k: usize, s: usize, p: usize, axis: &str| {
+                    if s == 0 || size + 2 * p < k {
+                        Err(format!(
+                            "input {axis} {size} is smaller than the {k}-wide kernel (padding {p})"
+                        ))
+                    } else {
+                        Ok((size + 2 * p - k) / s + 1)
+                    }
+                };
+                Ok(ValueType::nchw(
+                    c.out_channels,
+                    out(t.height, c.kernel[0], c.stride[0], c.padding[0], "height")?,
+                    out(t.width, c.kernel[1], c.stride[1], c.padding[1], "width")?,
+                ))
+            }
+            Op::LayerNorm(ln) => {
+                let t = inputs[0];
+                match ln.axis {
+                    NormAxis::ChannelsFirst => expect_layout(&t, &[Layout::Nchw])?,
+                    NormAxis::ChannelsLast => expect_layout(&t, &[Layout::Nhwc, Layout::Features])?,
+                }
+                expect_channels(&t, ln.channels)?;
+                Ok(t)
+            }
+            Op::Linear(l) => {
+                let t = inputs[0];
+                expect_layout(&t, &[Layout::Nhwc, Layout::Features])?;
+                expect_channels(&t, l.in_features)?;
+                Ok(ValueType {
+                    channels: l.out_features,
+                    ..t
+                })
+            }
+            Op::Activation(_) => Ok(inputs[0]),
+            Op::Grn { channels } => {
+                expect_layout(&inputs[0], &[Layout::Nhwc])?;
+                expect_channels(&inputs[0], channels)?;
+                Ok(inputs[0])
+            }
+            Op::Add => {
+                if inputs[0] != inputs[1] {
+                    return Err(format!("Add of {} and {}", inputs[0], inputs[1]));
+                }
+                Ok(inputs[0])
+            }
+            Op::GlobalAvgPool => {
+                expect_layout(&inputs[0], &[Layout::Nchw])?;
+                Ok(ValueType::features(inputs[0].channels))
+            }
+            Op::Permute(p) => {
+                let t = inputs[0];
+                match p {
+                    Permute::NchwToNhwc => {
+                        expect_layout(&t, &[Layout::Nchw])?;
+                        Ok(ValueType::nhwc(t.channels, t.height, t.width))
+                    }
+                    Permute::NhwcToNchw => {
+                        expect_layout(&t, &[Layout::Nhwc])?;
+                        Ok(ValueType::nchw(t.channels, t.height, t.width))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Multiply-accumulates per image, given the output type.
+    pub fn macs(&self, out: &ValueType) -> u64 {
+        match *self {
+            Op::Conv2d(c) => {
+                (out.numel() * (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]) as u64
+            }
+            Op::Linear(l) => (out.pixels() * l.in_features * l.out_features) as u64,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Conv2d(c) => write!(
+                f,
+                "{}({}->{}, k={}x{}, s={}, p={}, g={})",
+                self.kind(),
+                c.in_channels,
+                c.out_channels,
+                c.kernel[0],
+                c.kernel[1],
+                c.stride[0],
+                c.padding[0],
+                c.groups
+            ),
+            Op::LayerNorm(ln) => {
+                let axis = match ln.axis {
+                    NormAxis::ChannelsFirst => "channels_first",
+                    NormAxis::ChannelsLast => "channels_last",
+                };
+                write!(f, "LayerNorm({}, {axis}, eps={:e})", ln.channels, ln.eps)
+            }
+            Op::Linear(l) => write!(f, "Linear({}->{})", l.in_features, l.out_features),
+            Op::Activation(a) => write!(f, "Activation({a})"),
+            Op::Grn { channels } => write!(f, "GRN({channels})"),
+            Op::Permute(Permute::NchwToNhwc) => write!(f, "Permute(NCHW->NHWC)"),
+            Op::Permute(Permute::NhwcToNchw) => write!(f, "Permute(NHWC->NCHW)"),
+            _ => f.write_str(self.kind()),
+        }
+    }
+}
+
+/// A named parameter of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// `weight` or `bias`.
+    pub role: &'static str,
+    /// The Hugging Face tensor name, e.g. `convnextv2.embeddings.layernorm.weight`.
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl Param {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A node: one Hugging Face module (or one inline tensor operation of a `forward`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The HF module path, e.g. `convnextv2.encoder.stages.0.layers.1.dwconv`.
+    pub name: String,
+    pub op: Op,
+    /// Output type.
+    pub ty: ValueType,
+    pub params: Vec<Param>,
+}
+
+impl Node {
+    pub fn param(&self, role: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.role == role)
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(Param::numel).sum()
+    }
+}
+
+/// The names under which a graph exposes values, in the order HF returns them.
+pub mod outputs {
+    pub const LOGITS: &str = "logits";
+    pub const POOLER_OUTPUT: &str = "pooler_output";
+    pub const LAST_HIDDEN_STATE: &str = "last_hidden_state";
+
+    /// `hidden_states_<i>`: the embeddings output (`i = 0`) and each stage's output.
+    pub fn hidden_state(i: usize) -> String {
+        format!("hidden_states_{i}")
+    }
+}
+
+/// A model graph: nodes, operand edges (weight = operand index), the input and named outputs.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub(crate) g: StableDiGraph<Node, usize>,
+    pub(crate) input: NodeId,
+    pub(crate) outputs: Vec<(String, NodeId)>,
+}
+
+impl Graph {
+    /// A graph holding only its input, of type `input`.
+    pub fn new(input: ValueType) -> Graph {
+        let mut g = StableDiGraph::new();
+        let input = g.add_node(Node {
+            name: "pixel_values".into(),
+            op: Op::Input,
+            ty: input,
+            params: vec![],
+        });
+        Graph {
+            g,
+            input,
+            outputs: vec![],
+        }
+    }
+
+    /// Adds a node fed by `inputs` (operand order), inferring its type.
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: &[NodeId],
+        params: Vec<Param>,
+    ) -> Result<NodeId, String> {
+        let name = name.into();
+        let types: Vec<ValueType> = inputs.iter().map(|&i| self.g[i].ty).collect();
+        let ty = op.infer(&types).map_err(|e| format!("{name}: {e}"))?;
+        let id = self.g.add_node(Node {
+            name,
+            op,
+            ty,
+            params,
+        });
+        for (port, &src) in inputs.iter().enumerate() {
+            self.g.add_edge(src, id, port);
+        }
+        Ok(id)
+    }
+
+    /// Exposes `node` under `name` (replacing an output of that name).
+    pub fn set_output(&mut self, name: impl Into<String>, node: NodeId) {
+        let name = name.into();
+        match self.outputs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = node,
+            None => self.outputs.push((name, node)),
+        }
+    }
+
+    pub fn input(&self) -> NodeId {
+        self.input
+    }
+
+    pub fn input_type(&self) -> ValueType {
+        self.g[self.input].ty
+    }
+
+    /// Named outputs, in HF order.
+    pub fn outputs(&self) -> &[(String, NodeId)] {
+        &self.outputs
+    }
+
+    pub fn output(&self, name: &str) -> Option<NodeId> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, id)| id)
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.g[id]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.g[id]
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.g.node_count()
+    }
+
+    /// A node by HF module path.
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.g.node_indices().find(|&i| self.g[i].name == name)
+    }
+
+    /// Operands of `id`, in operand order.
+    pub fn inputs(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(usize, NodeId)> = self
+            .g
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        edges.sort_unstable();
+        edges.into_iter().map(|(_, src)| src).collect()
+    }
+
+    /// Nodes that read `id`.
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let mut users: Vec<NodeId> = self.g.neighbors_directed(id, Direction::Outgoing).collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
+    /// Nodes in an order where every operand comes before its users (ties by insertion
+    /// order, so the order is deterministic).
+    pub fn topo_order(&self) -> Result<Vec<NodeId>, String> {
+        petgraph::algo::toposort(&self.g, None).map_err(|cycle| {
+            format!(
+                "the graph has a cycle through `{}`",
+                self.g[cycle.node_id()].name
+            )
+        })
+    }
+
+    /// All parameters, in topological order.
+    pub fn params(&self) -> Vec<&Param> {
+        self.topo_order()
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|id| self.g[id].params.iter())
+            .collect()
+    }
+
+    /// Total parameter count.
+    pub fn num_params(&self) -> usize {
+        self.g.node_weights().map(Node::num_params).sum()
+    }
+
+    /// Total multiply-accumulates per image.
+    pub fn macs(&self) -> u64 {
+        self.g.node_weights().map(|n| n.op.macs(&n.ty)).sum()
+    }
+
+    /// The underlying petgraph graph (for rendering and analysis).
+    pub fn petgraph(&self) -> &StableDiGraph<Node, usize> {
+        &self.g
+    }
+}

@@ -1,0 +1,211 @@
+//! The `cnx` command. Library code returns typed errors; this is the only place that prints
+//! them. Exit codes: 0 success, 2 bad usage or input, 1 internal error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use cnx_compiler::backend::interp;
+use cnx_compiler::ir::outputs;
+use cnx_compiler::{io, listing, Error, LoadedModel, ModelSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "cnx",
+    version,
+    about = "Compile and run ConvNeXt V2 image classifiers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model on HF `pixel_values` (.npy) and write its outputs (.npz).
+    Run {
+        /// Preset (`tiny-1k-224`, `facebook/convnextv2-tiny-1k-224`), config.json, or model directory.
+        #[arg(long)]
+        model: String,
+        /// Checkpoint: model.safetensors, a sharded index.json, or a directory holding one.
+        /// Default: the one beside the model's config.json.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// float32 .npy of shape (batch, num_channels, H, W), exactly HF's pixel_values.
+        #[arg(long)]
+        input: PathBuf,
+        /// .npz to write: logits, pooler_output, last_hidden_state (+ hidden_states_*).
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write hidden_states_0 .. hidden_states_<num_stages> (NCHW, HF order).
+        #[arg(long)]
+        hidden_states: bool,
+        /// Worker threads (the reference interpreter runs on one).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+    },
+    /// Print a model's graph: one line per node (name, op, output, params, MACs) and totals.
+    Graph {
+        /// Preset, config.json, or model directory.
+        model: String,
+        /// Input size as H or HxW (default: the config's image_size).
+        #[arg(long)]
+        input_size: Option<String>,
+        /// Print Graphviz dot instead of the table.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Compare the arrays two .npz files share: max absolute and relative difference.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cnx: error: {e}");
+            ExitCode::from(if e.is_user_error() { 2 } else { 1 })
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Run {
+            model,
+            weights,
+            input,
+            output,
+            hidden_states,
+            threads: _,
+        } => run(&model, weights.as_deref(), &input, &output, hidden_states),
+        Command::Graph {
+            model,
+            input_size,
+            dot,
+        } => graph(&model, input_size.as_deref(), dot),
+        Command::Compare { a, b } => compare(&a, &b),
+    }
+}
+
+fn run(
+    model: &str,
+    weights: Option<&std::path::Path>,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    hidden_states: bool,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    let spec = ModelSpec::resolve(model)?;
+    let pixel_values = io::read_npy(input)?;
+    let shape = pixel_values.shape().to_vec();
+    let channels = spec.config.num_channels;
+    if shape.len() != 4 || shape[1] != channels || shape[0] == 0 {
+        return Err(Error::Npy {
+            path: input.display().to_string(),
+            reason: format!(
+                "pixel_values must have shape (batch >= 1, {channels}, height, width), found {shape:?}"
+            ),
+        });
+    }
+    let loaded = LoadedModel::load(spec, weights, (shape[2], shape[3]))?;
+    let loaded_at = start.elapsed();
+    let mut wanted: Vec<String> = [
+        outputs::LOGITS,
+        outputs::POOLER_OUTPUT,
+        outputs::LAST_HIDDEN_STATE,
+    ]
+    .map(String::from)
+    .to_vec();
+    if hidden_states {
+        wanted.extend((0..=loaded.spec.config.num_stages).map(outputs::hidden_state));
+    }
+    let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let values = interp::run(&loaded.graph, &loaded.weights, &pixel_values, &wanted_refs)?;
+    let ran_at = start.elapsed();
+    let arrays: Vec<(&str, &convnextv2::Tensor)> =
+        wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
+    io::write_npz(output, &arrays)?;
+    let logits = &values[outputs::LOGITS];
+    eprintln!(
+        "cnx: {} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms; wrote {}",
+        loaded.spec.name,
+        shape,
+        logits.shape(),
+        loaded_at.as_secs_f64() * 1e3,
+        (ran_at - loaded_at).as_secs_f64() * 1e3,
+        output.display()
+    );
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Option<(usize, usize)> {
+    let mut parts = s.split(['x', 'X']);
+    let h = parts.next()?.trim().parse().ok()?;
+    let w = match parts.next() {
+        Some(w) => w.trim().parse().ok()?,
+        None => h,
+    };
+    if parts.next().is_some() || h == 0 || w == 0 {
+        return None;
+    }
+    Some((h, w))
+}
+
+fn graph(model: &str, input_size: Option<&str>, dot: bool) -> Result<(), Error> {
+    let spec = ModelSpec::resolve(model)?;
+    let hw = match input_size {
+        Some(s) => parse_size(s).ok_or_else(|| {
+            Error::Usage(format!(
+                "--input-size `{s}`: expected H or HxW, e.g. 224 or 97x75"
+            ))
+        })?,
+        None => (spec.config.image_size, spec.config.image_size),
+    };
+    let graph = cnx_compiler::build_graph(&spec.config, hw)?;
+    cnx_compiler::verify::verify(&graph)?;
+    if dot {
+        print!("{}", listing::dot(&graph));
+    } else {
+        print!("{}", listing::node_table(&graph));
+    }
+    Ok(())
+}
+
+fn compare(a: &std::path::Path, b: &std::path::Path) -> Result<(), Error> {
+    let (xa, xb) = (io::read_npz(a)?, io::read_npz(b)?);
+    let mut shared = 0;
+    println!(
+        "{:<24} {:>14} {:>14} {:>12}",
+        "array", "max |a-b|", "max |b|", "relative"
+    );
+    for (name, va) in &xa {
+        let Some(vb) = xb.get(name) else { continue };
+        shared += 1;
+        if va.shape != vb.shape {
+            println!("{name:<24} shapes differ: {:?} vs {:?}", va.shape, vb.shape);
+            continue;
+        }
+        let diff = va
+            .data
+            .iter()
+            .zip(&vb.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        let scale = vb.data.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        println!(
+            "{name:<24} {diff:>14.3e} {scale:>14.3e} {:>12.3e}",
+            diff / scale.max(f64::MIN_POSITIVE)
+        );
+    }
+    if shared == 0 {
+        return Err(Error::Usage(format!(
+            "{} and {} share no array names",
+            a.display(),
+            b.display()
+        )));
+    }
+    Ok(())
+}

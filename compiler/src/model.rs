@@ -1,0 +1,154 @@
+//! Naming a model: a preset, a `config.json`, or a directory laid out as a hub snapshot; and
+//! loading it with its weights into a verified graph.
+
+use std::path::{Path, PathBuf};
+
+use convnextv2::weights::{SHARD_INDEX, SINGLE_FILE};
+use convnextv2::{NamingScheme, WeightStore};
+
+use crate::builder::{build_graph_with, BuildOptions};
+use crate::config::ConvNextV2Config;
+use crate::ir::Graph;
+use crate::{presets, verify, Error};
+
+/// A resolved model reference.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// How the user named it (preset name or path), for messages.
+    pub name: String,
+    pub config: ConvNextV2Config,
+    /// The directory holding `config.json`, where weights are looked for by default.
+    pub dir: Option<PathBuf>,
+    /// `preprocessor_config.json` text, when known.
+    pub preprocessor_json: Option<String>,
+}
+
+impl ModelSpec {
+    /// Resolves `model`: an existing directory (holding `config.json`), an existing
+    /// `config.json` file, or a preset (`tiny-1k-224`, `facebook/convnextv2-tiny-1k-224`).
+    pub fn resolve(model: &str) -> Result<ModelSpec, Error> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            let config_path = path.join("config.json");
+            if !config_path.is_file() {
+                return Err(Error::Io {
+                    path: config_path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the model directory has no config.json",
+                    ),
+                });
+            }
+            return Self::from_config_file(model, &config_path);
+        }
+        if path.is_file() {
+            return Self::from_config_file(model, path);
+        }
+        if let Some(preset) = presets::find(model) {
+            let config = ConvNextV2Config::from_json(preset.config_json).map_err(|source| {
+                Error::Config {
+                    path: preset.hub_id(),
+                    source,
+                }
+            })?;
+            return Ok(ModelSpec {
+                name: preset.hub_id(),
+                config,
+                dir: None,
+                preprocessor_json: Some(preset.preprocessor_json.to_string()),
+            });
+        }
+        let looks_like_path = model.ends_with(".json")
+            || model.starts_with('.')
+            || model.starts_with('/')
+            || (model.contains('/') && !model.starts_with("facebook/convnextv2-"));
+        if looks_like_path {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory",
+                ),
+            });
+        }
+        Err(Error::UnknownModel {
+            name: model.to_string(),
+            suggestions: presets::suggestions(model),
+        })
+    }
+
+    fn from_config_file(name: &str, config_path: &Path) -> Result<ModelSpec, Error> {
+        let config = ConvNextV2Config::from_file(config_path)?;
+        let dir = config_path.parent().map(Path::to_path_buf);
+        let preprocessor_json = dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("preprocessor_config.json")).ok());
+        Ok(ModelSpec {
+            name: name.to_string(),
+            config,
+            dir,
+            preprocessor_json,
+        })
+    }
+
+    /// The checkpoint beside `config.json` (`model.safetensors`, or a sharded index), if any.
+    pub fn default_weights(&self) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        [SINGLE_FILE, SHARD_INDEX]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+    }
+}
+
+/// A model ready to run: its config, the graph for one input size, and validated weights.
+pub struct LoadedModel {
+    pub spec: ModelSpec,
+    pub graph: Graph,
+    pub weights: WeightStore,
+}
+
+impl LoadedModel {
+    /// Opens the checkpoint (`weights`, else the one beside the config), builds the graph for
+    /// `input_hw`, and checks the checkpoint against it (all problems in one error).
+    pub fn load(
+        spec: ModelSpec,
+        weights: Option<&Path>,
+        input_hw: (usize, usize),
+    ) -> Result<Self, Error> {
+        let weights_path = match weights {
+            Some(p) => p.to_path_buf(),
+            None => spec.default_weights().ok_or_else(|| Error::NoWeights {
+                model: spec.name.clone(),
+            })?,
+        };
+        let store = WeightStore::open(&weights_path)?;
+        Self::with_weights(spec, store, input_hw)
+    }
+
+    /// As [`LoadedModel::load`], with an already opened checkpoint.
+    pub fn with_weights(
+        spec: ModelSpec,
+        store: WeightStore,
+        input_hw: (usize, usize),
+    ) -> Result<Self, Error> {
+        // A bare `ConvNextV2Model` checkpoint has no classifier: its logits are the pooled
+        // features, as `nn.Identity()` gives with zero labels.
+        let options = BuildOptions {
+            classifier: store.scheme() != NamingScheme::HuggingFaceBare,
+        };
+        let graph = build_graph_with(&spec.config, input_hw, options)?;
+        verify::verify(&graph)?;
+        store.validate(
+            graph
+                .params()
+                .into_iter()
+                .map(|p| (p.name.as_str(), p.shape.as_slice())),
+        )?;
+        Ok(LoadedModel {
+            spec,
+            graph,
+            weights: store,
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! Plain reference kernels: the oracle for every optimised kernel and backend.
+//!
+//! Each kernel mirrors the PyTorch operation it stands for, on explicit row-major layouts, with
+//! reductions accumulated in f64. Clarity first; the only concession to speed is the
+//! eight-lane dot product, which the compiler vectorises.
+
+use super::Activation;
+
+/// Geometry of a 2-D convolution over a batch of NCHW images (PyTorch `nn.Conv2d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
+    pub groups: usize,
+}
+
+impl Conv2dGeometry {
+    /// Output height: floor((H + 2p - k) / s) + 1, as PyTorch computes it.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad_h - self.kernel_h) / self.stride_h + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
+    }
+}
+
+/// `nn.Conv2d` on NCHW input. `weight` is `[out, in / groups, kh, kw]`, output NCHW.
+pub fn conv2d_nchw(
+    g: &Conv2dGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let in_per_group = g.in_channels / g.groups;
+    let out_per_group = g.out_channels / g.groups;
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_h * g.in_w);
+    assert_eq!(
+        weight.len(),
+        g.out_channels * in_per_group * g.kernel_h * g.kernel_w
+    );
+    assert_eq!(out.len(), g.batch * g.out_channels * oh * ow);
+    for n in 0..g.batch {
+        for oc in 0..g.out_channels {
+            let group = oc / out_per_group;
+            let w_oc = &weight[oc * in_per_group * g.kernel_h * g.kernel_w..];
+            for y in 0..oh {
+                for x in 0..ow {
+                    let mut acc = bias.map_or(0.0, |b| b[oc] as f64);
+                    for icg in 0..in_per_group {
+                        let ic = group * in_per_group + icg;
+                        let plane = &input[(n * g.in_channels + ic) * g.in_h * g.in_w..];
+                        for ky in 0..g.kernel_h {
+                            let iy = (y * g.stride_h + ky) as isize - g.pad_h as isize;
+                            if iy < 0 || iy >= g.in_h as isize {
+                                continue;
+                            }
+                            for kx in 0..g.kernel_w {
+                                let ix = (x * g.stride_w + kx) as isize - g.pad_w as isize;
+                                if ix < 0 || ix >= g.in_w as isize {
+                                    continue;
+                                }
+                                let wv = w_oc[(icg * g.kernel_h + ky) * g.kernel_w + kx];
+                                let xv = plane[iy as usize * g.in_w + ix as usize];
+                                acc += wv as f64 * xv as f64;
+                            }
+                        }
+                    }
+                    out[((n * g.out_channels + oc) * oh + y) * ow + x] = acc as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent f32 lanes (vectorisable), summed in f64 at the end.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut acc: f64 = lanes.iter().map(|&v| v as f64).sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        acc += *x as f64 * *y as f64;
+    }
+    acc
+}
+
+/// `nn.Linear` over the last axis: `x` is `[rows, in]`, `weight` `[out, in]`, output `[rows, out]`.
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    in_features: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out_features: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), rows * in_features);
+    assert_eq!(weight.len(), out_features * in_features);
+    assert_eq!(out.len(), rows * out_features);
+    for r in 0..rows {
+        let xr = &x[r * in_features..(r + 1) * in_features];
+        for o in 0..out_features {
+            let wo = &weight[o * in_features..(o + 1) * in_features];
+            let b = bias.map_or(0.0, |b| b[o] as f64);
+            out[r * out_features + o] = (dot(xr, wo) + b) as f32;
+        }
+    }
+}
+
+/// Mean and biased variance of `n` values read through `get`, in f64 (two passes).
+fn mean_var(n: usize, get: impl Fn(usize) -> f32) -> (f64, f64) {
+    let mean = (0..n).map(|i| get(i) as f64).sum::<f64>() / n as f64;
+    let var = (0..n)
+        .map(|i| {
+            let d = get(i) as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n as f64;
+    (mean, var)
+}
+
+/// LayerNorm over the last axis of `[rows, channels]` (`nn.LayerNorm`, `channels_last`):
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
+pub fn layer_norm_last_axis(
+    x: &[f32],
+    channels: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f64,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), out.len());
+    assert_eq!(x.len() % channels, 0);
+    for (xr, yr) in x.chunks_exact(channels).zip(out.chunks_exact_mut(channels)) {
+        let (mean, var) = mean_var(channels, |c| xr[c]);
+        let inv_std = 1.0 / (var + eps).sqrt();
+        for c in 0..channels {
+            let g = gamma.map_or(1.0, |g| g[c] as f64);
+            let b = beta.map_or(0.0, |b| b[c] as f64);
+            yr[c] = ((xr[c] as f64 - mean) * inv_std * g + b) as f32;
+        }
+    }
+}
+
+/// LayerNorm over the channel axis of NCHW (`ConvNextV2LayerNorm`, `channels_first`).
+pub fn layer_norm_channels_first(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    pixels: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f64,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), batch * channels * pixels);
+    assert_eq!(out.len(), x.len());
+    for n in 0..batch {
+        let base = n * channels * pixels;
+        for p in 0..pixels {
+            let at = |c: usize| base + c * pixels + p;
+            let (mean, var) = mean_var(channels, |c| x[at(c)]);
+            let inv_std = 1.0 / (var + eps).sqrt();
+            for c in 0..channels {
+                let g = gamma.map_or(1.0, |g| g[c] as f64);
+                let b = beta.map_or(0.0, |b| b[c] as f64);
+                out[at(c)] = ((x[at(c)] as f64 - mean) * inv_std * g + b) as f32;
+            }
+        }
+    }
+}
+
+/// Applies `act` elementwise, in place.
+pub fn activation(act: Activation, x: &mut [f32]) {
+    for v in x {
+        *v = act.apply_f64(*v as f64) as f32;
+    }
+}
+
+/// The epsilon of `ConvNextV2GRN` (fixed in the module, not in the config).
+pub const GRN_EPS: f64 = 1e-6;
+
+/// Global Response Normalisation (`ConvNextV2GRN`) on channels-last `[batch, pixels, channels]`:
+/// `G_c = ||x_c||_2` over pixels, `N_c = G_c / (mean_c G + 1e-6)`,
+/// `y = gamma * (x * N) + beta + x`.
+pub fn grn_channels_last(
+    x: &[f32],
+    batch: usize,
+    pixels: usize,
+    channels: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), batch * pixels * channels);
+    assert_eq!(out.len(), x.len());
+    let mut norm = vec![0f64; channels];
+    for n in 0..batch {
+        let xs = &x[n * pixels * channels..(n + 1) * pixels * channels];
+        norm.iter_mut().for_each(|v| *v = 0.0);
+        for row in xs.chunks_exact(channels) {
+            for (acc, &v) in norm.iter_mut().zip(row) {
+                *acc += v as f64 * v as f64;
+            }
+        }
+        norm.iter_mut().for_each(|v| *v = v.sqrt());
+        let mean = norm.iter().sum::<f64>() / channels as f64;
+        let scale: Vec<f64> = norm.iter().map(|g| g / (mean + GRN_EPS)).collect();
+        let ys = &mut out[n * pixels * channels..(n + 1) * pixels * channels];
+        for (row, yrow) in xs.chunks_exact(channels).zip(ys.chunks_exact_mut(channels)) {
+            for c in 0..channels {
+                let v = row[c] as f64;
+                yrow[c] = (gamma[c] as f64 * (v * scale[c]) + beta[c] as f64 + v) as f32;
+            }
+        }
+    }
+}
+
+/// Mean over the spatial axes of NCHW: `[batch, channels, pixels]` to `[batch, channels]`.
+pub fn global_avg_pool_nchw(x: &[f32], batch: usize, channels: usize, pixels: usize) -> Vec<f32> {
+    assert_eq!(x.len(), batch * channels * pixels);
+    x.chunks_exact(pixels)
+        .map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / pixels as f64) as f32)
+        .collect()
+}
+
+/// `[batch, a, b]` to `[batch, b, a]`: NCHW to NHWC with `a = C`, `b = H*W`, and back.
+pub fn transpose_inner(x: &[f32], batch: usize, a: usize, b: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), batch * a * b);
+    assert_eq!(out.len(), x.len());
+    for n in 0..batch {
+        let src = &x[n * a * b..(n + 1) * a * b];
+        let dst = &mut out[n * a * b..(n + 1) * a * b];
+        for i in 0..a {
+            for j in 0..b {
+                dst[j * a + i] = src[i * b + j];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv2d_matches_hand_computed_values() {
+        // 1x1x3x3 input, 2x2 kernel of ones, stride 1, no padding: sums of 2x2 windows.
+        let g = Conv2dGeometry {
+            batch: 1,
+            in_channels: 1,
+            in_h: 3,
+            in_w: 3,
+            out_channels: 1,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 0,
+            pad_w: 0,
+            groups: 1,
+        };
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut out = vec![0.0; 4];
+        conv2d_nchw(&g, &x, &[1.0; 4], Some(&[0.5]), &mut out);
+        assert_eq!(out, vec![12.5, 16.5, 24.5, 28.5]);
+    }
+
+    #[test]
+    fn conv2d_padding_and_groups() {
+        // Depthwise 3x3 with padding 1 on a 2-channel 2x2 image: centre tap only for channel 0,
+        // all-ones for channel 1 (so every output is the channel's total).
+        let g = Conv2dGeometry {
+            batch: 1,
+            in_channels: 2,
+            in_h: 2,
+            in_w: 2,
+            out_channels: 2,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 1,
+            pad_w: 1,
+            groups: 2,
+        };
+        let x = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0];
+        let mut w = vec![0.0; 18];
+        w[4] = 1.0;
+        w[9..18].iter_mut().for_each(|v| *v = 1.0);
+        let mut out = vec![0.0; 8];
+        conv2d_nchw(&g, &x, &w, None, &mut out);
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 100.0, 100.0, 100.0, 100.0]);
+    }
+
+    #[test]
+    fn layer_norm_layouts_agree() {
+        // The same numbers normalised channels-first (NCHW) and channels-last (NHWC).
+        let (c, p) = (5, 3);
+        let nchw: Vec<f32> = (0..c * p).map(|i| ((i * 7) % 11) as f32 - 3.0).collect();
+        let mut nhwc = vec![0.0; c * p];
+        transpose_inner(&nchw, 1, c, p, &mut nhwc);
+        let gamma: Vec<f32> = (0..c).map(|i| 1.0 + i as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..c).map(|i| i as f32 * -0.2).collect();
+        let mut a = vec![0.0; c * p];
+        let mut b = vec![0.0; c * p];
+        layer_norm_channels_first(&nchw, 1, c, p, Some(&gamma), Some(&beta), 1e-6, &mut a);
+        layer_norm_last_axis(&nhwc, c, Some(&gamma), Some(&beta), 1e-6, &mut b);
+        let mut a_nhwc = vec![0.0; c * p];
+        transpose_inner(&a, 1, c, p, &mut a_nhwc);
+        assert_eq!(a_nhwc, b);
+        // Each normalised row (before the affine part) has mean 0 and variance 1 - eps-ish.
+        let row: Vec<f64> = (0..c)
+            .map(|ch| ((b[ch] - beta[ch]) / gamma[ch]) as f64)
+            .collect();
+        let mean = row.iter().sum::<f64>() / c as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+        assert!(
+            mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5,
+            "{mean} {var}"
+        );
+    }
+
+    #[test]
+    fn grn_matches_its_definition() {
+        // One image, 2 pixels, 2 channels: G = (sqrt(1+9), sqrt(4+16)), N = G / mean(G).
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let (gamma, beta) = ([0.5, -1.0], [0.25, 0.0]);
+        let mut out = [0.0; 4];
+        grn_channels_last(&x, 1, 2, 2, &gamma, &beta, &mut out);
+        let g = [10f64.sqrt(), 20f64.sqrt()];
+        let m = (g[0] + g[1]) / 2.0;
+        for (i, &v) in x.iter().enumerate() {
+            let c = i % 2;
+            let n = g[c] / (m + 1e-6);
+            let want = gamma[c] * (v * n) + beta[c] + v;
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-6,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+    }
+
+    #[test]
+    fn linear_and_dot_handle_remainders() {
+        let k = 13; // not a multiple of the 8 lanes
+        let x: Vec<f32> = (0..2 * k).map(|i| i as f32 * 0.5).collect();
+        let w: Vec<f32> = (0..3 * k).map(|i| 1.0 - i as f32 * 0.01).collect();
+        let mut out = vec![0.0; 6];
+        linear(&x, 2, k, &w, Some(&[1.0, 2.0, 3.0]), 3, &mut out);
+        for r in 0..2 {
+            for o in 0..3 {
+                let want: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
+                    .sum::<f64>()
+                    + (o + 1) as f64;
+                assert!((out[r * 3 + o] as f64 - want).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn activations_match_known_values() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(
+            Activation::Gelu.apply_f64(1.0),
+            0.841_344_746_068_542_9
+        ));
+        assert!(close(
+            Activation::GeluTanh.apply_f64(1.0),
+            0.841_191_990_607_477_2
+        ));
+        assert!(close(Activation::Relu.apply_f64(-2.0), 0.0));
+        assert!(close(
+            Activation::Silu.apply_f64(1.0),
+            0.731_058_578_630_004_9
+        ));
+        assert!(close(
+            Activation::QuickGelu.apply_f64(1.0),
+            0.845_796_318_664_596_6
+        ));
+        assert!(close(Activation::Mish.apply_f64(1.0), 0.865_098_388_567_7));
+        assert_eq!(Activation::from_hf_name("swish"), Some(Activation::Silu));
+        assert_eq!(Activation::from_hf_name("gelu_foo"), None);
+    }
+}
