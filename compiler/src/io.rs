@@ -39,7 +39,10 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
         ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let dtype = npy.dtype().descr();
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ty) => ty.to_string(),
+        other => other.descr(),
+    };
     let item = npy.dtype().num_bytes().unwrap_or(0);
     // Check the data is all there before reading, so a lying header allocates nothing.
     let numel = shape
@@ -121,6 +124,47 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>, Error> {
 /// file in the destination directory, renamed over `path` only once complete, so a failure
 /// leaves no file (and never a half-written one).
 pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<(), Error> {
+    write_atomically(path, |file| {
+        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(true);
+        for (name, tensor) in arrays {
+            zip.start_file(npyz::npz::file_name_from_array_name(name), options)
+                .map_err(std::io::Error::other)?;
+            let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
+            let mut writer = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut zip)
+                .begin_nd()?;
+            writer.extend(tensor.data().iter().copied())?;
+            writer.finish()?;
+        }
+        zip.finish().map_err(std::io::Error::other)?.flush()
+    })
+}
+
+/// Writes an f32 tensor as a `.npy` file, atomically (see [`write_npz`]).
+pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<(), Error> {
+    write_atomically(path, |file| {
+        let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(std::io::BufWriter::new(file))
+            .begin_nd()?;
+        writer.extend(tensor.data().iter().copied())?;
+        writer.finish()
+    })
+}
+
+/// Runs `write` on a temporary file beside `path`, then renames it over `path`: a failure
+/// leaves neither a file nor a temporary behind.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
+) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -131,33 +175,18 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<(), Error> {
     };
     let tmp = tempfile::Builder::new()
         .prefix(".cnx-")
-        .suffix(".npz.tmp")
+        .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io_err)?;
-    {
-        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(tmp.as_file()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .large_file(true);
-        for (name, tensor) in arrays {
-            zip.start_file(npyz::npz::file_name_from_array_name(name), options)
-                .map_err(|e| io_err(std::io::Error::other(e)))?;
-            let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
-            let mut writer = npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(&mut zip)
-                .begin_nd()
-                .map_err(io_err)?;
-            writer
-                .extend(tensor.data().iter().copied())
-                .map_err(io_err)?;
-            writer.finish().map_err(io_err)?;
-        }
-        let mut inner = zip.finish().map_err(|e| io_err(std::io::Error::other(e)))?;
-        inner.flush().map_err(io_err)?;
-    }
+    write(tmp.as_file()).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
+    // Temporary files are created private (0600); the result is an ordinary output file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(perms).map_err(io_err)?;
+    }
     tmp.persist(path).map_err(|e| io_err(e.error))?;
     Ok(())
 }

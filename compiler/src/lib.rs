@@ -24,3 +24,4 @@ pub use config::ConvNextV2Config;
 pub use error::Error;
 pub use ir::Graph;
 pub use model::{LoadedModel, ModelSpec};
+pub mod random;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
 use cnx_compiler::ir::outputs;
-use cnx_compiler::{io, listing, Error, LoadedModel, ModelSpec};
+use cnx_compiler::{io, listing, random, Error, LoadedModel, ModelSpec};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +58,23 @@ enum Command {
     },
     /// Compare the arrays two .npz files share: max absolute and relative difference.
     Compare { a: PathBuf, b: PathBuf },
+    /// Write a random-weight model directory (config.json, model.safetensors, pixel_values.npy).
+    /// Every parameter is random, GRN and LayerNorm included.
+    RandomModel {
+        /// Preset, config.json, or model directory.
+        model: String,
+        /// Directory to write (created if missing).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Batch size of pixel_values.npy.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Input size as H or HxW (default: the config's image_size).
+        #[arg(long)]
+        input_size: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +104,13 @@ fn dispatch(command: Command) -> Result<(), Error> {
             dot,
         } => graph(&model, input_size.as_deref(), dot),
         Command::Compare { a, b } => compare(&a, &b),
+        Command::RandomModel {
+            model,
+            output,
+            seed,
+            batch,
+            input_size,
+        } => random_model(&model, &output, seed, batch as usize, input_size.as_deref()),
     }
 }
 
@@ -154,16 +178,56 @@ fn parse_size(s: &str) -> Option<(usize, usize)> {
     Some((h, w))
 }
 
-fn graph(model: &str, input_size: Option<&str>, dot: bool) -> Result<(), Error> {
-    let spec = ModelSpec::resolve(model)?;
-    let hw = match input_size {
+/// `--input-size`, or the config's `image_size` square.
+fn input_hw(spec: &ModelSpec, input_size: Option<&str>) -> Result<(usize, usize), Error> {
+    match input_size {
         Some(s) => parse_size(s).ok_or_else(|| {
             Error::Usage(format!(
                 "--input-size `{s}`: expected H or HxW, e.g. 224 or 97x75"
             ))
-        })?,
-        None => (spec.config.image_size, spec.config.image_size),
-    };
+        }),
+        None => Ok((spec.config.image_size, spec.config.image_size)),
+    }
+}
+
+fn random_model(
+    model: &str,
+    dir: &std::path::Path,
+    seed: u64,
+    batch: usize,
+    input_size: Option<&str>,
+) -> Result<(), Error> {
+    let spec = ModelSpec::resolve(model)?;
+    let hw = input_hw(&spec, input_size)?;
+    let graph = cnx_compiler::build_graph(&spec.config, hw)?;
+    let io_err = |path: PathBuf| move |source| Error::Io { path, source };
+    std::fs::create_dir_all(dir).map_err(io_err(dir.to_path_buf()))?;
+    let params = random::random_parameters(&graph, seed);
+    random::write_safetensors(&dir.join("model.safetensors"), &params)?;
+    io::write_npy(
+        &dir.join("pixel_values.npy"),
+        &random::random_pixel_values(&graph, batch, seed),
+    )?;
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, &spec.config_json).map_err(io_err(config_path.clone()))?;
+    if let Some(pre) = &spec.preprocessor_json {
+        let p = dir.join("preprocessor_config.json");
+        std::fs::write(&p, pre).map_err(io_err(p.clone()))?;
+    }
+    eprintln!(
+        "cnx: wrote {} ({} random parameters, pixel_values {batch}x{}x{}x{})",
+        dir.display(),
+        graph.num_params(),
+        spec.config.num_channels,
+        hw.0,
+        hw.1
+    );
+    Ok(())
+}
+
+fn graph(model: &str, input_size: Option<&str>, dot: bool) -> Result<(), Error> {
+    let spec = ModelSpec::resolve(model)?;
+    let hw = input_hw(&spec, input_size)?;
     let graph = cnx_compiler::build_graph(&spec.config, hw)?;
     cnx_compiler::verify::verify(&graph)?;
     if dot {

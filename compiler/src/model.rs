@@ -17,6 +17,8 @@ pub struct ModelSpec {
     /// How the user named it (preset name or path), for messages.
     pub name: String,
     pub config: ConvNextV2Config,
+    /// The `config.json` text the config was read from.
+    pub config_json: String,
     /// The directory holding `config.json`, where weights are looked for by default.
     pub dir: Option<PathBuf>,
     /// `preprocessor_config.json` text, when known.
@@ -54,6 +56,7 @@ impl ModelSpec {
             return Ok(ModelSpec {
                 name: preset.hub_id(),
                 config,
+                config_json: preset.config_json.to_string(),
                 dir: None,
                 preprocessor_json: Some(preset.preprocessor_json.to_string()),
             });
@@ -78,7 +81,14 @@ impl ModelSpec {
     }
 
     fn from_config_file(name: &str, config_path: &Path) -> Result<ModelSpec, Error> {
-        let config = ConvNextV2Config::from_file(config_path)?;
+        let config_json = std::fs::read_to_string(config_path).map_err(|source| Error::Io {
+            path: config_path.to_path_buf(),
+            source,
+        })?;
+        let config = ConvNextV2Config::from_json(&config_json).map_err(|source| Error::Config {
+            path: config_path.display().to_string(),
+            source,
+        })?;
         let dir = config_path.parent().map(Path::to_path_buf);
         let preprocessor_json = dir
             .as_ref()
@@ -86,6 +96,7 @@ impl ModelSpec {
         Ok(ModelSpec {
             name: name.to_string(),
             config,
+            config_json,
             dir,
             preprocessor_json,
         })

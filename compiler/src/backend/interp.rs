@@ -147,23 +147,24 @@ fn eval(
             );
         }
         Op::LayerNorm(ln) => {
-            let (gamma, beta) = (Some(param("weight")?), Some(param("bias")?));
+            let affine = Some(k::Affine {
+                gamma: param("weight")?,
+                beta: param("bias")?,
+            });
             match ln.axis {
                 NormAxis::ChannelsFirst => k::layer_norm_channels_first(
                     operands[0].data(),
                     batch,
                     ln.channels,
                     out_ty.pixels(),
-                    gamma,
-                    beta,
+                    affine,
                     ln.eps,
                     out.data_mut(),
                 ),
                 NormAxis::ChannelsLast => k::layer_norm_last_axis(
                     operands[0].data(),
                     ln.channels,
-                    gamma,
-                    beta,
+                    affine,
                     ln.eps,
                     out.data_mut(),
                 ),

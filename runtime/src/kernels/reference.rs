@@ -138,13 +138,29 @@ fn mean_var(n: usize, get: impl Fn(usize) -> f32) -> (f64, f64) {
     (mean, var)
 }
 
+/// The affine part of a LayerNorm: `y = x_hat * gamma + beta`.
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+}
+
+impl Affine<'_> {
+    fn apply(affine: Option<Affine<'_>>, c: usize, x_hat: f64) -> f64 {
+        match affine {
+            Some(a) => x_hat * a.gamma[c] as f64 + a.beta[c] as f64,
+            None => x_hat,
+        }
+    }
+}
+
 /// LayerNorm over the last axis of `[rows, channels]` (`nn.LayerNorm`, `channels_last`):
-/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, biased variance. Without `affine`, only
+/// the normalisation.
 pub fn layer_norm_last_axis(
     x: &[f32],
     channels: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
+    affine: Option<Affine<'_>>,
     eps: f64,
     out: &mut [f32],
 ) {
@@ -154,9 +170,7 @@ pub fn layer_norm_last_axis(
         let (mean, var) = mean_var(channels, |c| xr[c]);
         let inv_std = 1.0 / (var + eps).sqrt();
         for c in 0..channels {
-            let g = gamma.map_or(1.0, |g| g[c] as f64);
-            let b = beta.map_or(0.0, |b| b[c] as f64);
-            yr[c] = ((xr[c] as f64 - mean) * inv_std * g + b) as f32;
+            yr[c] = Affine::apply(affine, c, (xr[c] as f64 - mean) * inv_std) as f32;
         }
     }
 }
@@ -167,8 +181,7 @@ pub fn layer_norm_channels_first(
     batch: usize,
     channels: usize,
     pixels: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
+    affine: Option<Affine<'_>>,
     eps: f64,
     out: &mut [f32],
 ) {
@@ -181,9 +194,7 @@ pub fn layer_norm_channels_first(
             let (mean, var) = mean_var(channels, |c| x[at(c)]);
             let inv_std = 1.0 / (var + eps).sqrt();
             for c in 0..channels {
-                let g = gamma.map_or(1.0, |g| g[c] as f64);
-                let b = beta.map_or(0.0, |b| b[c] as f64);
-                out[at(c)] = ((x[at(c)] as f64 - mean) * inv_std * g + b) as f32;
+                out[at(c)] = Affine::apply(affine, c, (x[at(c)] as f64 - mean) * inv_std) as f32;
             }
         }
     }
@@ -323,8 +334,12 @@ mod tests {
         let beta: Vec<f32> = (0..c).map(|i| i as f32 * -0.2).collect();
         let mut a = vec![0.0; c * p];
         let mut b = vec![0.0; c * p];
-        layer_norm_channels_first(&nchw, 1, c, p, Some(&gamma), Some(&beta), 1e-6, &mut a);
-        layer_norm_last_axis(&nhwc, c, Some(&gamma), Some(&beta), 1e-6, &mut b);
+        let affine = Some(Affine {
+            gamma: &gamma,
+            beta: &beta,
+        });
+        layer_norm_channels_first(&nchw, 1, c, p, affine, 1e-6, &mut a);
+        layer_norm_last_axis(&nhwc, c, affine, 1e-6, &mut b);
         let mut a_nhwc = vec![0.0; c * p];
         transpose_inner(&a, 1, c, p, &mut a_nhwc);
         assert_eq!(a_nhwc, b);
@@ -343,16 +358,16 @@ mod tests {
     #[test]
     fn grn_matches_its_definition() {
         // One image, 2 pixels, 2 channels: G = (sqrt(1+9), sqrt(4+16)), N = G / mean(G).
-        let x = [1.0, 2.0, 3.0, 4.0];
-        let (gamma, beta) = ([0.5, -1.0], [0.25, 0.0]);
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let (gamma, beta) = ([0.5f32, -1.0], [0.25f32, 0.0]);
         let mut out = [0.0; 4];
         grn_channels_last(&x, 1, 2, 2, &gamma, &beta, &mut out);
         let g = [10f64.sqrt(), 20f64.sqrt()];
         let m = (g[0] + g[1]) / 2.0;
         for (i, &v) in x.iter().enumerate() {
-            let c = i % 2;
+            let (c, v) = (i % 2, v as f64);
             let n = g[c] / (m + 1e-6);
-            let want = gamma[c] * (v * n) + beta[c] + v;
+            let want = gamma[c] as f64 * (v * n) + beta[c] as f64 + v;
             assert!(
                 (out[i] as f64 - want).abs() < 1e-6,
                 "{i}: {} vs {want}",
@@ -388,7 +403,7 @@ mod tests {
         ));
         assert!(close(
             Activation::GeluTanh.apply_f64(1.0),
-            0.841_191_990_607_477_2
+            0.841_191_990_608_276_8
         ));
         assert!(close(Activation::Relu.apply_f64(-2.0), 0.0));
         assert!(close(
@@ -397,9 +412,12 @@ mod tests {
         ));
         assert!(close(
             Activation::QuickGelu.apply_f64(1.0),
-            0.845_796_318_664_596_6
+            0.845_795_765_932_821_2
         ));
-        assert!(close(Activation::Mish.apply_f64(1.0), 0.865_098_388_567_7));
+        assert!(close(
+            Activation::Mish.apply_f64(1.0),
+            0.865_098_388_267_310_3
+        ));
         assert_eq!(Activation::from_hf_name("swish"), Some(Activation::Silu));
         assert_eq!(Activation::from_hf_name("gelu_foo"), None);
     }

@@ -1,0 +1,282 @@
+//! The `cnx` command's contract: flags, output names, exit codes, one-line errors, and no
+//! half-written output on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cnx_compiler::io::read_npz;
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(case)
+}
+
+fn cnx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args(args)
+        .output()
+        .expect("cnx runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Exit code 2, a single `cnx: error:` line on stderr containing `needle`, no output file.
+fn assert_user_error(out: &Output, needle: &str, output_file: Option<&Path>) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "`{stderr}` lacks `{needle}`");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if let Some(f) = output_file {
+        assert!(!f.exists(), "{} was written despite the error", f.display());
+        let dir = f.parent().unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+#[test]
+fn run_writes_the_contracted_outputs() {
+    let case = fixture("custom-nonsquare");
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("out.npz");
+    let input = case.join("pixel_values.npy");
+    let args = [
+        "run",
+        "--model",
+        s(&case),
+        "--input",
+        s(&input),
+        "--output",
+        s(&out_path),
+    ];
+    let out = cnx(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let arrays = read_npz(&out_path).unwrap();
+    let names: Vec<&str> = arrays.keys().map(String::as_str).collect();
+    assert_eq!(names, ["last_hidden_state", "logits", "pooler_output"]);
+    assert_eq!(arrays["logits"].shape, vec![2, 7]);
+    assert_eq!(arrays["pooler_output"].shape, vec![2, 32]);
+    assert_eq!(arrays["last_hidden_state"].shape, vec![2, 32, 3, 2]);
+    assert!(arrays.values().all(|a| a.dtype == "<f4"));
+
+    let with_hidden: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--hidden-states", "--threads", "2"])
+        .collect();
+    assert!(cnx(&with_hidden).status.success());
+    let arrays = read_npz(&out_path).unwrap();
+    for i in 0..=4 {
+        assert!(
+            arrays.contains_key(&format!("hidden_states_{i}")),
+            "hidden_states_{i}"
+        );
+    }
+    assert_eq!(arrays["hidden_states_0"].shape, vec![2, 8, 24, 18]);
+    // The logits equal transformers' (the fixture test states the tolerance; 1e-5 is loose).
+    let expected = read_npz(&case.join("expected.npz")).unwrap();
+    let diff = arrays["logits"]
+        .data
+        .iter()
+        .zip(&expected["logits"].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn weights_flag_overrides_the_directory() {
+    // A config.json path plus --weights pointing at a sharded index.
+    let case = fixture("sharded");
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("o.npz");
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case.join("config.json")),
+        "--weights",
+        s(&case.join("model.safetensors.index.json")),
+        "--input",
+        s(&case.join("pixel_values.npy")),
+        "--output",
+        s(&out_path),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_no_file() {
+    let case = fixture("custom-square");
+    let input = case.join("pixel_values.npy");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("out.npz");
+    let o = s(&out_path);
+
+    // Missing input file.
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--input",
+        "/nonexistent/x.npy",
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "/nonexistent/x.npy", Some(&out_path));
+
+    // Wrong channel count: the mono fixture's 1-channel input into a 3-channel model.
+    let mono = fixture("mono-patch2-3stages").join("pixel_values.npy");
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--input",
+        s(&mono),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "pixel_values must have shape", Some(&out_path));
+
+    // A truncated checkpoint.
+    let bytes = std::fs::read(case.join("model.safetensors")).unwrap();
+    let truncated = work.path().join("t.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--weights",
+        s(&truncated),
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "truncated", Some(&out_path));
+
+    // A checkpoint for another model.
+    let atto = fixture("atto-224-b2").join("model.safetensors");
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--weights",
+        s(&atto),
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "checkpoint does not match the model", Some(&out_path));
+
+    // A bad config names the key.
+    let bad = work.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("config.json"),
+        r#"{"hidden_sizes": [8, 16], "depths": [1, 1, 1, 1]}"#,
+    )
+    .unwrap();
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&bad),
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "hidden_sizes", Some(&out_path));
+
+    // A directory without config.json, an unknown preset, a preset without weights.
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(work.path()),
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "config.json", Some(&out_path));
+    let out = cnx(&[
+        "run",
+        "--model",
+        "tiny-1k-22",
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "did you mean tiny-1k-224", Some(&out_path));
+    let out = cnx(&[
+        "run",
+        "--model",
+        "atto-1k-224",
+        "--input",
+        s(&input),
+        "--output",
+        o,
+    ]);
+    assert_user_error(&out, "--weights", Some(&out_path));
+
+    // An output directory that does not exist.
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--input",
+        s(&input),
+        "--output",
+        "/nonexistent/dir/o.npz",
+    ]);
+    assert_user_error(&out, "/nonexistent/dir/o.npz", None);
+
+    // Bad flags are usage errors too.
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&case),
+        "--input",
+        s(&input),
+        "--output",
+        o,
+        "--threads",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn graph_lists_nodes_and_totals() {
+    let out = cnx(&["graph", "facebook/convnextv2-tiny-1k-224"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("convnextv2.encoder.stages.2.layers.5.pwconv1"));
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains("28635496 parameters") && last.contains("4455531264 MACs"),
+        "{last}"
+    );
+
+    let out = cnx(&["graph", "atto-1k-224", "--input-size", "97x75", "--dot"]);
+    assert!(out.status.success());
+    let dot = String::from_utf8(out.stdout).unwrap();
+    assert!(dot.starts_with("digraph") && dot.contains("[N,40,24,18] NCHW"));
+
+    let out = cnx(&["graph", "atto-1k-224", "--input-size", "7x"]);
+    assert_user_error(&out, "--input-size", None);
+}

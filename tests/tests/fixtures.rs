@@ -1,0 +1,93 @@
+//! Every committed Hugging Face fixture reproduced by the reference interpreter, through the
+//! same loading path as `cnx run` (config.json + the checkpoint beside it).
+
+use cnx_compiler::backend::interp;
+use cnx_compiler::io::read_npy;
+use cnx_compiler::ir::outputs;
+use cnx_compiler::{LoadedModel, ModelSpec};
+use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
+
+#[test]
+fn every_fixture_matches_transformers() {
+    let cases = fixture_cases();
+    assert!(
+        cases.len() >= 10,
+        "expected the committed fixtures, found {}",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for dir in cases {
+        let fx = Fixture::load(&dir);
+        let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
+        let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
+        let shape = pixel_values.shape().to_vec();
+        let model = LoadedModel::load(spec, None, (shape[2], shape[3]))
+            .unwrap_or_else(|e| panic!("{}: {e}", fx.name()));
+        let num_stages = model.spec.config.num_stages;
+        let mut names: Vec<String> = [
+            outputs::LOGITS,
+            outputs::POOLER_OUTPUT,
+            outputs::LAST_HIDDEN_STATE,
+        ]
+        .map(String::from)
+        .to_vec();
+        names.extend((0..=num_stages).map(outputs::hidden_state));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = interp::run(&model.graph, &model.weights, &pixel_values, &refs).unwrap();
+        for name in &names {
+            let expected = &fx.expected[name];
+            let ours: Vec<f64> = got[name].data().iter().map(|&v| v as f64).collect();
+            assert_eq!(
+                got[name].shape(),
+                expected.shape.as_slice(),
+                "{}: {name}",
+                fx.name()
+            );
+            let (gap, scale) = (fx.hf_gap(name), fx.scale(name));
+            let tol = tolerance(gap, scale);
+            let err = max_abs_diff(&ours, &expected.data);
+            // Where the float64 result is stored, we must be at least as close to the truth as
+            // transformers' own float32 result is (plus the 2-ulp floor).
+            let err64 = fx
+                .expected
+                .get(&format!("{name}_f64"))
+                .map(|truth| max_abs_diff(&ours, &truth.data));
+            println!(
+                "{:<22} {name:<20} |ours-hf32| {err:.2e}  |ours-hf64| {}  hf gap {gap:.2e}  tol {tol:.2e}",
+                fx.name(),
+                err64.map_or("-".to_string(), |e| format!("{e:.2e}")),
+            );
+            let tol64 = gap + 2.0 * f32::EPSILON as f64 * scale;
+            if err > tol || err64.is_some_and(|e| e > tol64) {
+                failures.push(format!(
+                    "{} {name}: err {err:.3e} / {err64:?} > tol {tol:.3e}",
+                    fx.name()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "outputs off:\n{}", failures.join("\n"));
+}
+
+/// A wrong LayerNorm eps must fail the comparison above by a wide margin, or the
+/// `small-activations` and `layer-norm-eps` cases would prove nothing.
+#[test]
+fn eps_sensitive_fixtures_detect_a_wrong_eps() {
+    for case in ["small-activations", "layer-norm-eps"] {
+        let dir = cnx_tests::fixtures_dir().join(case);
+        let fx = Fixture::load(&dir);
+        let mut spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
+        spec.config.layer_norm_eps = 1e-12;
+        let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
+        let shape = pixel_values.shape().to_vec();
+        let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
+        let got = interp::run(&model.graph, &model.weights, &pixel_values, &["logits"]).unwrap();
+        let ours: Vec<f64> = got["logits"].data().iter().map(|&v| v as f64).collect();
+        let err = max_abs_diff(&ours, &fx.expected["logits"].data);
+        let tol = tolerance(fx.hf_gap("logits"), fx.scale("logits"));
+        assert!(
+            err > 1000.0 * tol,
+            "{case}: eps 1e-12 only moved logits by {err:e}"
+        );
+    }
+}
