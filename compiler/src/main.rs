@@ -41,7 +41,7 @@ enum Command {
         /// Also write hidden_states_0 .. hidden_states_<num_stages> (NCHW, HF order).
         #[arg(long)]
         hidden_states: bool,
-        /// Worker threads (the reference interpreter runs on one).
+        /// Worker threads (default: one per core). Results do not depend on it.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
     },
@@ -96,8 +96,18 @@ fn dispatch(command: Command) -> Result<(), Error> {
             input,
             output,
             hidden_states,
-            threads: _,
-        } => run(&model, weights.as_deref(), &input, &output, hidden_states),
+            threads,
+        } => {
+            let threads = threads.map_or_else(default_threads, |t| t as usize);
+            run(
+                &model,
+                weights.as_deref(),
+                &input,
+                &output,
+                hidden_states,
+                threads,
+            )
+        }
         Command::Graph {
             model,
             input_size,
@@ -120,6 +130,7 @@ fn run(
     input: &std::path::Path,
     output: &std::path::Path,
     hidden_states: bool,
+    threads: usize,
 ) -> Result<(), Error> {
     let start = Instant::now();
     let spec = ModelSpec::resolve(model)?;
@@ -147,7 +158,13 @@ fn run(
         wanted.extend((0..=loaded.spec.config.num_stages).map(outputs::hidden_state));
     }
     let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    let values = interp::run(&loaded.graph, &loaded.weights, &pixel_values, &wanted_refs)?;
+    let values = interp::run_threaded(
+        &loaded.graph,
+        &loaded.weights,
+        &pixel_values,
+        &wanted_refs,
+        threads,
+    )?;
     let ran_at = start.elapsed();
     let arrays: Vec<(&str, &convnextv2::Tensor)> =
         wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
@@ -163,6 +180,11 @@ fn run(
         output.display()
     );
     Ok(())
+}
+
+/// One thread per available core.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn parse_size(s: &str) -> Option<(usize, usize)> {

@@ -91,3 +91,21 @@ fn eps_sensitive_fixtures_detect_a_wrong_eps() {
         );
     }
 }
+
+/// Splitting the work over threads must not change a single bit of any output.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dir = cnx_tests::fixtures_dir().join("custom-nonsquare");
+    let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
+    let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
+    let shape = pixel_values.shape().to_vec();
+    let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
+    let names = ["logits", "hidden_states_1", "hidden_states_3"];
+    let one = interp::run_threaded(&model.graph, &model.weights, &pixel_values, &names, 1).unwrap();
+    for threads in [2, 3, 7] {
+        let many =
+            interp::run_threaded(&model.graph, &model.weights, &pixel_values, &names, threads)
+                .unwrap();
+        assert_eq!(one, many, "{threads} threads");
+    }
+}

@@ -46,6 +46,20 @@ pub fn run(
     pixel_values: &Tensor,
     wanted: &[&str],
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
+    run_threaded(graph, weights, pixel_values, wanted, 1)
+}
+
+/// [`run`] with the linear layers (the bulk of the work) split by rows over `threads` scoped
+/// threads. Each row is computed exactly as on one thread, so results do not depend on
+/// `threads`.
+pub fn run_threaded(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    pixel_values: &Tensor,
+    wanted: &[&str],
+    threads: usize,
+) -> Result<BTreeMap<String, Tensor>, RunError> {
+    let threads = threads.max(1);
     let input_ty = graph.input_type();
     let shape = pixel_values.shape();
     if shape.len() != 4 || shape[1..] != input_ty.dims()[..] {
@@ -81,7 +95,7 @@ pub fn run(
             if matches!(graph.node(id).op, Op::Input) {
                 pixel_values.clone()
             } else {
-                eval(graph, id, weights, batch, &operands)?
+                eval(graph, id, weights, batch, &operands, threads)?
             }
         };
         values.insert(id, value);
@@ -107,6 +121,7 @@ fn eval(
     weights: &dyn WeightSource,
     batch: usize,
     operands: &[&Tensor],
+    threads: usize,
 ) -> Result<Tensor, RunError> {
     let node = graph.node(id);
     let param = |role: &str| -> Result<&[f32], RunError> {
@@ -170,15 +185,29 @@ fn eval(
                 ),
             }
         }
-        Op::Linear(l) => k::linear(
-            operands[0].data(),
-            batch * out_ty.pixels(),
-            l.in_features,
-            param("weight")?,
-            Some(param("bias")?),
-            l.out_features,
-            out.data_mut(),
-        ),
+        Op::Linear(l) => {
+            let (weight, bias) = (param("weight")?, param("bias")?);
+            let rows = batch * out_ty.pixels();
+            let rows_per_thread = rows.div_ceil(threads);
+            let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
+            let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
+            std::thread::scope(|scope| {
+                for (x, y) in inputs.zip(outputs) {
+                    let rows = x.len() / l.in_features;
+                    scope.spawn(move || {
+                        k::linear(
+                            x,
+                            rows,
+                            l.in_features,
+                            weight,
+                            Some(bias),
+                            l.out_features,
+                            y,
+                        )
+                    });
+                }
+            });
+        }
         Op::Activation(act) => {
             out.data_mut().copy_from_slice(operands[0].data());
             k::activation(act, out.data_mut());
