@@ -74,11 +74,7 @@ impl Builder<'_> {
         let params = op
             .param_shapes()
             .into_iter()
-            .map(|(role, shape)| Param {
-                role,
-                name: format!("{name}.{role}"),
-                shape,
-            })
+            .map(|(role, shape)| Param::checkpoint(role, format!("{name}.{role}"), shape))
             .collect();
         self.graph.add(name, op, &[input], params)
     }
@@ -95,6 +91,7 @@ impl Builder<'_> {
                 channels,
                 eps,
                 axis,
+                affine: true,
             }),
             input,
         )
@@ -109,10 +106,7 @@ impl Builder<'_> {
     ) -> Built {
         self.module(
             name,
-            Op::Linear(Linear {
-                in_features,
-                out_features,
-            }),
+            Op::Linear(Linear::new(in_features, out_features)),
             input,
         )
     }
@@ -165,14 +159,14 @@ impl Builder<'_> {
         let patch_embeddings = self.conv(
             format!("{prefix}.patch_embeddings"),
             pixel_values,
-            Conv2d {
-                in_channels: self.config.num_channels,
-                out_channels: self.config.hidden_sizes[0],
-                kernel: [p, p],
-                stride: [p, p],
-                padding: [0, 0],
-                groups: 1,
-            },
+            Conv2d::nchw(
+                self.config.num_channels,
+                self.config.hidden_sizes[0],
+                p,
+                p,
+                0,
+                1,
+            ),
         )?;
         self.layer_norm(
             format!("{prefix}.layernorm"),
@@ -228,14 +222,7 @@ impl Builder<'_> {
             x = self.conv(
                 format!("{prefix}.downsampling_layer.1"),
                 norm,
-                Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel: [2, 2],
-                    stride: [stride, stride],
-                    padding: [0, 0],
-                    groups: 1,
-                },
+                Conv2d::nchw(in_channels, out_channels, 2, stride, 0, 1),
             )?;
         }
         for j in 0..depth {
@@ -250,14 +237,7 @@ impl Builder<'_> {
         let dwconv = self.conv(
             format!("{prefix}.dwconv"),
             input,
-            Conv2d {
-                in_channels: dim,
-                out_channels: dim,
-                kernel: [7, 7],
-                stride: [1, 1],
-                padding: [3, 3],
-                groups: dim,
-            },
+            Conv2d::nchw(dim, dim, 7, 1, 3, dim),
         )?;
         let nhwc = self.graph.add(
             format!("{prefix}.permute_to_nhwc"),

@@ -40,6 +40,10 @@ pub enum Error {
     Verify(#[from] VerifyError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Pass(#[from] crate::passes::PassError),
+    #[error(transparent)]
+    Derive(#[from] crate::passes::derive::DeriveError),
 }
 
 fn did_you_mean(suggestions: &[&str]) -> String {
@@ -54,7 +58,8 @@ impl Error {
     /// Whether the error is the user's input (exit code 2) rather than a bug in cnx (1).
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Verify(_) => false,
+            Error::Verify(_) | Error::Derive(_) => false,
+            Error::Pass(e) => matches!(e, crate::passes::PassError::UnknownPass { .. }),
             Error::Run(e) => matches!(e, RunError::InputShape { .. } | RunError::EmptyBatch),
             _ => true,
         }

@@ -101,8 +101,8 @@ pub enum NormAxis {
     ChannelsLast,
 }
 
-/// `nn.Conv2d` on NCHW values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// `nn.Conv2d`, in either image layout, with the fusions the optimiser adds.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Conv2d {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -110,21 +110,91 @@ pub struct Conv2d {
     pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub groups: usize,
+    /// Layout of both input and output: NCHW as Hugging Face, NHWC after the layout pass.
+    pub layout: Layout,
+    /// Prologue: every input pixel's channel vector is normalised (a LayerNorm without affine
+    /// part, this eps) as it is read.
+    pub input_norm: Option<f64>,
+    /// Epilogue: every output pixel's channel vector is layer-normalised before it is written.
+    pub output_norm: Option<OutputNorm>,
 }
 
-/// A LayerNorm with affine parameters (`weight` = gamma, `bias` = beta).
+impl Conv2d {
+    /// A plain NCHW convolution, as `nn.Conv2d` defines it.
+    pub fn nchw(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> Conv2d {
+        Conv2d {
+            in_channels,
+            out_channels,
+            kernel: [kernel, kernel],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            groups,
+            layout: Layout::Nchw,
+            input_norm: None,
+            output_norm: None,
+        }
+    }
+
+    /// Depthwise: one filter per channel.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
+    }
+}
+
+/// A LayerNorm applied in an op's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputNorm {
+    pub eps: f64,
+    /// With gamma and beta (parameters `norm_weight`, `norm_bias`).
+    pub affine: bool,
+}
+
+/// A LayerNorm; with `affine`, parameters `weight` (gamma) and `bias` (beta).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerNorm {
     pub channels: usize,
     pub eps: f64,
     pub axis: NormAxis,
+    /// `false` once a pass has folded gamma and beta into the consumer.
+    pub affine: bool,
 }
 
-/// `nn.Linear` over the last axis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// `nn.Linear` over the last axis, with the fusions the optimiser adds. Operands: the input,
+/// then a per-sample channel scale if `input_scale`, then the residual if `residual`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
+    /// Prologue: each input row is normalised (LayerNorm without affine part, this eps).
+    pub input_norm: Option<f64>,
+    /// Prologue: each input row is multiplied, channel by channel, by its sample's row of the
+    /// `[N, in_features]` scale operand (GRN folded into the consumer).
+    pub input_scale: bool,
+    /// Epilogue: activation after the bias.
+    pub activation: Option<Activation>,
+    /// Epilogue: the residual operand is added last.
+    pub residual: bool,
+}
+
+impl Linear {
+    /// A plain `nn.Linear`.
+    pub fn new(in_features: usize, out_features: usize) -> Linear {
+        Linear {
+            in_features,
+            out_features,
+            input_norm: None,
+            input_scale: false,
+            activation: None,
+            residual: false,
+        }
+    }
 }
 
 /// Permutations between the two image layouts.
@@ -150,10 +220,23 @@ pub enum Op {
     Grn {
         channels: usize,
     },
+    /// The whole-image half of GRN, once its affine part is folded into the next Linear:
+    /// `s = 1 + gamma * N` per sample and channel, `N = ||x_c|| / (mean_c ||x_c|| + 1e-6)`.
+    /// A barrier: it needs every pixel of an image. Output `[N, channels]`.
+    GrnScale {
+        channels: usize,
+    },
     /// Elementwise sum of two values of the same type (the residual connection).
     Add,
-    /// Mean over the spatial axes of an NCHW value, giving a feature vector.
+    /// Mean over the spatial axes of an image value, giving a feature vector.
     GlobalAvgPool,
+    /// The head in one op: global average pool, LayerNorm without affine (folded into the
+    /// weights), classifier.
+    PoolNormLinear {
+        channels: usize,
+        classes: usize,
+        eps: f64,
+    },
     Permute(Permute),
 }
 
@@ -162,14 +245,16 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Input => "Input",
-            Op::Conv2d(c) if c.groups == c.in_channels && c.groups > 1 => "DepthwiseConv2d",
+            Op::Conv2d(c) if c.is_depthwise() => "DepthwiseConv2d",
             Op::Conv2d(_) => "Conv2d",
             Op::LayerNorm(_) => "LayerNorm",
             Op::Linear(_) => "Linear",
             Op::Activation(_) => "Activation",
             Op::Grn { .. } => "GRN",
+            Op::GrnScale { .. } => "GrnScale",
             Op::Add => "Add",
             Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::PoolNormLinear { .. } => "PoolNormLinear",
             Op::Permute(_) => "Permute",
         }
     }
@@ -179,6 +264,7 @@ impl Op {
         match self {
             Op::Input => 0,
             Op::Add => 2,
+            Op::Linear(l) => 1 + usize::from(l.input_scale) + usize::from(l.residual),
             _ => 1,
         }
     }
@@ -186,19 +272,28 @@ impl Op {
     /// The parameters the op needs: `(role, shape)`, in HF's shapes.
     pub fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
         match *self {
-            Op::Conv2d(c) => vec![
-                (
-                    "weight",
-                    vec![
-                        c.out_channels,
-                        c.in_channels / c.groups,
-                        c.kernel[0],
-                        c.kernel[1],
-                    ],
-                ),
-                ("bias", vec![c.out_channels]),
-            ],
-            Op::LayerNorm(ln) => vec![("weight", vec![ln.channels]), ("bias", vec![ln.channels])],
+            Op::Conv2d(c) => {
+                let mut p = vec![
+                    (
+                        "weight",
+                        vec![
+                            c.out_channels,
+                            c.in_channels / c.groups,
+                            c.kernel[0],
+                            c.kernel[1],
+                        ],
+                    ),
+                    ("bias", vec![c.out_channels]),
+                ];
+                if c.output_norm.is_some_and(|n| n.affine) {
+                    p.push(("norm_weight", vec![c.out_channels]));
+                    p.push(("norm_bias", vec![c.out_channels]));
+                }
+                p
+            }
+            Op::LayerNorm(ln) if ln.affine => {
+                vec![("weight", vec![ln.channels]), ("bias", vec![ln.channels])]
+            }
             Op::Linear(l) => vec![
                 ("weight", vec![l.out_features, l.in_features]),
                 ("bias", vec![l.out_features]),
@@ -207,6 +302,10 @@ impl Op {
                 ("weight", vec![1, 1, 1, channels]),
                 ("bias", vec![1, 1, 1, channels]),
             ],
+            Op::GrnScale { channels } => vec![("weight", vec![1, 1, 1, channels])],
+            Op::PoolNormLinear {
+                channels, classes, ..
+            } => vec![("weight", vec![classes, channels]), ("bias", vec![classes])],
             _ => vec![],
         }
     }
@@ -238,11 +337,12 @@ impl Op {
                 Err(format!("{} expects {c} channels, got {t}", self.kind()))
             }
         };
+        const IMAGE: &[Layout] = &[Layout::Nchw, Layout::Nhwc];
         match *self {
             Op::Input => Err("Input has no operands; its type is declared".into()),
             Op::Conv2d(c) => {
                 let t = inputs[0];
-                expect_layout(&t, &[Layout::Nchw])?;
+                expect_layout(&t, &[c.layout])?;
                 expect_channels(&t, c.in_channels)?;
                 if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0
                 {
@@ -260,11 +360,12 @@ impl Op {
                         Ok((size + 2 * p - k) / s + 1)
                     }
                 };
-                Ok(ValueType::nchw(
-                    c.out_channels,
-                    out(t.height, c.kernel[0], c.stride[0], c.padding[0], "height")?,
-                    out(t.width, c.kernel[1], c.stride[1], c.padding[1], "width")?,
-                ))
+                Ok(ValueType {
+                    layout: c.layout,
+                    channels: c.out_channels,
+                    height: out(t.height, c.kernel[0], c.stride[0], c.padding[0], "height")?,
+                    width: out(t.width, c.kernel[1], c.stride[1], c.padding[1], "width")?,
+                })
             }
             Op::LayerNorm(ln) => {
                 let t = inputs[0];
@@ -279,16 +380,39 @@ impl Op {
                 let t = inputs[0];
                 expect_layout(&t, &[Layout::Nhwc, Layout::Features])?;
                 expect_channels(&t, l.in_features)?;
-                Ok(ValueType {
+                let out = ValueType {
                     channels: l.out_features,
                     ..t
-                })
+                };
+                let mut next = 1;
+                if l.input_scale {
+                    let s = inputs[next];
+                    if s != ValueType::features(l.in_features) {
+                        return Err(format!(
+                            "Linear's input scale must be [N,{}], got {s}",
+                            l.in_features
+                        ));
+                    }
+                    next += 1;
+                }
+                if l.residual && inputs[next] != out {
+                    return Err(format!(
+                        "Linear's residual {} does not match its output {out}",
+                        inputs[next]
+                    ));
+                }
+                Ok(out)
             }
             Op::Activation(_) => Ok(inputs[0]),
             Op::Grn { channels } => {
                 expect_layout(&inputs[0], &[Layout::Nhwc])?;
                 expect_channels(&inputs[0], channels)?;
                 Ok(inputs[0])
+            }
+            Op::GrnScale { channels } => {
+                expect_layout(&inputs[0], &[Layout::Nhwc])?;
+                expect_channels(&inputs[0], channels)?;
+                Ok(ValueType::features(channels))
             }
             Op::Add => {
                 if inputs[0] != inputs[1] {
@@ -297,8 +421,15 @@ impl Op {
                 Ok(inputs[0])
             }
             Op::GlobalAvgPool => {
-                expect_layout(&inputs[0], &[Layout::Nchw])?;
+                expect_layout(&inputs[0], IMAGE)?;
                 Ok(ValueType::features(inputs[0].channels))
+            }
+            Op::PoolNormLinear {
+                channels, classes, ..
+            } => {
+                expect_layout(&inputs[0], IMAGE)?;
+                expect_channels(&inputs[0], channels)?;
+                Ok(ValueType::features(classes))
             }
             Op::Permute(p) => {
                 let t = inputs[0];
@@ -323,7 +454,19 @@ impl Op {
                 (out.numel() * (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]) as u64
             }
             Op::Linear(l) => (out.pixels() * l.in_features * l.out_features) as u64,
+            Op::PoolNormLinear {
+                channels, classes, ..
+            } => (channels * classes) as u64,
             _ => 0,
+        }
+    }
+
+    /// How many times the op reads each operand in full (GRN needs a pass for its norms before
+    /// it can write anything); used for activation-traffic statistics.
+    pub fn operand_passes(&self) -> usize {
+        match self {
+            Op::Grn { .. } => 2,
+            _ => 1,
         }
     }
 }
@@ -331,28 +474,67 @@ impl Op {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Conv2d(c) => write!(
-                f,
-                "{}({}->{}, k={}x{}, s={}, p={}, g={})",
-                self.kind(),
-                c.in_channels,
-                c.out_channels,
-                c.kernel[0],
-                c.kernel[1],
-                c.stride[0],
-                c.padding[0],
-                c.groups
-            ),
+            Op::Conv2d(c) => {
+                write!(
+                    f,
+                    "{}({}->{}, k={}x{}, s={}, p={}, g={}",
+                    self.kind(),
+                    c.in_channels,
+                    c.out_channels,
+                    c.kernel[0],
+                    c.kernel[1],
+                    c.stride[0],
+                    c.padding[0],
+                    c.groups
+                )?;
+                if c.layout == Layout::Nhwc {
+                    write!(f, ", nhwc")?;
+                }
+                if let Some(eps) = c.input_norm {
+                    write!(f, ", norm-in eps={eps:e}")?;
+                }
+                if let Some(n) = c.output_norm {
+                    let affine = if n.affine { "+affine" } else { "" };
+                    write!(f, ", norm-out{affine} eps={:e}", n.eps)?;
+                }
+                write!(f, ")")
+            }
             Op::LayerNorm(ln) => {
                 let axis = match ln.axis {
                     NormAxis::ChannelsFirst => "channels_first",
                     NormAxis::ChannelsLast => "channels_last",
                 };
-                write!(f, "LayerNorm({}, {axis}, eps={:e})", ln.channels, ln.eps)
+                let affine = if ln.affine { "" } else { ", no affine" };
+                write!(
+                    f,
+                    "LayerNorm({}, {axis}, eps={:e}{affine})",
+                    ln.channels, ln.eps
+                )
             }
-            Op::Linear(l) => write!(f, "Linear({}->{})", l.in_features, l.out_features),
+            Op::Linear(l) => {
+                write!(f, "Linear({}->{}", l.in_features, l.out_features)?;
+                if let Some(eps) = l.input_norm {
+                    write!(f, ", norm-in eps={eps:e}")?;
+                }
+                if l.input_scale {
+                    write!(f, ", scale-in")?;
+                }
+                if let Some(a) = l.activation {
+                    write!(f, ", {a}")?;
+                }
+                if l.residual {
+                    write!(f, ", +residual")?;
+                }
+                write!(f, ")")
+            }
             Op::Activation(a) => write!(f, "Activation({a})"),
             Op::Grn { channels } => write!(f, "GRN({channels})"),
+            Op::GrnScale { channels } => write!(f, "GrnScale({channels})"),
+            Op::PoolNormLinear {
+                channels,
+                classes,
+                eps,
+            } => write!(f, "PoolNormLinear({channels}->{classes}, eps={eps:e})"),
             Op::Permute(Permute::NchwToNhwc) => write!(f, "Permute(NCHW->NHWC)"),
             Op::Permute(Permute::NhwcToNchw) => write!(f, "Permute(NHWC->NCHW)"),
             _ => f.write_str(self.kind()),
@@ -360,19 +542,79 @@ impl fmt::Display for Op {
     }
 }
 
+/// How a pass computes a parameter from others, once, at load time (in f64, rounded once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeriveRule {
+    /// Inputs `(w, gamma)`: `w'[o, i, ...] = w[o, i, ...] * gamma[i]`.
+    ScaleInputChannels,
+    /// Inputs `(b, w, beta)`: `b'[o] = b[o] + sum_{i, ...} w[o, i, ...] * beta[i]`.
+    AddWeightTimesInput,
+}
+
+/// A derived parameter's recipe: the rule and the parameters it reads (which may themselves
+/// be derived). It records what the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derivation {
+    pub rule: DeriveRule,
+    pub inputs: Vec<Param>,
+}
+
 /// A named parameter of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
-    /// `weight` or `bias`.
+    /// `weight`, `bias`, `norm_weight` or `norm_bias`.
     pub role: &'static str,
-    /// The Hugging Face tensor name, e.g. `convnextv2.embeddings.layernorm.weight`.
+    /// The Hugging Face tensor name (`convnextv2.embeddings.layernorm.weight`) or, for a derived
+    /// parameter, a name that says how it was derived.
     pub name: String,
     pub shape: Vec<usize>,
+    /// `None` for a checkpoint tensor; the recipe for a derived one.
+    pub derivation: Option<Box<Derivation>>,
 }
 
 impl Param {
+    /// A tensor read from the checkpoint.
+    pub fn checkpoint(role: &'static str, name: impl Into<String>, shape: Vec<usize>) -> Param {
+        Param {
+            role,
+            name: name.into(),
+            shape,
+            derivation: None,
+        }
+    }
+
+    /// A tensor computed from `inputs` by `rule`.
+    pub fn derived(
+        role: &'static str,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        rule: DeriveRule,
+        inputs: Vec<Param>,
+    ) -> Param {
+        Param {
+            role,
+            name: name.into(),
+            shape,
+            derivation: Some(Box::new(Derivation { rule, inputs })),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The checkpoint tensors this parameter is, or is derived from.
+    pub fn leaves(&self) -> Vec<&Param> {
+        match &self.derivation {
+            None => vec![self],
+            Some(d) => d.inputs.iter().flat_map(Param::leaves).collect(),
+        }
+    }
+
+    /// The same parameter under another role.
+    pub fn with_role(mut self, role: &'static str) -> Param {
+        self.role = role;
+        self
     }
 }
 
@@ -542,6 +784,16 @@ impl Graph {
             .collect()
     }
 
+    /// The checkpoint tensors the graph reads, directly or through derivations, each once.
+    pub fn checkpoint_params(&self) -> Vec<&Param> {
+        let mut seen = std::collections::HashSet::new();
+        self.params()
+            .into_iter()
+            .flat_map(Param::leaves)
+            .filter(|p| seen.insert(p.name.as_str()))
+            .collect()
+    }
+
     /// Total parameter count.
     pub fn num_params(&self) -> usize {
         self.g.node_weights().map(Node::num_params).sum()
@@ -550,6 +802,68 @@ impl Graph {
     /// Total multiply-accumulates per image.
     pub fn macs(&self) -> u64 {
         self.g.node_weights().map(|n| n.op.macs(&n.ty)).sum()
+    }
+
+    /// Redirects every use of `old` (operand edges and named outputs) to `new`.
+    pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
+        let uses: Vec<(NodeId, usize, petgraph::stable_graph::EdgeIndex)> = self
+            .g
+            .edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight(), e.id()))
+            .collect();
+        for (user, port, edge) in uses {
+            self.g.remove_edge(edge);
+            self.g.add_edge(new, user, port);
+        }
+        for (_, id) in self.outputs.iter_mut() {
+            if *id == old {
+                *id = new;
+            }
+        }
+    }
+
+    /// Whether `id` is a named output.
+    pub fn is_output(&self, id: NodeId) -> bool {
+        self.outputs.iter().any(|&(_, o)| o == id)
+    }
+
+    /// Removes `id` if nothing uses it (no user, not an output, not the input), then its
+    /// operands if that leaves them unused. Returns how many nodes were removed.
+    pub fn remove_if_dead(&mut self, id: NodeId) -> usize {
+        if id == self.input
+            || self.g.node_weight(id).is_none()
+            || self.is_output(id)
+            || self
+                .g
+                .neighbors_directed(id, Direction::Outgoing)
+                .next()
+                .is_some()
+        {
+            return 0;
+        }
+        let operands = self.inputs(id);
+        self.g.remove_node(id);
+        1 + operands
+            .into_iter()
+            .map(|o| self.remove_if_dead(o))
+            .sum::<usize>()
+    }
+
+    /// Whether `id` is (still) a node of the graph.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.g.node_weight(id).is_some()
+    }
+
+    /// Nodes that some named output in `wanted` depends on.
+    pub fn needed_for(&self, wanted: &[NodeId]) -> std::collections::HashSet<NodeId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = wanted.to_vec();
+        while let Some(id) = stack.pop() {
+            if seen.insert(id) {
+                stack.extend(self.inputs(id));
+            }
+        }
+        seen
     }
 
     /// The underlying petgraph graph (for rendering and analysis).

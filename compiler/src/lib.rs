@@ -24,4 +24,5 @@ pub use config::ConvNextV2Config;
 pub use error::Error;
 pub use ir::Graph;
 pub use model::{LoadedModel, ModelSpec};
+pub mod passes;
 pub mod random;

@@ -92,3 +92,91 @@ pub fn dot(graph: &Graph) -> String {
     out.push_str("}\n");
     out
 }
+
+/// What computing the logits of one image costs in activation memory traffic and arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Nodes the logits depend on (the input excluded).
+    pub nodes: usize,
+    /// Bytes of activations written per image (every node's f32 output, once).
+    pub bytes_written: u64,
+    /// Bytes of activations read per image (every operand of every node, as often as the op
+    /// passes over it: GRN reads its input twice, for its norms and then for its output).
+    pub bytes_read: u64,
+    pub macs: u64,
+}
+
+/// [`Traffic`] of the nodes `logits` depends on.
+pub fn traffic(graph: &Graph) -> Traffic {
+    let logits = graph
+        .output(crate::ir::outputs::LOGITS)
+        .expect("every graph has logits");
+    let needed = graph.needed_for(&[logits]);
+    let mut t = Traffic {
+        nodes: 0,
+        bytes_written: 0,
+        bytes_read: 0,
+        macs: 0,
+    };
+    for &id in &needed {
+        let n = graph.node(id);
+        if id == graph.input() {
+            continue;
+        }
+        t.nodes += 1;
+        t.bytes_written += 4 * n.ty.numel() as u64;
+        t.bytes_read += graph
+            .inputs(id)
+            .iter()
+            .map(|&i| 4 * graph.node(i).ty.numel() as u64 * n.op.operand_passes() as u64)
+            .sum::<u64>();
+        t.macs += n.op.macs(&n.ty);
+    }
+    t
+}
+
+/// The `cnx graph --stats` table: unfused next to fused.
+pub fn traffic_table(unfused: &Graph, fused: &Graph) -> String {
+    let (a, b) = (traffic(unfused), traffic(fused));
+    let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
+    let ratio = |x: f64, y: f64| if x > 0.0 { y / x } else { 0.0 };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>14} {:>14} {:>8}",
+        "per image, for the logits", "unfused", "fused", "fused/unfused"
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>14} {:>14} {:>8.2}",
+        "nodes",
+        a.nodes,
+        b.nodes,
+        ratio(a.nodes as f64, b.nodes as f64)
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>10.2} MiB {:>10.2} MiB {:>8.2}",
+        "activations written",
+        mib(a.bytes_written),
+        mib(b.bytes_written),
+        ratio(a.bytes_written as f64, b.bytes_written as f64)
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>10.2} MiB {:>10.2} MiB {:>8.2}",
+        "activations read",
+        mib(a.bytes_read),
+        mib(b.bytes_read),
+        ratio(a.bytes_read as f64, b.bytes_read as f64)
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>14} {:>14} {:>8.2}",
+        "MACs",
+        a.macs,
+        b.macs,
+        ratio(a.macs as f64, b.macs as f64)
+    );
+    out
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
 use cnx_compiler::ir::outputs;
+use cnx_compiler::passes::Pipeline;
 use cnx_compiler::{io, listing, random, Error, LoadedModel, ModelSpec};
 
 #[derive(Parser)]
@@ -44,6 +45,8 @@ enum Command {
         /// Worker threads (default: one per core). Results do not depend on it.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
+        #[command(flatten)]
+        passes: PassFlags,
     },
     /// Print a model's graph: one line per node (name, op, output, params, MACs) and totals.
     Graph {
@@ -55,6 +58,11 @@ enum Command {
         /// Print Graphviz dot instead of the table.
         #[arg(long)]
         dot: bool,
+        /// Print activation traffic, node count and MACs of the unfused and the optimised graph.
+        #[arg(long)]
+        stats: bool,
+        #[command(flatten)]
+        passes: PassFlags,
     },
     /// Compare the arrays two .npz files share: max absolute and relative difference.
     Compare { a: PathBuf, b: PathBuf },
@@ -77,6 +85,37 @@ enum Command {
     },
 }
 
+/// Which optimiser passes run.
+#[derive(clap::Args)]
+struct PassFlags {
+    /// The unfused graph, exactly as Hugging Face defines it.
+    #[arg(long, conflicts_with = "passes")]
+    no_fuse: bool,
+    /// Comma-separated passes to run, in order (default: all). `cnx graph M --passes` with no
+    /// list prints the default pipeline.
+    #[arg(long, num_args = 0..=1, value_delimiter = ',', default_missing_value = "")]
+    passes: Option<Vec<String>>,
+}
+
+impl PassFlags {
+    fn pipeline(&self) -> Result<Pipeline, Error> {
+        if self.no_fuse {
+            return Ok(Pipeline::empty());
+        }
+        match &self.passes {
+            Some(names) if !names.iter().all(String::is_empty) => Ok(Pipeline::from_names(names)?),
+            _ => Ok(Pipeline::default_pipeline()),
+        }
+    }
+
+    /// `--passes` given without a list.
+    fn list_requested(&self) -> bool {
+        self.passes
+            .as_ref()
+            .is_some_and(|names| names.iter().all(String::is_empty))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -97,8 +136,10 @@ fn dispatch(command: Command) -> Result<(), Error> {
             output,
             hidden_states,
             threads,
+            passes,
         } => {
             let threads = threads.map_or_else(default_threads, |t| t as usize);
+            let pipeline = passes.pipeline()?;
             run(
                 &model,
                 weights.as_deref(),
@@ -106,13 +147,16 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 &output,
                 hidden_states,
                 threads,
+                &pipeline,
             )
         }
         Command::Graph {
             model,
             input_size,
             dot,
-        } => graph(&model, input_size.as_deref(), dot),
+            stats,
+            passes,
+        } => graph(&model, input_size.as_deref(), dot, stats, &passes),
         Command::Compare { a, b } => compare(&a, &b),
         Command::RandomModel {
             model,
@@ -131,6 +175,7 @@ fn run(
     output: &std::path::Path,
     hidden_states: bool,
     threads: usize,
+    pipeline: &Pipeline,
 ) -> Result<(), Error> {
     let start = Instant::now();
     let spec = ModelSpec::resolve(model)?;
@@ -145,7 +190,7 @@ fn run(
             ),
         });
     }
-    let loaded = LoadedModel::load(spec, weights, (shape[2], shape[3]))?;
+    let loaded = LoadedModel::load_with(spec, weights, (shape[2], shape[3]), pipeline)?;
     let loaded_at = start.elapsed();
     let mut wanted: Vec<String> = [
         outputs::LOGITS,
@@ -158,13 +203,8 @@ fn run(
         wanted.extend((0..=loaded.spec.config.num_stages).map(outputs::hidden_state));
     }
     let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    let values = interp::run_threaded(
-        &loaded.graph,
-        &loaded.weights,
-        &pixel_values,
-        &wanted_refs,
-        threads,
-    )?;
+    let values =
+        interp::run_threaded(&loaded.graph, &loaded, &pixel_values, &wanted_refs, threads)?;
     let ran_at = start.elapsed();
     let arrays: Vec<(&str, &convnextv2::Tensor)> =
         wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
@@ -247,12 +287,30 @@ fn random_model(
     Ok(())
 }
 
-fn graph(model: &str, input_size: Option<&str>, dot: bool) -> Result<(), Error> {
+fn graph(
+    model: &str,
+    input_size: Option<&str>,
+    dot: bool,
+    stats: bool,
+    flags: &PassFlags,
+) -> Result<(), Error> {
+    let pipeline = flags.pipeline()?;
+    if flags.list_requested() {
+        for (i, pass) in pipeline.passes().enumerate() {
+            println!("{:>2}. {:<30} {}", i + 1, pass.name(), pass.summary());
+        }
+        return Ok(());
+    }
     let spec = ModelSpec::resolve(model)?;
     let hw = input_hw(&spec, input_size)?;
-    let graph = cnx_compiler::build_graph(&spec.config, hw)?;
+    let unfused = cnx_compiler::build_graph(&spec.config, hw)?;
+    cnx_compiler::verify::verify(&unfused)?;
+    let mut graph = unfused.clone();
+    pipeline.run(&mut graph)?;
     cnx_compiler::verify::verify(&graph)?;
-    if dot {
+    if stats {
+        print!("{}", listing::traffic_table(&unfused, &graph));
+    } else if dot {
         print!("{}", listing::dot(&graph));
     } else {
         print!("{}", listing::node_table(&graph));

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use convnextv2::weights::{SHARD_INDEX, SINGLE_FILE};
-use convnextv2::{NamingScheme, WeightStore};
+use std::collections::HashMap;
+
+use convnextv2::{NamingScheme, WeightSource, WeightStore};
 
 use crate::builder::{build_graph_with, BuildOptions};
 use crate::config::ConvNextV2Config;
 use crate::ir::Graph;
+use crate::passes::{derive, Pipeline};
 use crate::{presets, verify, Error};
 
 /// A resolved model reference.
@@ -112,20 +115,44 @@ impl ModelSpec {
     }
 }
 
-/// A model ready to run: its config, the graph for one input size, and validated weights.
+/// A model ready to run: its config, its optimised graph for one input size, the validated
+/// checkpoint and the parameters the passes derived from it (computed once, here).
 pub struct LoadedModel {
     pub spec: ModelSpec,
     pub graph: Graph,
-    pub weights: WeightStore,
+    pub checkpoint: WeightStore,
+    derived: HashMap<String, Vec<f32>>,
+    /// Rewrites made by each pass.
+    pub pass_report: Vec<(&'static str, usize)>,
+}
+
+impl WeightSource for LoadedModel {
+    fn tensor(&self, name: &str) -> Option<&[f32]> {
+        match self.derived.get(name) {
+            Some(v) => Some(v),
+            None => self.checkpoint.tensor(name),
+        }
+    }
 }
 
 impl LoadedModel {
     /// Opens the checkpoint (`weights`, else the one beside the config), builds the graph for
-    /// `input_hw`, and checks the checkpoint against it (all problems in one error).
+    /// `input_hw`, checks the checkpoint against it (all problems in one error) and optimises
+    /// it with the default pipeline.
     pub fn load(
         spec: ModelSpec,
         weights: Option<&Path>,
         input_hw: (usize, usize),
+    ) -> Result<Self, Error> {
+        Self::load_with(spec, weights, input_hw, &Pipeline::default_pipeline())
+    }
+
+    /// [`LoadedModel::load`] with a chosen pipeline (`Pipeline::empty()`: the unfused graph).
+    pub fn load_with(
+        spec: ModelSpec,
+        weights: Option<&Path>,
+        input_hw: (usize, usize),
+        pipeline: &Pipeline,
     ) -> Result<Self, Error> {
         let weights_path = match weights {
             Some(p) => p.to_path_buf(),
@@ -134,32 +161,43 @@ impl LoadedModel {
             })?,
         };
         let store = WeightStore::open(&weights_path)?;
-        Self::with_weights(spec, store, input_hw)
+        Self::with_weights(spec, store, input_hw, pipeline)
     }
 
-    /// As [`LoadedModel::load`], with an already opened checkpoint.
+    /// As [`LoadedModel::load_with`], with an already opened checkpoint.
     pub fn with_weights(
         spec: ModelSpec,
-        store: WeightStore,
+        mut store: WeightStore,
         input_hw: (usize, usize),
+        pipeline: &Pipeline,
     ) -> Result<Self, Error> {
         // A bare `ConvNextV2Model` checkpoint has no classifier: its logits are the pooled
         // features, as `nn.Identity()` gives with zero labels.
         let options = BuildOptions {
             classifier: store.scheme() != NamingScheme::HuggingFaceBare,
         };
-        let graph = build_graph_with(&spec.config, input_hw, options)?;
+        let mut graph = build_graph_with(&spec.config, input_hw, options)?;
         verify::verify(&graph)?;
+        // Validate against the graph as Hugging Face defines it: messages name HF tensors.
         store.validate(
             graph
-                .params()
+                .checkpoint_params()
                 .into_iter()
                 .map(|p| (p.name.as_str(), p.shape.as_slice())),
         )?;
+        let pass_report = pipeline.run(&mut graph)?;
+        verify::verify(&graph)?;
+        let derived = derive::materialize(&graph, &store)?.derived;
+        // Dead weights: checkpoint tensors that only fed derivations are not needed to run.
+        let live: std::collections::HashSet<String> =
+            graph.params().into_iter().map(|p| p.name.clone()).collect();
+        store.retain(|name| live.contains(name));
         Ok(LoadedModel {
             spec,
             graph,
-            weights: store,
+            checkpoint: store,
+            derived,
+            pass_report,
         })
     }
 }

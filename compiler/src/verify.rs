@@ -62,6 +62,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             ));
         }
         for p in &node.params {
+            check_derivation(p).map_err(|e| VerifyError(format!("`{}`: {e}", node.name)))?;
             if let Some(other) = weight_users.insert(&p.name, &node.name) {
                 return fail(format!(
                     "weight `{}` is used by both `{other}` and `{}`",
@@ -78,6 +79,34 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
     Ok(())
 }
 
+/// A derived parameter's inputs must have the shapes its rule needs.
+fn check_derivation(p: &crate::ir::Param) -> Result<(), String> {
+    use crate::ir::DeriveRule;
+    let Some(d) = &p.derivation else {
+        return Ok(());
+    };
+    let numel = |q: &crate::ir::Param| q.numel();
+    let ok = match (&d.rule, d.inputs.as_slice()) {
+        (DeriveRule::ScaleInputChannels, [w, gamma]) => {
+            w.shape == p.shape && w.shape.len() >= 2 && numel(gamma) == w.shape[1]
+        }
+        (DeriveRule::AddWeightTimesInput, [b, w, beta]) => {
+            b.shape == p.shape
+                && w.shape.len() >= 2
+                && w.shape[0] == numel(b)
+                && numel(beta) == w.shape[1]
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "derived parameter `{}` does not fit its recipe",
+            p.name
+        ));
+    }
+    d.inputs.iter().try_for_each(check_derivation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,22 +120,11 @@ mod tests {
         let fc = g
             .add(
                 "fc",
-                Op::Linear(Linear {
-                    in_features: 3,
-                    out_features: 2,
-                }),
+                Op::Linear(Linear::new(3, 2)),
                 &[pool],
                 vec![
-                    Param {
-                        role: "weight",
-                        name: "fc.weight".into(),
-                        shape: vec![2, 3],
-                    },
-                    Param {
-                        role: "bias",
-                        name: "fc.bias".into(),
-                        shape: vec![2],
-                    },
+                    Param::checkpoint("weight", "fc.weight", vec![2, 3]),
+                    Param::checkpoint("bias", "fc.bias", vec![2]),
                 ],
             )
             .unwrap();

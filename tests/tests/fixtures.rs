@@ -4,11 +4,21 @@
 use cnx_compiler::backend::interp;
 use cnx_compiler::io::read_npy;
 use cnx_compiler::ir::outputs;
+use cnx_compiler::passes::Pipeline;
 use cnx_compiler::{LoadedModel, ModelSpec};
 use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
 
 #[test]
-fn every_fixture_matches_transformers() {
+fn every_fixture_matches_transformers_unfused() {
+    check_every_fixture("unfused", &Pipeline::empty());
+}
+
+#[test]
+fn every_fixture_matches_transformers_fused() {
+    check_every_fixture("fused", &Pipeline::default_pipeline());
+}
+
+fn check_every_fixture(label: &str, pipeline: &Pipeline) {
     let cases = fixture_cases();
     assert!(
         cases.len() >= 10,
@@ -21,7 +31,7 @@ fn every_fixture_matches_transformers() {
         let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
         let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
         let shape = pixel_values.shape().to_vec();
-        let model = LoadedModel::load(spec, None, (shape[2], shape[3]))
+        let model = LoadedModel::load_with(spec, None, (shape[2], shape[3]), pipeline)
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name()));
         let num_stages = model.spec.config.num_stages;
         let mut names: Vec<String> = [
@@ -33,7 +43,7 @@ fn every_fixture_matches_transformers() {
         .to_vec();
         names.extend((0..=num_stages).map(outputs::hidden_state));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let got = interp::run(&model.graph, &model.weights, &pixel_values, &refs).unwrap();
+        let got = interp::run(&model.graph, &model, &pixel_values, &refs).unwrap();
         for name in &names {
             let expected = &fx.expected[name];
             let ours: Vec<f64> = got[name].data().iter().map(|&v| v as f64).collect();
@@ -53,7 +63,7 @@ fn every_fixture_matches_transformers() {
                 .get(&format!("{name}_f64"))
                 .map(|truth| max_abs_diff(&ours, &truth.data));
             println!(
-                "{:<22} {name:<20} |ours-hf32| {err:.2e}  |ours-hf64| {}  hf gap {gap:.2e}  tol {tol:.2e}",
+                "{label} {:<22} {name:<20} |ours-hf32| {err:.2e}  |ours-hf64| {}  hf gap {gap:.2e}  tol {tol:.2e}",
                 fx.name(),
                 err64.map_or("-".to_string(), |e| format!("{e:.2e}")),
             );
@@ -81,7 +91,7 @@ fn eps_sensitive_fixtures_detect_a_wrong_eps() {
         let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
         let shape = pixel_values.shape().to_vec();
         let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
-        let got = interp::run(&model.graph, &model.weights, &pixel_values, &["logits"]).unwrap();
+        let got = interp::run(&model.graph, &model, &pixel_values, &["logits"]).unwrap();
         let ours: Vec<f64> = got["logits"].data().iter().map(|&v| v as f64).collect();
         let err = max_abs_diff(&ours, &fx.expected["logits"].data);
         let tol = tolerance(fx.hf_gap("logits"), fx.scale("logits"));
@@ -101,11 +111,10 @@ fn results_do_not_depend_on_the_thread_count() {
     let shape = pixel_values.shape().to_vec();
     let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
     let names = ["logits", "hidden_states_1", "hidden_states_3"];
-    let one = interp::run_threaded(&model.graph, &model.weights, &pixel_values, &names, 1).unwrap();
+    let one = interp::run_threaded(&model.graph, &model, &pixel_values, &names, 1).unwrap();
     for threads in [2, 3, 7] {
         let many =
-            interp::run_threaded(&model.graph, &model.weights, &pixel_values, &names, threads)
-                .unwrap();
+            interp::run_threaded(&model.graph, &model, &pixel_values, &names, threads).unwrap();
         assert_eq!(one, many, "{threads} threads");
     }
 }

@@ -153,19 +153,46 @@ fn eval(
                 pad_w: c.padding[1],
                 groups: c.groups,
             };
-            k::conv2d_nchw(
-                &geometry,
-                operands[0].data(),
-                param("weight")?,
-                Some(param("bias")?),
-                out.data_mut(),
-            );
+            // Prologue: normalise the input pixels (a copy: the reference keeps it plain).
+            let normalised;
+            let input = match c.input_norm {
+                None => operands[0].data(),
+                Some(eps) => {
+                    let mut x = vec![0.0; operands[0].len()];
+                    normalize_channels(operands[0].data(), &t, batch, None, eps, &mut x);
+                    normalised = x;
+                    &normalised
+                }
+            };
+            let (weight, bias) = (param("weight")?, Some(param("bias")?));
+            match c.layout {
+                Layout::Nchw => k::conv2d_nchw(&geometry, input, weight, bias, out.data_mut()),
+                Layout::Nhwc => k::conv2d_nhwc(&geometry, input, weight, bias, out.data_mut()),
+                Layout::Features => return Err(RunError::Graph("conv on features".into())),
+            }
+            // Epilogue: LayerNorm of every output pixel.
+            if let Some(norm) = c.output_norm {
+                let affine = if norm.affine {
+                    Some(k::Affine {
+                        gamma: param("norm_weight")?,
+                        beta: param("norm_bias")?,
+                    })
+                } else {
+                    None
+                };
+                let conv_out = out.data().to_vec();
+                normalize_channels(&conv_out, &out_ty, batch, affine, norm.eps, out.data_mut());
+            }
         }
         Op::LayerNorm(ln) => {
-            let affine = Some(k::Affine {
-                gamma: param("weight")?,
-                beta: param("bias")?,
-            });
+            let affine = if ln.affine {
+                Some(k::Affine {
+                    gamma: param("weight")?,
+                    beta: param("bias")?,
+                })
+            } else {
+                None
+            };
             match ln.axis {
                 NormAxis::ChannelsFirst => k::layer_norm_channels_first(
                     operands[0].data(),
@@ -187,21 +214,48 @@ fn eval(
         }
         Op::Linear(l) => {
             let (weight, bias) = (param("weight")?, param("bias")?);
+            let mut next = 1;
+            let scale = l.input_scale.then(|| {
+                next += 1;
+                operands[next - 1].data()
+            });
+            let residual = l.residual.then(|| operands[next].data());
             let rows = batch * out_ty.pixels();
-            let rows_per_thread = rows.div_ceil(threads);
+            let rows_per_sample = out_ty.pixels();
+            let prologue = k::LinearPrologue {
+                norm_eps: l.input_norm,
+                scale,
+            };
+            // Whole samples per thread keep the per-sample scale simple; rows stay independent,
+            // so the split does not change any result.
+            let rows_per_thread =
+                rows.div_ceil(threads).div_ceil(rows_per_sample) * rows_per_sample;
             let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
             let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
             std::thread::scope(|scope| {
-                for (x, y) in inputs.zip(outputs) {
+                for (chunk, (x, y)) in inputs.zip(outputs).enumerate() {
+                    let first_sample = chunk * rows_per_thread / rows_per_sample;
+                    let prologue = k::LinearPrologue {
+                        scale: prologue.scale.map(|s| &s[first_sample * l.in_features..]),
+                        ..prologue
+                    };
+                    let epilogue = k::LinearEpilogue {
+                        activation: l.activation,
+                        residual: residual
+                            .map(|r| &r[chunk * rows_per_thread * l.out_features..][..y.len()]),
+                    };
                     let rows = x.len() / l.in_features;
                     scope.spawn(move || {
-                        k::linear(
+                        k::linear_fused(
                             x,
                             rows,
+                            rows_per_sample,
                             l.in_features,
                             weight,
-                            Some(bias),
+                            bias,
                             l.out_features,
+                            prologue,
+                            epilogue,
                             y,
                         )
                     });
@@ -221,6 +275,17 @@ fn eval(
             param("bias")?,
             out.data_mut(),
         ),
+        Op::GrnScale { channels } => {
+            let t = in_ty.expect("GrnScale has an operand");
+            let s = k::grn_scale_channels_last(
+                operands[0].data(),
+                batch,
+                t.pixels(),
+                channels,
+                param("weight")?,
+            );
+            out.data_mut().copy_from_slice(&s);
+        }
         Op::Add => {
             for ((o, a), b) in out
                 .data_mut()
@@ -233,9 +298,32 @@ fn eval(
         }
         Op::GlobalAvgPool => {
             let t = in_ty.expect("pool has an operand");
-            debug_assert_eq!(t.layout, Layout::Nchw);
-            let pooled = k::global_avg_pool_nchw(operands[0].data(), batch, t.channels, t.pixels());
+            let pooled = global_avg_pool(operands[0].data(), &t, batch)?;
             out.data_mut().copy_from_slice(&pooled);
+        }
+        Op::PoolNormLinear {
+            channels,
+            classes,
+            eps,
+        } => {
+            let t = in_ty.expect("head has an operand");
+            let pooled = global_avg_pool(operands[0].data(), &t, batch)?;
+            let prologue = k::LinearPrologue {
+                norm_eps: Some(eps),
+                scale: None,
+            };
+            k::linear_fused(
+                &pooled,
+                batch,
+                1,
+                channels,
+                param("weight")?,
+                param("bias")?,
+                classes,
+                prologue,
+                k::LinearEpilogue::default(),
+                out.data_mut(),
+            );
         }
         Op::Permute(p) => {
             let (a, b) = match p {
@@ -246,4 +334,30 @@ fn eval(
         }
     }
     Ok(out)
+}
+
+/// Mean over the pixels of an image value in either layout.
+fn global_avg_pool(x: &[f32], t: &ValueType, batch: usize) -> Result<Vec<f32>, RunError> {
+    match t.layout {
+        Layout::Nchw => Ok(k::global_avg_pool_nchw(x, batch, t.channels, t.pixels())),
+        Layout::Nhwc => Ok(k::global_avg_pool_nhwc(x, batch, t.pixels(), t.channels)),
+        Layout::Features => Err(RunError::Graph("pooling a feature vector".into())),
+    }
+}
+
+/// LayerNorm over the channels of an image value in either layout.
+fn normalize_channels(
+    x: &[f32],
+    t: &ValueType,
+    batch: usize,
+    affine: Option<k::Affine<'_>>,
+    eps: f64,
+    out: &mut [f32],
+) {
+    match t.layout {
+        Layout::Nchw => {
+            k::layer_norm_channels_first(x, batch, t.channels, t.pixels(), affine, eps, out)
+        }
+        Layout::Nhwc | Layout::Features => k::layer_norm_last_axis(x, t.channels, affine, eps, out),
+    }
 }

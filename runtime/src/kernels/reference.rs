@@ -84,6 +84,60 @@ pub fn conv2d_nchw(
     }
 }
 
+/// `nn.Conv2d` on NHWC input (the same geometry and `[out, in / groups, kh, kw]` weight as
+/// [`conv2d_nchw`]), output NHWC.
+pub fn conv2d_nhwc(
+    g: &Conv2dGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let in_per_group = g.in_channels / g.groups;
+    let out_per_group = g.out_channels / g.groups;
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_h * g.in_w);
+    assert_eq!(
+        weight.len(),
+        g.out_channels * in_per_group * g.kernel_h * g.kernel_w
+    );
+    assert_eq!(out.len(), g.batch * g.out_channels * oh * ow);
+    for n in 0..g.batch {
+        let image = &input[n * g.in_h * g.in_w * g.in_channels..];
+        for y in 0..oh {
+            for x in 0..ow {
+                let pixel_out = ((n * oh + y) * ow + x) * g.out_channels;
+                for oc in 0..g.out_channels {
+                    let group = oc / out_per_group;
+                    let mut acc = bias.map_or(0.0, |b| b[oc] as f64);
+                    for ky in 0..g.kernel_h {
+                        let iy = (y * g.stride_h + ky) as isize - g.pad_h as isize;
+                        if iy < 0 || iy >= g.in_h as isize {
+                            continue;
+                        }
+                        for kx in 0..g.kernel_w {
+                            let ix = (x * g.stride_w + kx) as isize - g.pad_w as isize;
+                            if ix < 0 || ix >= g.in_w as isize {
+                                continue;
+                            }
+                            let pixel =
+                                &image[(iy as usize * g.in_w + ix as usize) * g.in_channels..];
+                            for icg in 0..in_per_group {
+                                let ic = group * in_per_group + icg;
+                                let wv = weight[((oc * in_per_group + icg) * g.kernel_h + ky)
+                                    * g.kernel_w
+                                    + kx];
+                                acc += wv as f64 * pixel[ic] as f64;
+                            }
+                        }
+                    }
+                    out[pixel_out + oc] = acc as f32;
+                }
+            }
+        }
+    }
+}
+
 /// Dot product with eight independent f32 lanes (vectorisable), summed in f64 at the end.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -246,6 +300,110 @@ pub fn grn_channels_last(
     }
 }
 
+/// GRN's whole-image half, `s = 1 + gamma * N`, on channels-last `[batch, pixels, channels]`:
+/// `N_c = ||x_c||_2 / (mean_c ||x_c||_2 + 1e-6)`. Output `[batch, channels]`. With `s`,
+/// `GRN(x) = x * s + beta`.
+pub fn grn_scale_channels_last(
+    x: &[f32],
+    batch: usize,
+    pixels: usize,
+    channels: usize,
+    gamma: &[f32],
+) -> Vec<f32> {
+    assert_eq!(x.len(), batch * pixels * channels);
+    let mut out = Vec::with_capacity(batch * channels);
+    for n in 0..batch {
+        let mut norm = vec![0f64; channels];
+        for row in x[n * pixels * channels..(n + 1) * pixels * channels].chunks_exact(channels) {
+            for (acc, &v) in norm.iter_mut().zip(row) {
+                *acc += v as f64 * v as f64;
+            }
+        }
+        norm.iter_mut().for_each(|v| *v = v.sqrt());
+        let mean = norm.iter().sum::<f64>() / channels as f64;
+        out.extend(
+            norm.iter()
+                .zip(gamma)
+                .map(|(g, &gm)| (1.0 + gm as f64 * (g / (mean + GRN_EPS))) as f32),
+        );
+    }
+    out
+}
+
+/// What a fused linear layer does to each input row before the product.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinearPrologue<'a> {
+    /// Normalise the row (LayerNorm without affine part) with this eps.
+    pub norm_eps: Option<f64>,
+    /// Multiply the row by its sample's `[in_features]` slice of this `[batch, in_features]`.
+    pub scale: Option<&'a [f32]>,
+}
+
+/// What a fused linear layer does to each output row after the bias.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinearEpilogue<'a> {
+    pub activation: Option<Activation>,
+    /// Added last, elementwise: `[rows, out_features]`.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// `nn.Linear` with a prologue and an epilogue, over `rows` rows of which each sample owns
+/// `rows_per_sample` consecutive ones (the pixels of one image; for `prologue.scale`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fused(
+    x: &[f32],
+    rows: usize,
+    rows_per_sample: usize,
+    in_features: usize,
+    weight: &[f32],
+    bias: &[f32],
+    out_features: usize,
+    prologue: LinearPrologue<'_>,
+    epilogue: LinearEpilogue<'_>,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), rows * in_features);
+    assert_eq!(out.len(), rows * out_features);
+    let mut row = vec![0f32; in_features];
+    for r in 0..rows {
+        row.copy_from_slice(&x[r * in_features..(r + 1) * in_features]);
+        if let Some(eps) = prologue.norm_eps {
+            let src = row.clone();
+            layer_norm_last_axis(&src, in_features, None, eps, &mut row);
+        }
+        if let Some(scale) = prologue.scale {
+            let sample = r / rows_per_sample;
+            let s = &scale[sample * in_features..(sample + 1) * in_features];
+            row.iter_mut().zip(s).for_each(|(v, &k)| *v *= k);
+        }
+        for o in 0..out_features {
+            let mut v = dot(&row, &weight[o * in_features..(o + 1) * in_features]) + bias[o] as f64;
+            if let Some(act) = epilogue.activation {
+                v = act.apply_f64(v as f32 as f64);
+            }
+            let mut y = v as f32;
+            if let Some(res) = epilogue.residual {
+                y += res[r * out_features + o];
+            }
+            out[r * out_features + o] = y;
+        }
+    }
+}
+
+/// Mean over the spatial axes of NHWC: `[batch, pixels, channels]` to `[batch, channels]`.
+pub fn global_avg_pool_nhwc(x: &[f32], batch: usize, pixels: usize, channels: usize) -> Vec<f32> {
+    assert_eq!(x.len(), batch * pixels * channels);
+    let mut out = Vec::with_capacity(batch * channels);
+    for n in 0..batch {
+        let mut acc = vec![0f64; channels];
+        for row in x[n * pixels * channels..(n + 1) * pixels * channels].chunks_exact(channels) {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+        }
+        out.extend(acc.iter().map(|a| (a / pixels as f64) as f32));
+    }
+    out
+}
+
 /// Mean over the spatial axes of NCHW: `[batch, channels, pixels]` to `[batch, channels]`.
 pub fn global_avg_pool_nchw(x: &[f32], batch: usize, channels: usize, pixels: usize) -> Vec<f32> {
     assert_eq!(x.len(), batch * channels * pixels);
@@ -392,6 +550,111 @@ mod tests {
                 assert!((out[r * 3 + o] as f64 - want).abs() < 1e-4);
             }
         }
+    }
+
+    #[test]
+    fn conv_layouts_agree_on_odd_shapes() {
+        // Batch 3, 11x9 input, 6 -> 4 channels in 2 groups, 3x3 stride 2 padding 1.
+        let g = Conv2dGeometry {
+            batch: 3,
+            in_channels: 6,
+            in_h: 11,
+            in_w: 9,
+            out_channels: 4,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 2,
+            stride_w: 2,
+            pad_h: 1,
+            pad_w: 1,
+            groups: 2,
+        };
+        let x: Vec<f32> = (0..3 * 6 * 11 * 9)
+            .map(|i| ((i * 37) % 23) as f32 * 0.1 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..4 * 3 * 9)
+            .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.5)
+            .collect();
+        let b = [0.1, -0.2, 0.3, 0.0];
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut nchw = vec![0.0; 3 * 4 * oh * ow];
+        conv2d_nchw(&g, &x, &w, Some(&b), &mut nchw);
+        let mut x_nhwc = vec![0.0; x.len()];
+        transpose_inner(&x, 3, 6, 11 * 9, &mut x_nhwc);
+        let mut nhwc = vec![0.0; nchw.len()];
+        conv2d_nhwc(&g, &x_nhwc, &w, Some(&b), &mut nhwc);
+        let mut back = vec![0.0; nchw.len()];
+        transpose_inner(&nhwc, 3, oh * ow, 4, &mut back);
+        assert_eq!(back, nchw);
+    }
+
+    #[test]
+    fn grn_scale_then_affine_equals_grn() {
+        let (batch, pixels, c) = (3, 5, 7);
+        let x: Vec<f32> = (0..batch * pixels * c)
+            .map(|i| ((i * 29) % 17) as f32 * 0.3 - 2.0)
+            .collect();
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 - i as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..c).map(|i| i as f32 * 0.05).collect();
+        let mut want = vec![0.0; x.len()];
+        grn_channels_last(&x, batch, pixels, c, &gamma, &beta, &mut want);
+        let s = grn_scale_channels_last(&x, batch, pixels, c, &gamma);
+        for (i, &v) in x.iter().enumerate() {
+            let (n, ch) = (i / (pixels * c), i % c);
+            let got = v * s[n * c + ch] + beta[ch];
+            assert!((got - want[i]).abs() < 1e-5, "{i}: {got} vs {}", want[i]);
+        }
+    }
+
+    #[test]
+    fn linear_fused_equals_its_parts() {
+        let (rows, per, k, n) = (6, 3, 10, 5);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 31) % 19) as f32 * 0.2 - 1.5)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.4)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let scale: Vec<f32> = (0..2 * k).map(|i| 0.5 + i as f32 * 0.05).collect();
+        let res: Vec<f32> = (0..rows * n).map(|i| i as f32 * 0.01).collect();
+        // Parts: normalise, scale, linear, activation, residual.
+        let mut normed = vec![0.0; x.len()];
+        layer_norm_last_axis(&x, k, None, 1e-6, &mut normed);
+        for r in 0..rows {
+            for c in 0..k {
+                normed[r * k + c] *= scale[(r / per) * k + c];
+            }
+        }
+        let mut want = vec![0.0; rows * n];
+        linear(&normed, rows, k, &w, Some(&b), n, &mut want);
+        activation(Activation::Gelu, &mut want);
+        want.iter_mut().zip(&res).for_each(|(y, r)| *y += r);
+        let mut got = vec![0.0; rows * n];
+        let prologue = LinearPrologue {
+            norm_eps: Some(1e-6),
+            scale: Some(&scale),
+        };
+        let epilogue = LinearEpilogue {
+            activation: Some(Activation::Gelu),
+            residual: Some(&res),
+        };
+        linear_fused(&x, rows, per, k, &w, &b, n, prologue, epilogue, &mut got);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn pooling_layouts_agree() {
+        let (batch, c, p) = (3, 5, 7);
+        let x: Vec<f32> = (0..batch * c * p).map(|i| i as f32 * 0.25).collect();
+        let mut x_nhwc = vec![0.0; x.len()];
+        transpose_inner(&x, batch, c, p, &mut x_nhwc);
+        assert_eq!(
+            global_avg_pool_nchw(&x, batch, c, p),
+            global_avg_pool_nhwc(&x_nhwc, batch, p, c)
+        );
     }
 
     #[test]

@@ -169,6 +169,12 @@ impl WeightStore {
         self.tensors.is_empty()
     }
 
+    /// Keeps only the tensors whose Hugging Face name satisfies `keep` (frees converted copies;
+    /// mapped ones cost nothing until read).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.tensors.retain(|name, _| keep(name));
+    }
+
     /// Checks the checkpoint against the `(Hugging Face name, shape)` pairs a graph expects and
     /// reports every missing, unexpected and mis-shaped tensor in one error.
     pub fn validate<'a>(

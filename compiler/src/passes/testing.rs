@@ -1,0 +1,104 @@
+//! Shared test helpers for the passes: small configs with awkward sizes, structural views of a
+//! graph, and the numerical check of a pipeline against the unfused graph.
+
+use std::collections::HashMap;
+
+use crate::backend::interp;
+use crate::ir::{outputs, Graph};
+use crate::passes::{derive, run_to_fixed_point, Pass, Pipeline};
+use crate::{build_graph, random, verify, ConvNextV2Config};
+
+/// Configs whose channel counts are not multiples of 8 or 16, with every head variant.
+pub fn configs() -> Vec<ConvNextV2Config> {
+    [
+        r#"{"hidden_sizes": [5, 10, 15, 20], "depths": [1, 2, 1, 1], "num_labels": 7}"#,
+        r#"{"num_channels": 1, "patch_size": 2, "num_stages": 3, "hidden_sizes": [6, 9, 13],
+            "depths": [1, 1, 2], "num_labels": 3, "hidden_act": "relu", "layer_norm_eps": 1e-3}"#,
+        r#"{"hidden_sizes": [7, 14, 21, 28], "depths": [2, 1, 1, 1], "num_labels": 0,
+            "hidden_act": "gelu_new"}"#,
+    ]
+    .iter()
+    .map(|json| ConvNextV2Config::from_json(json).unwrap())
+    .collect()
+}
+
+/// The first config's graph at `hw`.
+pub fn custom_graph(hw: (usize, usize)) -> Graph {
+    build_graph(&configs()[0], hw).unwrap()
+}
+
+/// `graph` after `pass` has run to its fixed point; verified.
+pub fn apply(pass: &dyn Pass, graph: &Graph) -> Graph {
+    let mut g = graph.clone();
+    let n = run_to_fixed_point(pass, &mut g).unwrap();
+    assert!(n > 0, "{} changed nothing", pass.name());
+    verify::verify(&g).unwrap();
+    g
+}
+
+/// `"<suffix>: <kind>"` for each node under `prefix.`, in topological order.
+pub fn block_summary(graph: &Graph, prefix: &str) -> Vec<String> {
+    graph
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .filter_map(|id| {
+            let n = graph.node(id);
+            let suffix = n.name.strip_prefix(prefix)?.strip_prefix('.')?;
+            Some(format!("{suffix}: {}", n.op.kind()))
+        })
+        .collect()
+}
+
+/// Runs the named passes over every test config at 97x75 (batch 3) and 64x64 (batch 2) with
+/// random weights, and compares every output with the unfused graph's.
+///
+/// Tolerance: both runs are float32 with the same f64-accumulated reference kernels; the
+/// rewrites change only where values are rounded (a folded weight is rounded once from its f64
+/// product, a fused prologue skips a stored intermediate). Each rounding moves a value by at
+/// most half an ulp, 6e-8 relative; through a few dozen layers of sums over up to 80 terms
+/// this stays below 2e-6 of the output's magnitude, the bound we assert (measured: see the
+/// printed figures, typically ~1e-7 to 5e-7).
+pub fn check_pipeline(names: &[&str]) {
+    let pipeline = Pipeline::from_names(names).unwrap();
+    for (i, config) in configs().iter().enumerate() {
+        for (hw, batch) in [((97, 75), 3), ((64, 64), 2)] {
+            let unfused = build_graph(config, hw).unwrap();
+            let mut fused = unfused.clone();
+            pipeline.run(&mut fused).unwrap();
+            verify::verify(&fused).unwrap();
+            let params: HashMap<String, Vec<f32>> =
+                random::random_parameters(&unfused, 7 + i as u64)
+                    .into_iter()
+                    .map(|(name, _, data)| (name, data))
+                    .collect();
+            let weights = derive::materialize(&fused, &params).unwrap();
+            let x = random::random_pixel_values(&unfused, batch, 11);
+            let mut names: Vec<String> = [
+                outputs::LOGITS,
+                outputs::POOLER_OUTPUT,
+                outputs::LAST_HIDDEN_STATE,
+            ]
+            .map(String::from)
+            .to_vec();
+            names.extend((0..=config.num_stages).map(outputs::hidden_state));
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let want = interp::run(&unfused, &params, &x, &refs).unwrap();
+            let got = interp::run_threaded(&fused, &weights, &x, &refs, 2).unwrap();
+            for name in &refs {
+                let (a, b) = (want[*name].data(), got[*name].data());
+                assert_eq!(want[*name].shape(), got[*name].shape(), "{name}");
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+                let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                println!(
+                    "config {i} {hw:?} {name}: max |fused - unfused| = {:.2e} of {scale:.2e}",
+                    err / scale
+                );
+                assert!(
+                    err <= 2e-6 * scale,
+                    "config {i} {hw:?} {name}: {err:e} > 2e-6 * {scale:e}"
+                );
+            }
+        }
+    }
+}
