@@ -66,6 +66,14 @@ fn run_writes_the_contracted_outputs() {
     assert_eq!(arrays["last_hidden_state"].shape, vec![2, 32, 3, 2]);
     assert!(arrays.values().all(|a| a.dtype == "<f4"));
 
+    // --no-fuse and a chosen pass list give the same contract.
+    for extra in [&["--no-fuse"][..], &["--passes", "to_nhwc,fuse_head"][..]] {
+        let argv: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
+        let out = cnx(&argv);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(read_npz(&out_path).unwrap()["logits"].shape, vec![2, 7]);
+    }
+
     let with_hidden: Vec<&str> = args
         .iter()
         .copied()
@@ -262,7 +270,7 @@ fn bad_input_is_one_line_exit_2_and_no_file() {
 
 #[test]
 fn graph_lists_nodes_and_totals() {
-    let out = cnx(&["graph", "facebook/convnextv2-tiny-1k-224"]);
+    let out = cnx(&["graph", "facebook/convnextv2-tiny-1k-224", "--no-fuse"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("convnextv2.encoder.stages.2.layers.5.pwconv1"));
@@ -276,6 +284,22 @@ fn graph_lists_nodes_and_totals() {
     assert!(out.status.success());
     let dot = String::from_utf8(out.stdout).unwrap();
     assert!(dot.starts_with("digraph") && dot.contains("[N,40,24,18] NCHW"));
+
+    // The optimised graph (the default): fewer nodes, the same MACs.
+    let out = cnx(&["graph", "tiny-1k-224"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Linear(384->96, scale-in, +residual)"), "{text}");
+    assert!(text.lines().last().unwrap().contains("4455531264 MACs"));
+
+    // The pipeline, and the traffic statistics.
+    let out = cnx(&["graph", "tiny-1k-224", "--passes"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with(" 1. to_nhwc"), "{text}");
+    let out = cnx(&["graph", "tiny-1k-224", "--stats"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("activations written") && text.contains("nodes"), "{text}");
+    let out = cnx(&["graph", "tiny-1k-224", "--passes", "to_nhwc,nonsense"]);
+    assert_user_error(&out, "unknown pass `nonsense`", None);
 
     let out = cnx(&["graph", "atto-1k-224", "--input-size", "7x"]);
     assert_user_error(&out, "--input-size", None);
