@@ -70,7 +70,11 @@ fn run_writes_the_contracted_outputs() {
     for extra in [&["--no-fuse"][..], &["--passes", "to_nhwc,fuse_head"][..]] {
         let argv: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
         let out = cnx(&argv);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(read_npz(&out_path).unwrap()["logits"].shape, vec![2, 7]);
     }
 
@@ -288,7 +292,10 @@ fn graph_lists_nodes_and_totals() {
     // The optimised graph (the default): fewer nodes, the same MACs.
     let out = cnx(&["graph", "tiny-1k-224"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("Linear(384->96, scale-in, +residual)"), "{text}");
+    assert!(
+        text.contains("Linear(384->96, scale-in, +residual)"),
+        "{text}"
+    );
     assert!(text.lines().last().unwrap().contains("4455531264 MACs"));
 
     // The pipeline, and the traffic statistics.
@@ -297,7 +304,10 @@ fn graph_lists_nodes_and_totals() {
     assert!(text.starts_with(" 1. to_nhwc"), "{text}");
     let out = cnx(&["graph", "tiny-1k-224", "--stats"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("activations written") && text.contains("nodes"), "{text}");
+    assert!(
+        text.contains("activations written") && text.contains("nodes"),
+        "{text}"
+    );
     let out = cnx(&["graph", "tiny-1k-224", "--passes", "to_nhwc,nonsense"]);
     assert_user_error(&out, "unknown pass `nonsense`", None);
 

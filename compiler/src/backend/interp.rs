@@ -221,35 +221,30 @@ fn eval(
             });
             let residual = l.residual.then(|| operands[next].data());
             let rows = batch * out_ty.pixels();
-            let rows_per_sample = out_ty.pixels();
-            let prologue = k::LinearPrologue {
-                norm_eps: l.input_norm,
-                scale,
-            };
-            // Whole samples per thread keep the per-sample scale simple; rows stay independent,
-            // so the split does not change any result.
-            let rows_per_thread =
-                rows.div_ceil(threads).div_ceil(rows_per_sample) * rows_per_sample;
+            // Rows are independent, so splitting them over threads changes no result.
+            let rows_per_thread = rows.div_ceil(threads);
             let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
             let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
             std::thread::scope(|scope| {
                 for (chunk, (x, y)) in inputs.zip(outputs).enumerate() {
-                    let first_sample = chunk * rows_per_thread / rows_per_sample;
+                    let first_row = chunk * rows_per_thread;
                     let prologue = k::LinearPrologue {
-                        scale: prologue.scale.map(|s| &s[first_sample * l.in_features..]),
-                        ..prologue
+                        norm_eps: l.input_norm,
+                        scale: scale.map(|values| k::RowScale {
+                            values,
+                            rows_per_sample: out_ty.pixels(),
+                            first_row,
+                        }),
                     };
                     let epilogue = k::LinearEpilogue {
                         activation: l.activation,
-                        residual: residual
-                            .map(|r| &r[chunk * rows_per_thread * l.out_features..][..y.len()]),
+                        residual: residual.map(|r| &r[first_row * l.out_features..][..y.len()]),
                     };
                     let rows = x.len() / l.in_features;
                     scope.spawn(move || {
                         k::linear_fused(
                             x,
                             rows,
-                            rows_per_sample,
                             l.in_features,
                             weight,
                             bias,
@@ -315,7 +310,6 @@ fn eval(
             k::linear_fused(
                 &pooled,
                 batch,
-                1,
                 channels,
                 param("weight")?,
                 param("bias")?,

@@ -330,13 +330,24 @@ pub fn grn_scale_channels_last(
     out
 }
 
+/// A per-sample channel scale for the rows of a fused linear layer.
+#[derive(Debug, Clone, Copy)]
+pub struct RowScale<'a> {
+    /// `[batch, in_features]`.
+    pub values: &'a [f32],
+    /// Rows per sample (the pixels of one image).
+    pub rows_per_sample: usize,
+    /// Index, in the whole batch, of the first row passed to the kernel.
+    pub first_row: usize,
+}
+
 /// What a fused linear layer does to each input row before the product.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinearPrologue<'a> {
     /// Normalise the row (LayerNorm without affine part) with this eps.
     pub norm_eps: Option<f64>,
-    /// Multiply the row by its sample's `[in_features]` slice of this `[batch, in_features]`.
-    pub scale: Option<&'a [f32]>,
+    /// Multiply the row by its sample's slice of a `[batch, in_features]` scale.
+    pub scale: Option<RowScale<'a>>,
 }
 
 /// What a fused linear layer does to each output row after the bias.
@@ -347,13 +358,11 @@ pub struct LinearEpilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
-/// `nn.Linear` with a prologue and an epilogue, over `rows` rows of which each sample owns
-/// `rows_per_sample` consecutive ones (the pixels of one image; for `prologue.scale`).
+/// `nn.Linear` with a prologue and an epilogue over `rows` rows.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_fused(
     x: &[f32],
     rows: usize,
-    rows_per_sample: usize,
     in_features: usize,
     weight: &[f32],
     bias: &[f32],
@@ -368,12 +377,14 @@ pub fn linear_fused(
     for r in 0..rows {
         row.copy_from_slice(&x[r * in_features..(r + 1) * in_features]);
         if let Some(eps) = prologue.norm_eps {
-            let src = row.clone();
-            layer_norm_last_axis(&src, in_features, None, eps, &mut row);
+            let (mean, var) = mean_var(in_features, |c| row[c]);
+            let inv_std = 1.0 / (var + eps).sqrt();
+            row.iter_mut()
+                .for_each(|v| *v = ((*v as f64 - mean) * inv_std) as f32);
         }
         if let Some(scale) = prologue.scale {
-            let sample = r / rows_per_sample;
-            let s = &scale[sample * in_features..(sample + 1) * in_features];
+            let sample = (scale.first_row + r) / scale.rows_per_sample;
+            let s = &scale.values[sample * in_features..(sample + 1) * in_features];
             row.iter_mut().zip(s).for_each(|(v, &k)| *v *= k);
         }
         for o in 0..out_features {
@@ -633,13 +644,17 @@ mod tests {
         let mut got = vec![0.0; rows * n];
         let prologue = LinearPrologue {
             norm_eps: Some(1e-6),
-            scale: Some(&scale),
+            scale: Some(RowScale {
+                values: &scale,
+                rows_per_sample: per,
+                first_row: 0,
+            }),
         };
         let epilogue = LinearEpilogue {
             activation: Some(Activation::Gelu),
             residual: Some(&res),
         };
-        linear_fused(&x, rows, per, k, &w, &b, n, prologue, epilogue, &mut got);
+        linear_fused(&x, rows, k, &w, &b, n, prologue, epilogue, &mut got);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
