@@ -44,7 +44,8 @@ pub fn materialize<'a>(
     // inference; most of the cost is touching the mapped checkpoint).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = todo.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<(String, Vec<f32>)>, DeriveError>> = std::thread::scope(|scope| {
+    type Batch = Result<Vec<(String, Vec<f32>)>, DeriveError>;
+    let results: Vec<Batch> = std::thread::scope(|scope| {
         let handles: Vec<_> = todo
             .chunks(per_thread)
             .map(|chunk| {
