@@ -181,6 +181,10 @@ pub struct Linear {
     pub activation: Option<Activation>,
     /// Epilogue: the residual operand is added last.
     pub residual: bool,
+    /// Epilogue: the per-sample, per-output-channel sum of squares of the output (after the
+    /// activation) is accumulated as a side result, for a GRN that reads this Linear with
+    /// [`GrnSource::ProducerSums`]. Reduced in a fixed order, whatever the thread count.
+    pub sum_squares: bool,
 }
 
 impl Linear {
@@ -193,8 +197,18 @@ impl Linear {
             input_scale: false,
             activation: None,
             residual: false,
+            sum_squares: false,
         }
     }
+}
+
+/// Where [`Op::GrnScale`] gets its per-channel sums of squares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrnSource {
+    /// It reads its operand's values (a full pass over them).
+    Values,
+    /// Its operand is a Linear with `sum_squares`, which accumulated them in its epilogue.
+    ProducerSums,
 }
 
 /// Permutations between the two image layouts.
@@ -225,6 +239,7 @@ pub enum Op {
     /// A barrier: it needs every pixel of an image. Output `[N, channels]`.
     GrnScale {
         channels: usize,
+        source: GrnSource,
     },
     /// Elementwise sum of two values of the same type (the residual connection).
     Add,
@@ -302,7 +317,7 @@ impl Op {
                 ("weight", vec![1, 1, 1, channels]),
                 ("bias", vec![1, 1, 1, channels]),
             ],
-            Op::GrnScale { channels } => vec![("weight", vec![1, 1, 1, channels])],
+            Op::GrnScale { channels, .. } => vec![("weight", vec![1, 1, 1, channels])],
             Op::PoolNormLinear {
                 channels, classes, ..
             } => vec![("weight", vec![classes, channels]), ("bias", vec![classes])],
@@ -409,7 +424,7 @@ impl Op {
                 expect_channels(&inputs[0], channels)?;
                 Ok(inputs[0])
             }
-            Op::GrnScale { channels } => {
+            Op::GrnScale { channels, .. } => {
                 expect_layout(&inputs[0], &[Layout::Nhwc])?;
                 expect_channels(&inputs[0], channels)?;
                 Ok(ValueType::features(channels))
@@ -525,11 +540,21 @@ impl fmt::Display for Op {
                 if l.residual {
                     write!(f, ", +residual")?;
                 }
+                if l.sum_squares {
+                    write!(f, ", sum-squares")?;
+                }
                 write!(f, ")")
             }
             Op::Activation(a) => write!(f, "Activation({a})"),
             Op::Grn { channels } => write!(f, "GRN({channels})"),
-            Op::GrnScale { channels } => write!(f, "GrnScale({channels})"),
+            Op::GrnScale {
+                channels,
+                source: GrnSource::Values,
+            } => write!(f, "GrnScale({channels})"),
+            Op::GrnScale {
+                channels,
+                source: GrnSource::ProducerSums,
+            } => write!(f, "GrnScale({channels}, from producer's sums)"),
             Op::PoolNormLinear {
                 channels,
                 classes,

@@ -24,5 +24,6 @@ pub use config::ConvNextV2Config;
 pub use error::Error;
 pub use ir::Graph;
 pub use model::{LoadedModel, ModelSpec};
+pub mod bench;
 pub mod passes;
 pub mod random;

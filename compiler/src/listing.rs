@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ir::Graph;
+use crate::ir::{Graph, GrnSource, Op};
 
 /// Parameter and MAC totals of a graph (per image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,19 @@ pub fn traffic(graph: &Graph) -> Traffic {
         }
         t.nodes += 1;
         t.bytes_written += 4 * n.ty.numel() as u64;
+        match n.op {
+            // The side result of an accumulating Linear: f64 sums per channel.
+            Op::Linear(l) if l.sum_squares => t.bytes_written += 8 * l.out_features as u64,
+            Op::GrnScale {
+                channels,
+                source: GrnSource::ProducerSums,
+            } => {
+                t.bytes_read += 8 * channels as u64;
+                t.macs += n.op.macs(&n.ty);
+                continue;
+            }
+            _ => {}
+        }
         t.bytes_read += graph
             .inputs(id)
             .iter()

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{io, listing, random, Error, LoadedModel, ModelSpec};
+use cnx_compiler::{bench, io, listing, random, Error, LoadedModel, ModelSpec};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,32 @@ enum Command {
         /// Print activation traffic, node count and MACs of the unfused and the optimised graph.
         #[arg(long)]
         stats: bool,
+        #[command(flatten)]
+        passes: PassFlags,
+    },
+    /// Time the forward pass: median and min per batch size, images/s, GFLOP/s, first
+    /// inference, peak memory. Random weights unless --weights (or a model directory) gives them.
+    Bench {
+        /// Preset, config.json, or model directory.
+        model: String,
+        /// Checkpoint (default: the model directory's, else random weights).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// Worker threads (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+        /// Timed runs per batch size (after one untimed first inference).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+        /// Input size as H or HxW (default: the config's image_size).
+        #[arg(long)]
+        input_size: Option<String>,
+        /// One JSON object per batch size and line.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         passes: PassFlags,
     },
@@ -158,6 +184,56 @@ fn dispatch(command: Command) -> Result<(), Error> {
             passes,
         } => graph(&model, input_size.as_deref(), dot, stats, &passes),
         Command::Compare { a, b } => compare(&a, &b),
+        Command::Bench {
+            model,
+            weights,
+            batch,
+            threads,
+            runs,
+            input_size,
+            json,
+            passes,
+        } => {
+            let spec = ModelSpec::resolve(&model)?;
+            let input_hw = input_hw(&spec, input_size.as_deref())?;
+            if batch.contains(&0) {
+                return Err(Error::Usage("--batch sizes must be at least 1".into()));
+            }
+            let weights = weights.or_else(|| spec.default_weights());
+            let pipeline = passes.pipeline()?;
+            let cfg = bench::BenchConfig {
+                spec,
+                weights: weights.as_deref(),
+                input_hw,
+                batches: batch,
+                threads: threads.map_or_else(default_threads, |t| t as usize),
+                runs: runs as usize,
+                pipeline: &pipeline,
+                fused: !passes.no_fuse,
+            };
+            for r in bench::bench(&cfg)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r).expect("serialisable"));
+                } else {
+                    println!(
+                        "{} {}x{} batch {} threads {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
+                        r.model,
+                        r.height,
+                        r.width,
+                        r.batch,
+                        r.threads,
+                        if r.fused { "fused" } else { "unfused" },
+                        r.median_ms,
+                        r.min_ms,
+                        r.images_per_s,
+                        r.gflops,
+                        r.first_inference_ms,
+                        r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::RandomModel {
             model,
             output,

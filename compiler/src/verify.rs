@@ -38,6 +38,19 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 Err(e) => return fail(format!("`{}`: {e}", node.name)),
             }
         }
+        if let Op::GrnScale {
+            source: crate::ir::GrnSource::ProducerSums,
+            ..
+        } = node.op
+        {
+            let producer = graph.node(inputs[0]);
+            if !matches!(producer.op, Op::Linear(l) if l.sum_squares) {
+                return fail(format!(
+                    "`{}` reads sums of squares that `{}` does not accumulate",
+                    node.name, producer.name
+                ));
+            }
+        }
         let mut ports: Vec<usize> = graph
             .petgraph()
             .edges_directed(id, petgraph::Direction::Incoming)

@@ -314,3 +314,56 @@ fn graph_lists_nodes_and_totals() {
     let out = cnx(&["graph", "atto-1k-224", "--input-size", "7x"]);
     assert_user_error(&out, "--input-size", None);
 }
+
+#[test]
+fn bench_reports_the_contracted_json_keys() {
+    let case = fixture("custom-square");
+    let out = cnx(&[
+        "bench",
+        s(&case),
+        "--batch",
+        "1,3",
+        "--runs",
+        "2",
+        "--threads",
+        "2",
+        "--input-size",
+        "64",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, batch) in lines.iter().zip([1, 3]) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in [
+            "model",
+            "batch",
+            "threads",
+            "median_ms",
+            "min_ms",
+            "images_per_s",
+            "gflops",
+            "first_inference_ms",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert_eq!(v["batch"], batch);
+        assert_eq!(v["threads"], 2);
+        assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
+    }
+    // Random weights for a preset; bad batch sizes are usage errors.
+    let out = cnx(&["bench", "atto-1k-224", "--input-size", "32", "--runs", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cnx(&["bench", "atto-1k-224", "--batch", "0"]);
+    assert_user_error(&out, "--batch", None);
+}

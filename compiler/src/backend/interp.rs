@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use convnextv2::kernels::reference as k;
 use convnextv2::{Tensor, WeightSource};
 
-use crate::ir::{Graph, Layout, NodeId, NormAxis, Op, Permute, ValueType};
+use crate::ir::{Graph, GrnSource, Layout, NodeId, NormAxis, Op, Permute, ValueType};
 
 /// Why a run could not happen.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -88,6 +88,8 @@ pub fn run_threaded(
         .map(|&id| (id, graph.users(id).len()))
         .collect();
     let mut values: BTreeMap<NodeId, Tensor> = BTreeMap::new();
+    // Side results: sums of squares accumulated by Linear epilogues, by producer.
+    let mut sums: BTreeMap<NodeId, Vec<f64>> = BTreeMap::new();
     for id in order {
         let inputs = graph.inputs(id);
         let value = {
@@ -95,7 +97,11 @@ pub fn run_threaded(
             if matches!(graph.node(id).op, Op::Input) {
                 pixel_values.clone()
             } else {
-                eval(graph, id, weights, batch, &operands, threads)?
+                let (value, side) = eval(graph, id, weights, batch, &operands, &sums, threads)?;
+                if let Some(side) = side {
+                    sums.insert(id, side);
+                }
+                value
             }
         };
         values.insert(id, value);
@@ -121,8 +127,10 @@ fn eval(
     weights: &dyn WeightSource,
     batch: usize,
     operands: &[&Tensor],
+    sums: &BTreeMap<NodeId, Vec<f64>>,
     threads: usize,
-) -> Result<Tensor, RunError> {
+) -> Result<(Tensor, Option<Vec<f64>>), RunError> {
+    let mut side = None;
     let node = graph.node(id);
     let param = |role: &str| -> Result<&[f32], RunError> {
         let p = node
@@ -221,11 +229,14 @@ fn eval(
             });
             let residual = l.residual.then(|| operands[next].data());
             let rows = batch * out_ty.pixels();
-            // Rows are independent, so splitting them over threads changes no result.
-            let rows_per_thread = rows.div_ceil(threads);
+            // Rows are independent, so splitting them over threads changes no result; chunks
+            // start on sum-of-squares block boundaries so the reduction order is fixed too.
+            let block = k::SUM_SQUARES_BLOCK;
+            let rows_per_thread = rows.div_ceil(threads).div_ceil(block) * block;
             let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
             let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
-            std::thread::scope(|scope| {
+            let partials = std::thread::scope(|scope| {
+                let mut handles = Vec::new();
                 for (chunk, (x, y)) in inputs.zip(outputs).enumerate() {
                     let first_row = chunk * rows_per_thread;
                     let prologue = k::LinearPrologue {
@@ -241,7 +252,8 @@ fn eval(
                         residual: residual.map(|r| &r[first_row * l.out_features..][..y.len()]),
                     };
                     let rows = x.len() / l.in_features;
-                    scope.spawn(move || {
+                    let pixels = out_ty.pixels();
+                    handles.push(scope.spawn(move || {
                         k::linear_fused(
                             x,
                             rows,
@@ -252,10 +264,22 @@ fn eval(
                             prologue,
                             epilogue,
                             y,
-                        )
-                    });
+                        );
+                        // Epilogue: this thread's rows, still in cache.
+                        l.sum_squares
+                            .then(|| k::sum_squares_partials(y, first_row, pixels, l.out_features))
+                    }));
                 }
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("kernel threads do not panic"))
+                    .collect::<Vec<_>>()
             });
+            if l.sum_squares {
+                let ordered: Vec<(usize, Vec<f64>)> =
+                    partials.into_iter().flatten().flatten().collect();
+                side = Some(k::combine_sum_squares(&ordered, batch, l.out_features));
+            }
         }
         Op::Activation(act) => {
             out.data_mut().copy_from_slice(operands[0].data());
@@ -270,15 +294,27 @@ fn eval(
             param("bias")?,
             out.data_mut(),
         ),
-        Op::GrnScale { channels } => {
+        Op::GrnScale { channels, source } => {
             let t = in_ty.expect("GrnScale has an operand");
-            let s = k::grn_scale_channels_last(
-                operands[0].data(),
-                batch,
-                t.pixels(),
-                channels,
-                param("weight")?,
-            );
+            let s = match source {
+                GrnSource::Values => k::grn_scale_channels_last(
+                    operands[0].data(),
+                    batch,
+                    t.pixels(),
+                    channels,
+                    param("weight")?,
+                ),
+                GrnSource::ProducerSums => {
+                    let producer = graph.inputs(id)[0];
+                    let sums = sums.get(&producer).ok_or_else(|| {
+                        RunError::Graph(format!(
+                            "`{}` accumulated no sums",
+                            graph.node(producer).name
+                        ))
+                    })?;
+                    k::grn_scale_from_sums(sums, channels, param("weight")?)
+                }
+            };
             out.data_mut().copy_from_slice(&s);
         }
         Op::Add => {
@@ -327,7 +363,7 @@ fn eval(
             k::transpose_inner(operands[0].data(), batch, a, b, out.data_mut());
         }
     }
-    Ok(out)
+    Ok((out, side))
 }
 
 /// Mean over the pixels of an image value in either layout.

@@ -9,7 +9,7 @@
 //! any output pixel can be computed), kept visible in the IR; a kernel can accumulate its sums
 //! of squares in pwconv1's epilogue.
 
-use crate::ir::{DeriveRule, Graph, Linear, Node, NodeId, Op, Param};
+use crate::ir::{DeriveRule, Graph, GrnSource, Linear, Node, NodeId, Op, Param};
 
 use super::{replace, sole_user, Pass};
 
@@ -44,7 +44,10 @@ impl Pass for FoldGrnIntoLinear {
         let scale = graph
             .add(
                 grn.name.clone(),
-                Op::GrnScale { channels },
+                Op::GrnScale {
+                    channels,
+                    source: GrnSource::Values,
+                },
                 &[h],
                 vec![gamma],
             )

@@ -9,6 +9,7 @@
 //! ([`crate::ir::Derivation`]): the graph stays weight-free, and [`derive::materialize`]
 //! computes them once, at load, in f64.
 
+mod accumulate_grn_sums_in_linear;
 pub mod derive;
 mod eliminate_dead_nodes;
 mod fold_grn_into_linear;
@@ -23,6 +24,7 @@ mod to_nhwc;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use accumulate_grn_sums_in_linear::AccumulateGrnSumsInLinear;
 pub use eliminate_dead_nodes::EliminateDeadNodes;
 pub use fold_grn_into_linear::FoldGrnIntoLinear;
 pub use fold_layernorm_into_linear::FoldLayerNormIntoLinear;
@@ -69,6 +71,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(FuseLayerNormIntoConsumer),
         Box::new(FuseActivationIntoLinear),
         Box::new(FoldGrnIntoLinear),
+        Box::new(AccumulateGrnSumsInLinear),
         Box::new(FuseResidualIntoLinear),
         Box::new(FuseHead),
         Box::new(EliminateDeadNodes),
@@ -219,7 +222,11 @@ mod tests {
         );
         assert_eq!(
             op("convnextv2.encoder.stages.1.layers.0.pwconv1"),
-            "Linear(10->40, gelu)"
+            "Linear(10->40, gelu, sum-squares)"
+        );
+        assert_eq!(
+            op("convnextv2.encoder.stages.1.layers.0.grn"),
+            "GrnScale(40, from producer's sums)"
         );
         assert_eq!(
             op("convnextv2.encoder.stages.1.layers.0.pwconv2"),

@@ -311,15 +311,16 @@ pub fn grn_scale_channels_last(
     gamma: &[f32],
 ) -> Vec<f32> {
     assert_eq!(x.len(), batch * pixels * channels);
-    let mut out = Vec::with_capacity(batch * channels);
-    for n in 0..batch {
-        let mut norm = vec![0f64; channels];
-        for row in x[n * pixels * channels..(n + 1) * pixels * channels].chunks_exact(channels) {
-            for (acc, &v) in norm.iter_mut().zip(row) {
-                *acc += v as f64 * v as f64;
-            }
-        }
-        norm.iter_mut().for_each(|v| *v = v.sqrt());
+    let partials = sum_squares_partials(x, 0, pixels, channels);
+    let sums = combine_sum_squares(&partials, batch, channels);
+    grn_scale_from_sums(&sums, channels, gamma)
+}
+
+/// GRN's `s = 1 + gamma * N` from per-sample, per-channel sums of squares `[batch, channels]`.
+pub fn grn_scale_from_sums(sums: &[f64], channels: usize, gamma: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(sums.len());
+    for sample in sums.chunks_exact(channels) {
+        let norm: Vec<f64> = sample.iter().map(|v| v.sqrt()).collect();
         let mean = norm.iter().sum::<f64>() / channels as f64;
         out.extend(
             norm.iter()
@@ -328,6 +329,54 @@ pub fn grn_scale_channels_last(
         );
     }
     out
+}
+
+/// Rows per block of the fixed-order sum-of-squares reduction.
+pub const SUM_SQUARES_BLOCK: usize = 64;
+
+/// Partial per-channel sums of squares of `rows` (`[n, channels]`, global rows `first_row..`),
+/// one partial per segment, where segments split the rows at every multiple of
+/// [`SUM_SQUARES_BLOCK`] and at every sample boundary. With `first_row` a multiple of the
+/// block, any split of the rows over threads yields the same segments, so
+/// [`combine_sum_squares`] gives the same bits whatever the thread count.
+pub fn sum_squares_partials(
+    rows: &[f32],
+    first_row: usize,
+    rows_per_sample: usize,
+    channels: usize,
+) -> Vec<(usize, Vec<f64>)> {
+    assert_eq!(first_row % SUM_SQUARES_BLOCK, 0);
+    let mut partials: Vec<(usize, Vec<f64>)> = Vec::new();
+    for (i, row) in rows.chunks_exact(channels).enumerate() {
+        let r = first_row + i;
+        let sample = r / rows_per_sample;
+        if i == 0 || r % SUM_SQUARES_BLOCK == 0 || r % rows_per_sample == 0 {
+            partials.push((sample, vec![0.0; channels]));
+        }
+        let acc = &mut partials.last_mut().expect("pushed above").1;
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    partials
+}
+
+/// Sums partials, in the order given, into `[batch, channels]`.
+pub fn combine_sum_squares(
+    partials: &[(usize, Vec<f64>)],
+    batch: usize,
+    channels: usize,
+) -> Vec<f64> {
+    let mut sums = vec![0f64; batch * channels];
+    for (sample, p) in partials {
+        for (s, v) in sums[sample * channels..(sample + 1) * channels]
+            .iter_mut()
+            .zip(p)
+        {
+            *s += v;
+        }
+    }
+    sums
 }
 
 /// A per-sample channel scale for the rows of a fused linear layer.
@@ -615,6 +664,27 @@ mod tests {
             let got = v * s[n * c + ch] + beta[ch];
             assert!((got - want[i]).abs() < 1e-5, "{i}: {got} vs {}", want[i]);
         }
+    }
+
+    #[test]
+    fn sum_squares_do_not_depend_on_the_split() {
+        // 3 samples of 50 rows (samples straddle the 64-row blocks), 3 channels.
+        let (per, c) = (50, 3);
+        let x: Vec<f32> = (0..3 * per * c)
+            .map(|i| ((i * 7919) % 101) as f32 * 0.37 - 9.0)
+            .collect();
+        let whole = combine_sum_squares(&sum_squares_partials(&x, 0, per, c), 3, c);
+        for split in [64, 128] {
+            let mut partials = sum_squares_partials(&x[..split * c], 0, per, c);
+            partials.extend(sum_squares_partials(&x[split * c..], split, per, c));
+            assert_eq!(
+                combine_sum_squares(&partials, 3, c),
+                whole,
+                "split at {split}"
+            );
+        }
+        let direct: f64 = (0..per).map(|r| (x[r * c] as f64).powi(2)).sum();
+        assert!((whole[0] - direct).abs() < 1e-9 * direct);
     }
 
     #[test]

@@ -141,6 +141,34 @@ impl WeightStore {
         })
     }
 
+    /// A store of in-memory tensors with Hugging Face names (random weights, tests).
+    pub fn from_tensors(
+        tensors: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<WeightStore> {
+        let raw = tensors
+            .into_iter()
+            .map(|(name, shape, data)| {
+                let numel: usize = shape.iter().product();
+                if numel != data.len() {
+                    return Err(Error::InputShape {
+                        what: format!("tensor `{name}`"),
+                        expected: shape,
+                        found: vec![data.len()],
+                    });
+                }
+                let tensor = StoredTensor {
+                    source_name: name.clone(),
+                    file: PathBuf::from("(memory)"),
+                    source_dtype: "F32".into(),
+                    shape,
+                    storage: Storage::Owned(data),
+                };
+                Ok((name, tensor))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_raw(raw)
+    }
+
     /// The naming scheme the checkpoint was written in.
     pub fn scheme(&self) -> NamingScheme {
         self.scheme

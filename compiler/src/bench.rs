@@ -1,0 +1,108 @@
+//! `cnx bench`: forward-pass timing, side by side across batch sizes.
+
+use std::time::{Duration, Instant};
+
+use convnextv2::{Tensor, WeightStore};
+use serde::Serialize;
+
+use crate::backend::interp;
+use crate::ir::outputs;
+use crate::passes::Pipeline;
+use crate::{build_graph, random, Error, LoadedModel, ModelSpec};
+
+/// One batch size's measurements (the `--json` object; its keys are a contract).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub backend: String,
+    pub fused: bool,
+    pub batch: usize,
+    pub threads: usize,
+    pub height: usize,
+    pub width: usize,
+    pub runs: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub images_per_s: f64,
+    /// 2 x MACs per image x batch / median time.
+    pub gflops: f64,
+    /// Load (checkpoint, graph, passes, derived weights) plus the first forward pass.
+    pub first_inference_ms: f64,
+    /// Peak resident memory of the process so far, if the OS reports it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// What to measure.
+pub struct BenchConfig<'a> {
+    pub spec: ModelSpec,
+    /// Checkpoint; `None`: random weights generated in memory.
+    pub weights: Option<&'a std::path::Path>,
+    pub input_hw: (usize, usize),
+    pub batches: Vec<usize>,
+    pub threads: usize,
+    pub runs: usize,
+    pub pipeline: &'a Pipeline,
+    pub fused: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Peak resident set size from `/proc/self/status` (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Measures the forward pass for each batch size (median and min of `runs`, after the first,
+/// which is reported as first inference together with loading).
+pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
+    let mut results = Vec::new();
+    for &batch in &cfg.batches {
+        let start = Instant::now();
+        let model = match cfg.weights {
+            Some(path) => {
+                LoadedModel::load_with(cfg.spec.clone(), Some(path), cfg.input_hw, cfg.pipeline)?
+            }
+            None => {
+                let unfused = build_graph(&cfg.spec.config, cfg.input_hw)?;
+                let store = WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
+                LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, cfg.pipeline)?
+            }
+        };
+        let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
+        let forward =
+            || interp::run_threaded(&model.graph, &model, &x, &[outputs::LOGITS], cfg.threads);
+        forward()?;
+        let first = start.elapsed();
+        let mut times: Vec<f64> = (0..cfg.runs)
+            .map(|_| {
+                let t = Instant::now();
+                forward().map(|_| ms(t.elapsed()))
+            })
+            .collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let flops = 2.0 * model.graph.macs() as f64 * batch as f64;
+        results.push(BenchResult {
+            model: cfg.spec.name.clone(),
+            backend: "interp".into(),
+            fused: cfg.fused,
+            batch,
+            threads: cfg.threads,
+            height: cfg.input_hw.0,
+            width: cfg.input_hw.1,
+            runs: cfg.runs,
+            median_ms: median,
+            min_ms: times[0],
+            images_per_s: batch as f64 / (median / 1e3),
+            gflops: flops / (median / 1e3) / 1e9,
+            first_inference_ms: ms(first),
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
+    Ok(results)
+}
