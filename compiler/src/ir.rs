@@ -674,6 +674,16 @@ pub mod outputs {
     pub fn hidden_state(i: usize) -> String {
         format!("hidden_states_{i}")
     }
+
+    /// Every output of a model with `num_stages` stages: logits, pooler_output,
+    /// last_hidden_state, then the `num_stages + 1` hidden states.
+    pub fn all(num_stages: usize) -> Vec<String> {
+        [LOGITS, POOLER_OUTPUT, LAST_HIDDEN_STATE]
+            .map(String::from)
+            .into_iter()
+            .chain((0..=num_stages).map(hidden_state))
+            .collect()
+    }
 }
 
 /// A model graph: nodes, operand edges (weight = operand index), the input and named outputs.

@@ -268,15 +268,10 @@ fn run(
     }
     let loaded = LoadedModel::load_with(spec, weights, (shape[2], shape[3]), pipeline)?;
     let loaded_at = start.elapsed();
-    let mut wanted: Vec<String> = [
-        outputs::LOGITS,
-        outputs::POOLER_OUTPUT,
-        outputs::LAST_HIDDEN_STATE,
-    ]
-    .map(String::from)
-    .to_vec();
-    if hidden_states {
-        wanted.extend((0..=loaded.spec.config.num_stages).map(outputs::hidden_state));
+    // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
+    let mut wanted = outputs::all(loaded.spec.config.num_stages);
+    if !hidden_states {
+        wanted.truncate(3);
     }
     let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
     let values =

@@ -34,14 +34,7 @@ fn check_every_fixture(label: &str, pipeline: &Pipeline) {
         let model = LoadedModel::load_with(spec, None, (shape[2], shape[3]), pipeline)
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name()));
         let num_stages = model.spec.config.num_stages;
-        let mut names: Vec<String> = [
-            outputs::LOGITS,
-            outputs::POOLER_OUTPUT,
-            outputs::LAST_HIDDEN_STATE,
-        ]
-        .map(String::from)
-        .to_vec();
-        names.extend((0..=num_stages).map(outputs::hidden_state));
+        let names = outputs::all(num_stages);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let got = interp::run(&model.graph, &model, &pixel_values, &refs).unwrap();
         for name in &names {
@@ -117,4 +110,31 @@ fn results_do_not_depend_on_the_thread_count() {
             interp::run_threaded(&model.graph, &model, &pixel_values, &names, threads).unwrap();
         assert_eq!(one, many, "{threads} threads");
     }
+}
+
+/// Checkpoint tensors that only fed derived weights are dropped after loading (dead-weight
+/// elimination); everything the optimised graph reads is there.
+#[test]
+fn loading_keeps_only_live_weights() {
+    let dir = cnx_tests::fixtures_dir().join("custom-square");
+    let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
+    let model = LoadedModel::load(spec, None, (64, 64)).unwrap();
+    use convnextv2::WeightSource;
+    let folded = "convnextv2.encoder.stages.0.layers.0.pwconv1.weight";
+    assert!(
+        model.checkpoint.get(folded).is_none(),
+        "{folded} was folded and should be dropped"
+    );
+    for p in model.graph.params() {
+        assert!(
+            model.tensor(&p.name).is_some(),
+            "{} is not available",
+            p.name
+        );
+    }
+    // The pooler's own LayerNorm parameters stay (pooler_output needs them).
+    assert!(model
+        .checkpoint
+        .get("convnextv2.layernorm.weight")
+        .is_some());
 }

@@ -140,6 +140,17 @@ fn eval(
             .tensor(&p.name)
             .ok_or_else(|| RunError::MissingWeight(p.name.clone()))
     };
+    // A LayerNorm's gamma and beta, when it has them.
+    let affine =
+        |present: bool, gamma: &str, beta: &str| -> Result<Option<k::Affine<'_>>, RunError> {
+            if !present {
+                return Ok(None);
+            }
+            Ok(Some(k::Affine {
+                gamma: param(gamma)?,
+                beta: param(beta)?,
+            }))
+        };
     let in_ty = graph.inputs(id).first().map(|&i| graph.node(i).ty);
     let out_ty = node.ty;
     let mut out = Tensor::zeros(&batch_shape(batch, &out_ty));
@@ -180,27 +191,13 @@ fn eval(
             }
             // Epilogue: LayerNorm of every output pixel.
             if let Some(norm) = c.output_norm {
-                let affine = if norm.affine {
-                    Some(k::Affine {
-                        gamma: param("norm_weight")?,
-                        beta: param("norm_bias")?,
-                    })
-                } else {
-                    None
-                };
+                let affine = affine(norm.affine, "norm_weight", "norm_bias")?;
                 let conv_out = out.data().to_vec();
                 normalize_channels(&conv_out, &out_ty, batch, affine, norm.eps, out.data_mut());
             }
         }
         Op::LayerNorm(ln) => {
-            let affine = if ln.affine {
-                Some(k::Affine {
-                    gamma: param("weight")?,
-                    beta: param("bias")?,
-                })
-            } else {
-                None
-            };
+            let affine = affine(ln.affine, "weight", "bias")?;
             match ln.axis {
                 NormAxis::ChannelsFirst => k::layer_norm_channels_first(
                     operands[0].data(),

@@ -74,14 +74,7 @@ pub fn check_pipeline(names: &[&str]) {
                     .collect();
             let weights = derive::materialize(&fused, &params).unwrap();
             let x = random::random_pixel_values(&unfused, batch, 11);
-            let mut names: Vec<String> = [
-                outputs::LOGITS,
-                outputs::POOLER_OUTPUT,
-                outputs::LAST_HIDDEN_STATE,
-            ]
-            .map(String::from)
-            .to_vec();
-            names.extend((0..=config.num_stages).map(outputs::hidden_state));
+            let names = outputs::all(config.num_stages);
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let want = interp::run(&unfused, &params, &x, &refs).unwrap();
             let got = interp::run_threaded(&fused, &weights, &x, &refs, 2).unwrap();
