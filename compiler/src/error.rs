@@ -43,6 +43,11 @@ pub enum Error {
     #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
     #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    /// An image that cannot be decoded.
+    #[error("{path}: {reason}")]
+    Image { path: String, reason: String },
+    #[error(transparent)]
     Derive(#[from] crate::passes::derive::DeriveError),
 }
 

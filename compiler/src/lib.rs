@@ -25,5 +25,8 @@ pub use error::Error;
 pub use ir::Graph;
 pub use model::{LoadedModel, ModelSpec};
 pub mod bench;
+pub mod classify;
+pub mod hub;
+pub mod images;
 pub mod passes;
 pub mod random;

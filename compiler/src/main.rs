@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{bench, io, listing, random, Error, LoadedModel, ModelSpec};
+use cnx_compiler::{bench, classify, io, listing, random, Error, LoadedModel, ModelSpec};
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +90,59 @@ enum Command {
         #[command(flatten)]
         passes: PassFlags,
     },
+    /// Classify images: top-k labels with softmax probabilities, per image.
+    Classify {
+        /// Preset, config.json, model directory or hub id (from the HF cache, else downloaded).
+        #[arg(long)]
+        model: String,
+        /// Checkpoint (default: the model's own).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Image files and directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Labels per image.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        top: u32,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Worker threads for inference (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+        /// One JSON object per image and line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+        #[command(flatten)]
+        passes: PassFlags,
+    },
+    /// Write the pixel_values a model sees for an image (float32 NCHW .npy, as `cnx run` takes).
+    Preprocess {
+        #[arg(long)]
+        model: String,
+        image: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Accuracy on an ImageFolder tree (one sub-folder per class, named by label or index):
+    /// top-1, top-5 and mean cross-entropy.
+    Eval {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passes: PassFlags,
+    },
     /// Compare the arrays two .npz files share: max absolute and relative difference.
     Compare { a: PathBuf, b: PathBuf },
     /// Write a random-weight model directory (config.json, model.safetensors, pixel_values.npy).
@@ -109,6 +162,13 @@ enum Command {
         #[arg(long)]
         input_size: Option<String>,
     },
+}
+
+/// Which engine runs the graph.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    /// The reference interpreter over the runtime's kernels.
+    Interp,
 }
 
 /// Which optimiser passes run.
@@ -184,6 +244,60 @@ fn dispatch(command: Command) -> Result<(), Error> {
             passes,
         } => graph(&model, input_size.as_deref(), dot, stats, &passes),
         Command::Compare { a, b } => compare(&a, &b),
+        Command::Classify {
+            model,
+            weights,
+            inputs,
+            top,
+            batch,
+            threads,
+            json,
+            backend: Backend::Interp,
+            passes,
+        } => {
+            let pipeline = passes.pipeline()?;
+            let threads = threads.map_or_else(default_threads, |t| t as usize);
+            let opts = ClassifyOptions {
+                top: top as usize,
+                batch: batch as usize,
+                threads,
+                json,
+            };
+            classify_cmd(&model, weights.as_deref(), &inputs, &opts, &pipeline)
+        }
+        Command::Preprocess {
+            model,
+            image,
+            output,
+        } => {
+            let spec = ModelSpec::resolve(&model)?;
+            let cfg = classify::preprocess_config(&spec)?;
+            let x = classify::pixel_values(&image, &cfg)?;
+            io::write_npy(&output, &x)?;
+            eprintln!("cnx: wrote {} {:?}", output.display(), x.shape());
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            weights,
+            dir,
+            batch,
+            threads,
+            json,
+            passes,
+        } => {
+            let pipeline = passes.pipeline()?;
+            let threads = threads.map_or_else(default_threads, |t| t as usize);
+            eval_cmd(
+                &model,
+                weights.as_deref(),
+                &dir,
+                batch as usize,
+                threads,
+                json,
+                &pipeline,
+            )
+        }
         Command::Bench {
             model,
             weights,
@@ -290,6 +404,217 @@ fn run(
         (ran_at - loaded_at).as_secs_f64() * 1e3,
         output.display()
     );
+    Ok(())
+}
+
+struct ClassifyOptions {
+    top: usize,
+    batch: usize,
+    threads: usize,
+    json: bool,
+}
+
+/// Loads a model for classification at its preprocessing size.
+fn load_classifier(
+    model: &str,
+    weights: Option<&std::path::Path>,
+    pipeline: &Pipeline,
+) -> Result<(LoadedModel, convnextv2::preprocess::PreprocessConfig), Error> {
+    let spec = ModelSpec::resolve(model)?;
+    if spec.config.num_labels() == 0 {
+        return Err(Error::Usage(format!(
+            "{} has no classifier (num_labels 0): nothing to classify with",
+            spec.name
+        )));
+    }
+    let cfg = classify::preprocess_config(&spec)?;
+    let loaded = LoadedModel::load_with(spec, weights, (cfg.size, cfg.size), pipeline)?;
+    Ok((loaded, cfg))
+}
+
+/// A progress bar on stderr for runs of more than one batch; hidden when stderr is not a
+/// terminal.
+fn progress_bar(len: usize, batch: usize) -> indicatif::ProgressBar {
+    if len <= batch || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn classify_cmd(
+    model: &str,
+    weights: Option<&std::path::Path>,
+    inputs: &[PathBuf],
+    opts: &ClassifyOptions,
+    pipeline: &Pipeline,
+) -> Result<(), Error> {
+    let (loaded, cfg) = load_classifier(model, weights, pipeline)?;
+    let labels = loaded.spec.config.id2label.clone();
+    let inputs = classify::collect_inputs(inputs);
+    if inputs.is_empty() {
+        return Err(Error::Usage("no images found".into()));
+    }
+    let bar = progress_bar(inputs.len(), opts.batch);
+    let mut failed = 0usize;
+    let stdout = std::io::stdout();
+    classify::run_batches(&loaded, &cfg, inputs, opts.batch, opts.threads, |outcome| {
+        use std::io::Write as _;
+        bar.inc(1);
+        let path_text = |p: &std::path::Path| p.display().to_string();
+        let line = match outcome {
+            classify::Outcome::Logits { path, logits } => {
+                let top = classify::top_k(&logits, &labels, opts.top);
+                if opts.json {
+                    serde_json::json!({"path": path_text(&path), "top": top}).to_string()
+                } else {
+                    let mut text = path_text(&path);
+                    for p in top {
+                        text.push_str(&format!("\n  {:>7.4}  {}", p.probability, p.label));
+                    }
+                    text
+                }
+            }
+            classify::Outcome::Failed { path, error } => {
+                failed += 1;
+                if opts.json {
+                    serde_json::json!({"path": path_text(&path), "error": error}).to_string()
+                } else {
+                    bar.suspend(|| eprintln!("cnx: error: {}: {error}", path_text(&path)));
+                    return;
+                }
+            }
+        };
+        // Printed and flushed per image: nothing already classified is lost if a later step fails.
+        bar.suspend(|| {
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        });
+    })?;
+    bar.finish_and_clear();
+    if failed > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} image(s) could not be classified"
+        )));
+    }
+    Ok(())
+}
+
+/// The class index of an ImageFolder sub-folder: its name as a label, a label's first synonym
+/// (`tabby` for `tabby, tabby cat`), or an index.
+fn class_index(name: &str, labels: &[String]) -> Option<usize> {
+    labels
+        .iter()
+        .position(|l| l == name)
+        .or_else(|| {
+            labels
+                .iter()
+                .position(|l| l.split(',').next() == Some(name))
+        })
+        .or_else(|| name.parse().ok().filter(|&i: &usize| i < labels.len()))
+}
+
+fn eval_cmd(
+    model: &str,
+    weights: Option<&std::path::Path>,
+    dir: &std::path::Path,
+    batch: usize,
+    threads: usize,
+    json: bool,
+    pipeline: &Pipeline,
+) -> Result<(), Error> {
+    let (loaded, cfg) = load_classifier(model, weights, pipeline)?;
+    let labels = loaded.spec.config.id2label.clone();
+    let read = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut classes: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    let mut inputs = Vec::new();
+    let mut targets = std::collections::HashMap::new();
+    for class_dir in &classes {
+        let name = class_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let target = class_index(&name, &labels).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: folder `{name}` is neither a label of the model nor a class index",
+                dir.display()
+            ))
+        })?;
+        for input in classify::collect_inputs(std::slice::from_ref(class_dir)) {
+            if let Ok(p) = &input {
+                targets.insert(p.clone(), target);
+            }
+            inputs.push(input);
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no images in class sub-folders",
+            dir.display()
+        )));
+    }
+    let bar = progress_bar(inputs.len(), batch);
+    let (mut n, mut failed, mut top1, mut top5, mut ce) = (0usize, 0usize, 0usize, 0usize, 0f64);
+    classify::run_batches(&loaded, &cfg, inputs, batch, threads, |outcome| {
+        bar.inc(1);
+        match outcome {
+            classify::Outcome::Logits { path, logits } => {
+                let target = targets[&path];
+                let probs = classify::softmax(&logits);
+                let rank = probs.iter().filter(|&&p| p > probs[target]).count();
+                n += 1;
+                top1 += usize::from(rank == 0);
+                top5 += usize::from(rank < 5);
+                ce -= probs[target].max(f64::MIN_POSITIVE).ln();
+            }
+            classify::Outcome::Failed { path, error } => {
+                failed += 1;
+                bar.suspend(|| eprintln!("cnx: error: {}: {error}", path.display()));
+            }
+        }
+    })?;
+    bar.finish_and_clear();
+    let (acc1, acc5, mean_ce) = if n > 0 {
+        (
+            top1 as f64 / n as f64,
+            top5 as f64 / n as f64,
+            ce / n as f64,
+        )
+    } else {
+        (0.0, 0.0, 0.0)
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"model": loaded.spec.name, "images": n, "failed": failed,
+                "top1": acc1, "top5": acc5, "cross_entropy": mean_ce})
+        );
+    } else {
+        println!(
+            "{}: {n} images ({failed} failed): top-1 {:.4}, top-5 {:.4}, mean cross-entropy {:.4}",
+            loaded.spec.name, acc1, acc5, mean_ce
+        );
+    }
+    if failed > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} image(s) could not be evaluated"
+        )));
+    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use crate::builder::{build_graph_with, BuildOptions};
 use crate::config::ConvNextV2Config;
 use crate::ir::Graph;
 use crate::passes::{derive, Pipeline};
-use crate::{presets, verify, Error};
+use crate::{hub, presets, verify, Error};
 
 /// A resolved model reference.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct ModelSpec {
     pub dir: Option<PathBuf>,
     /// `preprocessor_config.json` text, when known.
     pub preprocessor_json: Option<String>,
+    /// The hub id whose checkpoint this is (presets and hub ids), for fetching its weights.
+    pub hub_id: Option<String>,
 }
 
 impl ModelSpec {
@@ -49,6 +51,19 @@ impl ModelSpec {
         if path.is_file() {
             return Self::from_config_file(model, path);
         }
+        // A hub id or preset already in the Hugging Face cache is that snapshot directory.
+        let hub_id = match presets::find(model) {
+            Some(preset) => Some(preset.hub_id()),
+            None if hub::is_hub_id(model) => Some(model.to_string()),
+            None => None,
+        };
+        if let Some(id) = &hub_id {
+            if let Some(dir) = hub::cached_snapshot(&hub::cache_dir(), id, "main") {
+                let mut spec = Self::from_config_file(id, &dir.join("config.json"))?;
+                spec.hub_id = Some(id.clone());
+                return Ok(spec);
+            }
+        }
         if let Some(preset) = presets::find(model) {
             let config = ConvNextV2Config::from_json(preset.config_json).map_err(|source| {
                 Error::Config {
@@ -62,12 +77,20 @@ impl ModelSpec {
                 config_json: preset.config_json.to_string(),
                 dir: None,
                 preprocessor_json: Some(preset.preprocessor_json.to_string()),
+                hub_id,
             });
+        }
+        // Any other hub id: its config must come from the hub.
+        if let Some(id) = hub_id {
+            let dir = hub::resolve(&id)?;
+            let mut spec = Self::from_config_file(&id, &dir.join("config.json"))?;
+            spec.hub_id = Some(id);
+            return Ok(spec);
         }
         let looks_like_path = model.ends_with(".json")
             || model.starts_with('.')
             || model.starts_with('/')
-            || (model.contains('/') && !model.starts_with("facebook/convnextv2-"));
+            || model.contains('/');
         if looks_like_path {
             return Err(Error::Io {
                 path: path.to_path_buf(),
@@ -102,7 +125,31 @@ impl ModelSpec {
             config_json,
             dir,
             preprocessor_json,
+            hub_id: None,
         })
+    }
+
+    /// The checkpoint to load when none is given: the one beside `config.json`, else (for a
+    /// preset or hub id) the hub's, from the cache or downloaded.
+    pub fn checkpoint(&self) -> Result<PathBuf, Error> {
+        if let Some(path) = self.default_weights() {
+            return Ok(path);
+        }
+        match &self.hub_id {
+            Some(id) => {
+                let dir = hub::resolve(id)?;
+                [SINGLE_FILE, SHARD_INDEX]
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| Error::NoWeights {
+                        model: self.name.clone(),
+                    })
+            }
+            None => Err(Error::NoWeights {
+                model: self.name.clone(),
+            }),
+        }
     }
 
     /// The checkpoint beside `config.json` (`model.safetensors`, or a sharded index), if any.
@@ -156,9 +203,7 @@ impl LoadedModel {
     ) -> Result<Self, Error> {
         let weights_path = match weights {
             Some(p) => p.to_path_buf(),
-            None => spec.default_weights().ok_or_else(|| Error::NoWeights {
-                model: spec.name.clone(),
-            })?,
+            None => spec.checkpoint()?,
         };
         let store = WeightStore::open(&weights_path)?;
         Self::with_weights(spec, store, input_hw, pipeline)

@@ -12,9 +12,17 @@ fn fixture(case: &str) -> PathBuf {
         .join(case)
 }
 
+/// Runs cnx offline, with an empty Hugging Face cache: tests never touch the network.
 fn cnx(args: &[&str]) -> Output {
+    cnx_with_cache(args, Path::new("/nonexistent/hf-cache"))
+}
+
+fn cnx_with_cache(args: &[&str], hub_cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cnx"))
         .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", hub_cache)
+        .env_remove("HF_HOME")
         .output()
         .expect("cnx runs")
 }
@@ -366,4 +374,62 @@ fn bench_reports_the_contracted_json_keys() {
     );
     let out = cnx(&["bench", "atto-1k-224", "--batch", "0"]);
     assert_user_error(&out, "--batch", None);
+}
+
+/// A hub id resolves from a Hugging Face cache laid out as `huggingface_hub` writes it
+/// (refs/main naming the snapshot); offline and not cached, the error says so.
+#[test]
+fn hub_ids_resolve_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache
+        .path()
+        .join("models--facebook--convnextv2-atto-1k-224");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let atto = fixture("atto-224-b2");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(atto.join(f), snapshot.join(f)).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("o.npz");
+    let input = atto.join("pixel_values.npy");
+    let args = [
+        "run",
+        "--model",
+        "facebook/convnextv2-atto-1k-224",
+        "--input",
+        s(&input),
+        "--output",
+        s(&out_path),
+    ];
+    let out = cnx_with_cache(&args, cache.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The short preset name finds the cached checkpoint too.
+    let mut short = args;
+    short[2] = "atto-1k-224";
+    assert!(cnx_with_cache(&short, cache.path()).status.success());
+    // Not cached and offline: a clear error naming the cache, exit 2.
+    let out = cnx(&args);
+    assert_user_error(
+        &out,
+        "not in the Hugging Face cache (/nonexistent/hf-cache)",
+        None,
+    );
+    let out = cnx(&[
+        "run",
+        "--model",
+        "someone/unknown-model",
+        "--input",
+        s(&input),
+        "--output",
+        s(&out_path),
+    ]);
+    assert_user_error(&out, "HF_HUB_OFFLINE", None);
 }

@@ -103,6 +103,9 @@ pub enum Error {
     /// The checkpoint does not fit the model's graph.
     #[error("checkpoint does not match the model: {0}")]
     WeightMismatch(WeightMismatch),
+    /// `preprocessor_config.json` is malformed or asks for something unsupported.
+    #[error("preprocessor config: {reason}")]
+    InvalidPreprocessor { reason: String },
     /// An input tensor has the wrong shape or size.
     #[error("{what}: expected shape {expected:?}, found {found:?}")]
     InputShape {

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod kernels;
+pub mod preprocess;
 pub mod tensor;
 pub mod weights;
 

@@ -1,0 +1,196 @@
+//! Photos in, labels out: decoding and preprocessing on a worker thread, in parallel with
+//! batched inference, results in input order.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use convnextv2::preprocess::{self, PreprocessConfig};
+use convnextv2::Tensor;
+use serde::Serialize;
+
+use crate::backend::interp;
+use crate::ir::outputs;
+use crate::{images, Error, LoadedModel, ModelSpec};
+
+/// One label with its softmax probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub probability: f64,
+}
+
+/// Softmax (in f64) of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` most probable labels, most probable first (ties: lower index first).
+pub fn top_k(logits: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
+    let probs = softmax(logits);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Prediction {
+            index: i,
+            label: labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{i}")),
+            probability: probs[i],
+        })
+        .collect()
+}
+
+/// The preprocessing settings of a model: its `preprocessor_config.json`, else the published
+/// checkpoints' defaults at the config's `image_size`.
+pub fn preprocess_config(spec: &ModelSpec) -> Result<PreprocessConfig, Error> {
+    let size = spec.config.image_size;
+    Ok(match &spec.preprocessor_json {
+        Some(text) => PreprocessConfig::from_json(text, size)?,
+        None => PreprocessConfig::for_size(size),
+    })
+}
+
+/// Decodes and preprocesses one image: `pixel_values` `(1, 3, S, S)`.
+pub fn pixel_values(path: &Path, cfg: &PreprocessConfig) -> Result<Tensor, Error> {
+    let img = images::decode(path).map_err(|reason| Error::Image {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    let (h, w, data) = preprocess::preprocess(&img, cfg);
+    Ok(Tensor::from_vec(&[1, 3, h, w], data)?)
+}
+
+/// The files named on the command line, directories walked (recursively, sorted, image
+/// extensions only). A missing path is an error for that path.
+pub fn collect_inputs(args: &[PathBuf]) -> Vec<Result<PathBuf, (PathBuf, String)>> {
+    let mut out = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            walk(arg, &mut out);
+        } else if arg.exists() {
+            out.push(Ok(arg.clone()));
+        } else {
+            out.push(Err((arg.clone(), "no such file or directory".into())));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<Result<PathBuf, (PathBuf, String)>>) {
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            out.push(Err((dir.to_path_buf(), e.to_string())));
+            return;
+        }
+    };
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out);
+        } else if images::has_image_extension(&p) {
+            out.push(Ok(p));
+        }
+    }
+}
+
+/// What became of one input.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Its logits (one row).
+    Logits {
+        path: PathBuf,
+        logits: Vec<f32>,
+    },
+    Failed {
+        path: PathBuf,
+        error: String,
+    },
+}
+
+/// Classifies `inputs` in batches of `batch`: a worker thread decodes and preprocesses ahead
+/// (at most two batches) while the model runs; `emit` receives every input's outcome, in
+/// input order, as soon as its batch is done.
+pub fn run_batches(
+    model: &LoadedModel,
+    cfg: &PreprocessConfig,
+    inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
+    batch: usize,
+    threads: usize,
+    mut emit: impl FnMut(Outcome),
+) -> Result<(), Error> {
+    let batch = batch.max(1);
+    let s = model.graph.input_type();
+    let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(2 * batch);
+    std::thread::scope(|scope| -> Result<(), Error> {
+        scope.spawn(move || {
+            for input in inputs {
+                let item = input.and_then(|path| match pixel_values(&path, cfg) {
+                    Ok(t) => Ok((path, t)),
+                    Err(e) => Err((path, error_reason(&e))),
+                });
+                if tx.send(item).is_err() {
+                    return; // the consumer stopped
+                }
+            }
+        });
+        type Item = Result<(PathBuf, Tensor), (PathBuf, String)>;
+        let mut pending: Vec<Item> = Vec::new();
+        let mut ready = 0;
+        let mut flush = |pending: &mut Vec<Item>, ready: &mut usize| -> Result<(), Error> {
+            let items = std::mem::take(pending);
+            let mut logits_rows = Vec::new();
+            if *ready > 0 {
+                let mut data = Vec::with_capacity(*ready * s.numel());
+                for (_, t) in items.iter().flatten() {
+                    data.extend_from_slice(t.data());
+                }
+                let x = Tensor::from_vec(&[*ready, s.channels, s.height, s.width], data)?;
+                let out =
+                    interp::run_threaded(&model.graph, model, &x, &[outputs::LOGITS], threads)?;
+                let logits = &out[outputs::LOGITS];
+                let n = logits.shape()[1];
+                logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
+            }
+            let mut rows = logits_rows.into_iter();
+            for item in items {
+                emit(match item {
+                    Ok((path, _)) => Outcome::Logits {
+                        path,
+                        logits: rows.next().expect("one row per decoded image"),
+                    },
+                    Err((path, error)) => Outcome::Failed { path, error },
+                });
+            }
+            *ready = 0;
+            Ok(())
+        };
+        for item in rx {
+            if item.is_ok() {
+                ready += 1;
+            }
+            pending.push(item);
+            if ready == batch {
+                flush(&mut pending, &mut ready)?;
+            }
+        }
+        flush(&mut pending, &mut ready)
+    })
+}
+
+/// An image error's reason without repeating its path.
+fn error_reason(e: &Error) -> String {
+    match e {
+        Error::Image { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}

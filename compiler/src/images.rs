@@ -1,0 +1,42 @@
+//! Decoding images for classification: JPEG, PNG, WebP, BMP and GIF (first frame) through the
+//! `image` crate, EXIF orientation applied, converted to 8-bit RGB as PIL's `convert("RGB")`
+//! does (grey replicated, alpha dropped).
+
+use std::path::Path;
+
+use convnextv2::preprocess::RgbImage;
+use image::ImageDecoder;
+
+/// File extensions `cnx classify` picks up when walking a directory.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+/// Whether `path` has an image extension.
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Decodes `path` into upright 8-bit RGB; the error names the problem.
+pub fn decode(path: &Path) -> Result<RgbImage, String> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("not a recognised image format".into());
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    // A broken EXIF block is not worth failing the image for: PIL ignores it too.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(format!("image is {w}x{h}"));
+    }
+    RgbImage::new(w, h, rgb.into_raw()).map_err(|e| e.to_string())
+}
