@@ -117,6 +117,15 @@ pub enum Outcome {
     },
 }
 
+/// Where the time of a [`run_batches`] went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Seconds the worker spent decoding and preprocessing (overlapping inference).
+    pub preprocess_s: f64,
+    /// Seconds spent in forward passes.
+    pub inference_s: f64,
+}
+
 /// Classifies `inputs` in batches of `batch`: a worker thread decodes and preprocesses ahead
 /// (at most two batches) while the model runs; `emit` receives every input's outcome, in
 /// input order, as soon as its batch is done.
@@ -127,21 +136,26 @@ pub fn run_batches(
     batch: usize,
     threads: usize,
     mut emit: impl FnMut(Outcome),
-) -> Result<(), Error> {
+) -> Result<Timing, Error> {
+    let mut timing = Timing::default();
     let batch = batch.max(1);
     let s = model.graph.input_type();
     let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(2 * batch);
     std::thread::scope(|scope| -> Result<(), Error> {
-        scope.spawn(move || {
+        let worker = scope.spawn(move || {
+            let mut busy = std::time::Duration::ZERO;
             for input in inputs {
+                let start = std::time::Instant::now();
                 let item = input.and_then(|path| match pixel_values(&path, cfg) {
                     Ok(t) => Ok((path, t)),
                     Err(e) => Err((path, error_reason(&e))),
                 });
+                busy += start.elapsed();
                 if tx.send(item).is_err() {
-                    return; // the consumer stopped
+                    break; // the consumer stopped
                 }
             }
+            busy
         });
         type Item = Result<(PathBuf, Tensor), (PathBuf, String)>;
         let mut pending: Vec<Item> = Vec::new();
@@ -155,8 +169,10 @@ pub fn run_batches(
                     data.extend_from_slice(t.data());
                 }
                 let x = Tensor::from_vec(&[*ready, s.channels, s.height, s.width], data)?;
+                let start = std::time::Instant::now();
                 let out =
                     interp::run_threaded(&model.graph, model, &x, &[outputs::LOGITS], threads)?;
+                timing.inference_s += start.elapsed().as_secs_f64();
                 let logits = &out[outputs::LOGITS];
                 let n = logits.shape()[1];
                 logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
@@ -183,8 +199,14 @@ pub fn run_batches(
                 flush(&mut pending, &mut ready)?;
             }
         }
-        flush(&mut pending, &mut ready)
-    })
+        flush(&mut pending, &mut ready)?;
+        timing.preprocess_s = worker
+            .join()
+            .expect("the decoder does not panic")
+            .as_secs_f64();
+        Ok(())
+    })?;
+    Ok(timing)
 }
 
 /// An image error's reason without repeating its path.

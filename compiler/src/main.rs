@@ -462,43 +462,54 @@ fn classify_cmd(
         return Err(Error::Usage("no images found".into()));
     }
     let bar = progress_bar(inputs.len(), opts.batch);
+    let total = inputs.len();
+    let start = std::time::Instant::now();
     let mut failed = 0usize;
     let stdout = std::io::stdout();
-    classify::run_batches(&loaded, &cfg, inputs, opts.batch, opts.threads, |outcome| {
-        use std::io::Write as _;
-        bar.inc(1);
-        let path_text = |p: &std::path::Path| p.display().to_string();
-        let line = match outcome {
-            classify::Outcome::Logits { path, logits } => {
-                let top = classify::top_k(&logits, &labels, opts.top);
-                if opts.json {
-                    serde_json::json!({"path": path_text(&path), "top": top}).to_string()
-                } else {
-                    let mut text = path_text(&path);
-                    for p in top {
-                        text.push_str(&format!("\n  {:>7.4}  {}", p.probability, p.label));
+    let timing =
+        classify::run_batches(&loaded, &cfg, inputs, opts.batch, opts.threads, |outcome| {
+            use std::io::Write as _;
+            bar.inc(1);
+            let path_text = |p: &std::path::Path| p.display().to_string();
+            let line = match outcome {
+                classify::Outcome::Logits { path, logits } => {
+                    let top = classify::top_k(&logits, &labels, opts.top);
+                    if opts.json {
+                        serde_json::json!({"path": path_text(&path), "top": top}).to_string()
+                    } else {
+                        let mut text = path_text(&path);
+                        for p in top {
+                            text.push_str(&format!("\n  {:>7.4}  {}", p.probability, p.label));
+                        }
+                        text
                     }
-                    text
                 }
-            }
-            classify::Outcome::Failed { path, error } => {
-                failed += 1;
-                if opts.json {
-                    serde_json::json!({"path": path_text(&path), "error": error}).to_string()
-                } else {
-                    bar.suspend(|| eprintln!("cnx: error: {}: {error}", path_text(&path)));
-                    return;
+                classify::Outcome::Failed { path, error } => {
+                    failed += 1;
+                    if opts.json {
+                        serde_json::json!({"path": path_text(&path), "error": error}).to_string()
+                    } else {
+                        bar.suspend(|| eprintln!("cnx: error: {}: {error}", path_text(&path)));
+                        return;
+                    }
                 }
-            }
-        };
-        // Printed and flushed per image: nothing already classified is lost if a later step fails.
-        bar.suspend(|| {
-            let mut out = stdout.lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        });
-    })?;
+            };
+            // Printed and flushed per image: nothing already classified is lost if a later step fails.
+            bar.suspend(|| {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            });
+        })?;
     bar.finish_and_clear();
+    let wall = start.elapsed().as_secs_f64();
+    eprintln!(
+        "cnx: {} images in {wall:.2} s ({:.2} images/s); decode + preprocess {:.2} s, inference {:.2} s",
+        total - failed,
+        (total - failed) as f64 / wall,
+        timing.preprocess_s,
+        timing.inference_s
+    );
     if failed > 0 {
         return Err(Error::Usage(format!(
             "{failed} image(s) could not be classified"
