@@ -23,8 +23,10 @@ pub fn decode(path: &Path) -> Result<RgbImage, String> {
         .map_err(|e| e.to_string())?
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not a recognised image format".into());
+    match reader.format() {
+        None => return Err("not a recognised image format".into()),
+        Some(image::ImageFormat::Jpeg) => check_jpeg_complete(path)?,
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     // A broken EXIF block is not worth failing the image for: PIL ignores it too.
@@ -39,4 +41,17 @@ pub fn decode(path: &Path) -> Result<RgbImage, String> {
         return Err(format!("image is {w}x{h}"));
     }
     RgbImage::new(w, h, rgb.into_raw()).map_err(|e| e.to_string())
+}
+
+/// The `image` crate's JPEG decoder fills a truncated scan with grey instead of failing; PIL
+/// refuses such files ("image file is truncated"), and so do we: the last start-of-scan marker
+/// (`FF DA`) must be followed by an end-of-image marker (`FF D9`). (Scan data escapes `FF`, so
+/// neither marker appears inside it; an EXIF thumbnail's markers come before the main image.)
+fn check_jpeg_complete(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        _ => Err("truncated JPEG: the image data ends before its end-of-image marker".into()),
+    }
 }

@@ -433,3 +433,210 @@ fn hub_ids_resolve_from_the_cache() {
     ]);
     assert_user_error(&out, "HF_HUB_OFFLINE", None);
 }
+
+fn images() -> PathBuf {
+    fixture("images")
+}
+
+fn expected_top(name: &str) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(images().join("expected/classify.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[name]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["index"].as_u64().unwrap(),
+                p["probability"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn classify_a_directory_of_mixed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("more")).unwrap();
+    for (src, dst) in [
+        ("chelsea.png", "a_chelsea.png"),
+        ("truncated.jpg", "b_truncated.jpg"),
+        ("coffee.bmp", "c_coffee.bmp"),
+        ("not_an_image.jpg", "d_text.jpg"),
+        ("astronaut.webp", "more/e_astronaut.webp"),
+    ] {
+        std::fs::copy(images().join(src), photos.join(dst)).unwrap();
+    }
+    std::fs::write(photos.join("notes.txt"), "skipped: not an image extension").unwrap();
+    let model = fixture("atto-224-b2");
+    let out = cnx(&[
+        "classify",
+        "--model",
+        s(&model),
+        s(&photos),
+        "--json",
+        "--batch",
+        "2",
+    ]);
+    // Two files failed: exit 2, but every image was reported, in order.
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<String> = lines
+        .iter()
+        .map(|v| {
+            let p = v["path"].as_str().unwrap();
+            Path::new(p)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "a_chelsea.png",
+            "b_truncated.jpg",
+            "c_coffee.bmp",
+            "d_text.jpg",
+            "e_astronaut.webp"
+        ]
+    );
+    for (v, expected) in [
+        (&lines[0], "chelsea.png"),
+        (&lines[2], "coffee.bmp"),
+        (&lines[4], "astronaut.webp"),
+    ] {
+        let top = v["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        for (p, (index, prob)) in top.iter().zip(expected_top(expected)) {
+            assert_eq!(p["index"].as_u64().unwrap(), index, "{expected}");
+            assert!((p["probability"].as_f64().unwrap() - prob).abs() < 1e-6);
+            assert!(p["label"].as_str().unwrap().len() > 1);
+        }
+        assert!(v.get("error").is_none());
+    }
+    for v in [&lines[1], &lines[3]] {
+        assert!(v["error"].as_str().unwrap().len() > 3, "{v}");
+        assert!(v.get("top").is_none());
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 image(s) could not be classified"));
+
+    // Text output, --top 2; a single good image exits 0.
+    let out = cnx(&[
+        "classify",
+        "--model",
+        s(&model),
+        s(&images().join("chelsea.png")),
+        "--top",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.contains("punching bag"), "{text}");
+    // Nothing to classify, and a model without a classifier, are usage errors.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_user_error(
+        &cnx(&["classify", "--model", s(&model), s(&empty)]),
+        "no images",
+        None,
+    );
+    let headless = fixture("no-classifier");
+    let out = cnx(&[
+        "classify",
+        "--model",
+        s(&headless),
+        s(&images().join("chelsea.png")),
+    ]);
+    assert_user_error(&out, "no classifier", None);
+}
+
+#[test]
+fn preprocess_writes_what_run_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("pv.npy");
+    let model = fixture("atto-224-b2");
+    let out = cnx(&[
+        "preprocess",
+        "--model",
+        s(&model),
+        s(&images().join("chelsea.png")),
+        "--output",
+        s(&npy),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = std::fs::read(&npy).unwrap();
+    let theirs =
+        cnx_compiler::io::read_npy(&images().join("expected/chelsea_png_224_pixel_values.npy"))
+            .unwrap();
+    assert_eq!(cnx_compiler::io::read_npy(&npy).unwrap(), theirs);
+    assert!(ours.len() > 600_000);
+    let npz = dir.path().join("out.npz");
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&model),
+        "--input",
+        s(&npy),
+        "--output",
+        s(&npz),
+    ]);
+    assert!(out.status.success());
+    let bad = cnx(&[
+        "preprocess",
+        "--model",
+        s(&model),
+        s(&images().join("empty.png")),
+        "--output",
+        s(&npy),
+    ]);
+    assert_user_error(&bad, "empty.png", None);
+}
+
+#[test]
+fn eval_reports_accuracy_and_cross_entropy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imagefolder");
+    // chelsea's top-1 is class 747; coffee's is 747 too, with 102 second.
+    for (class, src) in [("747", "chelsea.png"), ("echidna", "coffee.png")] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        std::fs::copy(images().join(src), root.join(class).join(src)).unwrap();
+    }
+    let model = fixture("atto-224-b2");
+    let out = cnx(&["eval", "--model", s(&model), s(&root), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"], 2);
+    assert_eq!(v["top1"].as_f64().unwrap(), 0.5);
+    assert_eq!(v["top5"].as_f64().unwrap(), 1.0);
+    let p_chelsea = expected_top("chelsea.png")[0].1;
+    let p_coffee = expected_top("coffee.png")[1].1;
+    let ce = -(p_chelsea.ln() + p_coffee.ln()) / 2.0;
+    assert!(
+        (v["cross_entropy"].as_f64().unwrap() - ce).abs() < 1e-5,
+        "{v}"
+    );
+    std::fs::create_dir_all(root.join("not-a-class")).unwrap();
+    let out = cnx(&["eval", "--model", s(&model), s(&root)]);
+    assert_user_error(&out, "not-a-class", None);
+}

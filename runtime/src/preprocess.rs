@@ -248,54 +248,81 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
-/// `Image.resize((out_w, out_h), Image.BICUBIC)` on an 8-bit RGB image, bit for bit as Pillow
-/// computes it: separable (horizontal pass first, into an 8-bit intermediate), antialiased
-/// (the kernel widens by the downscale factor), 22-bit fixed-point weights.
-pub fn resize_bicubic_like_pillow(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
-    let mut cur = img.clone();
-    if out_w != img.width {
-        let c = coefficients(img.width, out_w);
-        let mut out = vec![0u8; out_w * img.height * 3];
-        for y in 0..img.height {
-            let row = &img.pixels[y * img.width * 3..(y + 1) * img.width * 3];
-            for xx in 0..out_w {
-                let (xmin, xmax) = c.bounds[xx];
-                let k = &c.weights[xx * c.ksize..xx * c.ksize + xmax];
-                for ch in 0..3 {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, &w) in k.iter().enumerate() {
-                        ss += row[(x + xmin) * 3 + ch] as i64 * w as i64;
-                    }
-                    out[(y * out_w + xx) * 3 + ch] = clip8(ss);
-                }
-            }
-        }
-        cur = RgbImage {
-            width: out_w,
-            height: img.height,
-            pixels: out,
-        };
-    }
-    if out_h != cur.height {
-        let c = coefficients(cur.height, out_h);
-        let w = cur.width;
-        let mut out = vec![0u8; w * out_h * 3];
-        for yy in 0..out_h {
-            let (ymin, ymax) = c.bounds[yy];
-            let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
-            for xx in 0..w * 3 {
+/// Pillow's horizontal pass: every row resampled to `out_w` columns (8-bit result).
+fn resample_horizontal(img: &RgbImage, out_w: usize) -> RgbImage {
+    let c = coefficients(img.width, out_w);
+    let mut out = vec![0u8; out_w * img.height * 3];
+    for y in 0..img.height {
+        let row = &img.pixels[y * img.width * 3..(y + 1) * img.width * 3];
+        for xx in 0..out_w {
+            let (xmin, xmax) = c.bounds[xx];
+            let k = &c.weights[xx * c.ksize..xx * c.ksize + xmax];
+            for ch in 0..3 {
                 let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for (y, &wt) in k.iter().enumerate() {
-                    ss += cur.pixels[(y + ymin) * w * 3 + xx] as i64 * wt as i64;
+                for (x, &w) in k.iter().enumerate() {
+                    ss += row[(x + xmin) * 3 + ch] as i64 * w as i64;
                 }
-                out[yy * w * 3 + xx] = clip8(ss);
+                out[(y * out_w + xx) * 3 + ch] = clip8(ss);
             }
         }
-        cur = RgbImage {
-            width: w,
-            height: out_h,
-            pixels: out,
-        };
+    }
+    RgbImage {
+        width: out_w,
+        height: img.height,
+        pixels: out,
+    }
+}
+
+/// Pillow's vertical pass: every column resampled to `out_h` rows (8-bit result).
+fn resample_vertical(img: &RgbImage, out_h: usize) -> RgbImage {
+    let c = coefficients(img.height, out_h);
+    let stride = img.width * 3;
+    let mut out = vec![0u8; stride * out_h];
+    for yy in 0..out_h {
+        let (ymin, ymax) = c.bounds[yy];
+        let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
+        for xx in 0..stride {
+            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+            for (y, &w) in k.iter().enumerate() {
+                ss += img.pixels[(y + ymin) * stride + xx] as i64 * w as i64;
+            }
+            out[yy * stride + xx] = clip8(ss);
+        }
+    }
+    RgbImage {
+        width: img.width,
+        height: out_h,
+        pixels: out,
+    }
+}
+
+/// `Image.resize((out_w, out_h), Image.BICUBIC)` on an 8-bit RGB image, bit for bit as Pillow
+/// (12 and later) computes it: separable with an 8-bit intermediate, antialiased (the kernel
+/// widens by the downscale factor), 22-bit fixed-point weights. The pass that removes more
+/// rows goes first: vertical first when `H - h > 0` and `H - h > 2 (W - w)`, else horizontal
+/// first (older Pillow always went horizontal first). A dimension that does not change gets
+/// no pass.
+pub fn resize_bicubic_like_pillow(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    let (dh, dw) = (
+        img.height as i64 - out_h as i64,
+        img.width as i64 - out_w as i64,
+    );
+    let vertical_first = dh > 0 && dh > 2 * dw;
+    let mut cur = img.clone();
+    if vertical_first {
+        if out_h != cur.height {
+            cur = resample_vertical(&cur, out_h);
+        }
+        if out_w != cur.width {
+            cur = resample_horizontal(&cur, out_w);
+        }
+    } else {
+        if out_w != cur.width {
+            cur = resample_horizontal(&cur, out_w);
+        }
+        if out_h != cur.height {
+            cur = resample_vertical(&cur, out_h);
+        }
     }
     cur
 }
