@@ -415,6 +415,17 @@ fn hub_ids_resolve_from_the_cache() {
     let mut short = args;
     short[2] = "atto-1k-224";
     assert!(cnx_with_cache(&short, cache.path()).status.success());
+    // HF_HOME/hub is the cache when HF_HUB_CACHE is not set.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::rename(cache.path(), home.path().join("hub")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Not cached and offline: a clear error naming the cache, exit 2.
     let out = cnx(&args);
     assert_user_error(
