@@ -151,45 +151,37 @@ pub fn traffic(graph: &Graph) -> Traffic {
 /// The `cnx graph --stats` table: unfused next to fused.
 pub fn traffic_table(unfused: &Graph, fused: &Graph) -> String {
     let (a, b) = (traffic(unfused), traffic(fused));
-    let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
-    let ratio = |x: f64, y: f64| if x > 0.0 { y / x } else { 0.0 };
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<34} {:>14} {:>14} {:>8}",
         "per image, for the logits", "unfused", "fused", "fused/unfused"
     );
-    let _ = writeln!(
-        out,
-        "{:<34} {:>14} {:>14} {:>8.2}",
-        "nodes",
-        a.nodes,
-        b.nodes,
-        ratio(a.nodes as f64, b.nodes as f64)
-    );
-    let _ = writeln!(
-        out,
-        "{:<34} {:>10.2} MiB {:>10.2} MiB {:>8.2}",
+    // One row: both values (as counts, or as MiB when `bytes`) and their ratio.
+    let mut row = |name: &str, x: u64, y: u64, bytes: bool| {
+        let ratio = if x > 0 { y as f64 / x as f64 } else { 0.0 };
+        let cell = |v: u64| {
+            if bytes {
+                format!("{:.2} MiB", v as f64 / (1024.0 * 1024.0))
+            } else {
+                v.to_string()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{name:<34} {:>14} {:>14} {ratio:>8.2}",
+            cell(x),
+            cell(y)
+        );
+    };
+    row("nodes", a.nodes as u64, b.nodes as u64, false);
+    row(
         "activations written",
-        mib(a.bytes_written),
-        mib(b.bytes_written),
-        ratio(a.bytes_written as f64, b.bytes_written as f64)
+        a.bytes_written,
+        b.bytes_written,
+        true,
     );
-    let _ = writeln!(
-        out,
-        "{:<34} {:>10.2} MiB {:>10.2} MiB {:>8.2}",
-        "activations read",
-        mib(a.bytes_read),
-        mib(b.bytes_read),
-        ratio(a.bytes_read as f64, b.bytes_read as f64)
-    );
-    let _ = writeln!(
-        out,
-        "{:<34} {:>14} {:>14} {:>8.2}",
-        "MACs",
-        a.macs,
-        b.macs,
-        ratio(a.macs as f64, b.macs as f64)
-    );
+    row("activations read", a.bytes_read, b.bytes_read, true);
+    row("MACs", a.macs, b.macs, false);
     out
 }

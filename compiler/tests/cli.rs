@@ -425,7 +425,11 @@ fn hub_ids_resolve_from_the_cache() {
         .env("HF_HOME", home.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Not cached and offline: a clear error naming the cache, exit 2.
     let out = cnx(&args);
     assert_user_error(
