@@ -43,6 +43,8 @@ pub struct BenchConfig<'a> {
     pub runs: usize,
     pub pipeline: &'a Pipeline,
     pub fused: bool,
+    /// Run every op on the plain reference kernels (no packed GEMM).
+    pub reference_kernels: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,6 +75,11 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
                 LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, cfg.pipeline)?
             }
         };
+        let model = if cfg.reference_kernels {
+            model.use_reference_kernels()
+        } else {
+            model
+        };
         let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
         let forward =
             || interp::run_threaded(&model.graph, &model, &x, &[outputs::LOGITS], cfg.threads);
@@ -89,7 +96,11 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         let flops = 2.0 * model.graph.macs() as f64 * batch as f64;
         results.push(BenchResult {
             model: cfg.spec.name.clone(),
-            backend: "interp".into(),
+            backend: if cfg.reference_kernels {
+                "interp-reference".into()
+            } else {
+                "interp".into()
+            },
             fused: cfg.fused,
             batch,
             threads: cfg.threads,

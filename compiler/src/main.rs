@@ -87,6 +87,9 @@ enum Command {
         /// One JSON object per batch size and line.
         #[arg(long)]
         json: bool,
+        /// Run every op on the plain reference kernels (no packed GEMM), for comparison.
+        #[arg(long)]
+        reference_kernels: bool,
         #[command(flatten)]
         passes: PassFlags,
     },
@@ -306,6 +309,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             runs,
             input_size,
             json,
+            reference_kernels,
             passes,
         } => {
             let spec = ModelSpec::resolve(&model)?;
@@ -324,18 +328,20 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 runs: runs as usize,
                 pipeline: &pipeline,
                 fused: !passes.no_fuse,
+                reference_kernels,
             };
             for r in bench::bench(&cfg)? {
                 if json {
                     println!("{}", serde_json::to_string(&r).expect("serialisable"));
                 } else {
                     println!(
-                        "{} {}x{} batch {} threads {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
+                        "{} {}x{} batch {} threads {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
                         r.model,
                         r.height,
                         r.width,
                         r.batch,
                         r.threads,
+                        r.backend,
                         if r.fused { "fused" } else { "unfused" },
                         r.median_ms,
                         r.min_ms,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use convnextv2::weights::{SHARD_INDEX, SINGLE_FILE};
 use std::collections::HashMap;
 
+use convnextv2::kernels::gemm::{Isa, PackedWeights};
 use convnextv2::{NamingScheme, WeightSource, WeightStore};
 
 use crate::builder::{build_graph_with, BuildOptions};
@@ -169,6 +170,8 @@ pub struct LoadedModel {
     pub graph: Graph,
     pub checkpoint: WeightStore,
     derived: HashMap<String, Vec<f32>>,
+    /// Linear weights packed for the GEMM microkernels (empty: reference kernels only).
+    packed: HashMap<String, PackedWeights>,
     /// Rewrites made by each pass.
     pub pass_report: Vec<(&'static str, usize)>,
 }
@@ -179,6 +182,10 @@ impl WeightSource for LoadedModel {
             Some(v) => Some(v),
             None => self.checkpoint.tensor(name),
         }
+    }
+
+    fn packed(&self, name: &str) -> Option<&PackedWeights> {
+        self.packed.get(name)
     }
 }
 
@@ -237,12 +244,39 @@ impl LoadedModel {
         let live: std::collections::HashSet<String> =
             graph.params().into_iter().map(|p| p.name.clone()).collect();
         store.retain(|name| live.contains(name));
-        Ok(LoadedModel {
+        let mut model = LoadedModel {
             spec,
             graph,
             checkpoint: store,
             derived,
+            packed: HashMap::new(),
             pass_report,
-        })
+        };
+        model.pack_weights(Isa::detect());
+        Ok(model)
+    }
+
+    /// Packs every Linear weight once, for `isa`'s microkernel (the interpreter then runs its
+    /// linear layers as packed GEMMs; their prologues and epilogues stay the same).
+    pub fn pack_weights(&mut self, isa: Isa) {
+        let mut packed = HashMap::new();
+        for id in self.graph.topo_order().expect("verified") {
+            let node = self.graph.node(id);
+            if let crate::ir::Op::Linear(l) = node.op {
+                let p = node.param("weight").expect("Linear has a weight");
+                let w = self.tensor(&p.name).expect("validated and derived");
+                packed.insert(
+                    p.name.clone(),
+                    PackedWeights::pack(w, l.out_features, l.in_features, isa),
+                );
+            }
+        }
+        self.packed = packed;
+    }
+
+    /// Drops the packed weights: every op then runs on the plain reference kernels.
+    pub fn use_reference_kernels(mut self) -> Self {
+        self.packed.clear();
+        self
     }
 }

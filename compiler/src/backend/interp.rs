@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use convnextv2::kernels::gemm;
 use convnextv2::kernels::reference as k;
 use convnextv2::{Tensor, WeightSource};
 
@@ -219,6 +220,8 @@ fn eval(
         }
         Op::Linear(l) => {
             let (weight, bias) = (param("weight")?, param("bias")?);
+            // Packed at load: the optimised GEMM; otherwise the reference loops.
+            let packed = node.param("weight").and_then(|p| weights.packed(&p.name));
             let mut next = 1;
             let scale = l.input_scale.then(|| {
                 next += 1;
@@ -228,7 +231,7 @@ fn eval(
             let rows = batch * out_ty.pixels();
             // Rows are independent, so splitting them over threads changes no result; chunks
             // start on sum-of-squares block boundaries so the reduction order is fixed too.
-            let block = k::SUM_SQUARES_BLOCK;
+            let block = gemm::MC; // a multiple of k::SUM_SQUARES_BLOCK
             let rows_per_thread = rows.div_ceil(threads).div_ceil(block) * block;
             let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
             let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
@@ -251,17 +254,22 @@ fn eval(
                     let rows = x.len() / l.in_features;
                     let pixels = out_ty.pixels();
                     handles.push(scope.spawn(move || {
-                        k::linear_fused(
-                            x,
-                            rows,
-                            l.in_features,
-                            weight,
-                            bias,
-                            l.out_features,
-                            prologue,
-                            epilogue,
-                            y,
-                        );
+                        match packed {
+                            Some(w) => {
+                                gemm::linear_fused_packed(x, rows, w, bias, prologue, epilogue, y)
+                            }
+                            None => k::linear_fused(
+                                x,
+                                rows,
+                                l.in_features,
+                                weight,
+                                bias,
+                                l.out_features,
+                                prologue,
+                                epilogue,
+                                y,
+                            ),
+                        }
                         // Epilogue: this thread's rows, still in cache.
                         l.sum_squares
                             .then(|| k::sum_squares_partials(y, first_row, pixels, l.out_features))

@@ -84,6 +84,25 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The activation as a plain `fn(f32) -> f32` (evaluated through [`Activation::apply_f64`]),
+    /// for kernel epilogues.
+    pub fn f32_fn(self) -> fn(f32) -> f32 {
+        match self {
+            Activation::Gelu => |x| Activation::Gelu.apply_f64(x as f64) as f32,
+            Activation::GeluTanh => |x| Activation::GeluTanh.apply_f64(x as f64) as f32,
+            Activation::QuickGelu => |x| Activation::QuickGelu.apply_f64(x as f64) as f32,
+            Activation::Relu => |x| x.max(0.0),
+            Activation::Relu6 => |x| x.clamp(0.0, 6.0),
+            Activation::Silu => |x| Activation::Silu.apply_f64(x as f64) as f32,
+            Activation::Mish => |x| Activation::Mish.apply_f64(x as f64) as f32,
+            Activation::Tanh => |x| Activation::Tanh.apply_f64(x as f64) as f32,
+            Activation::Sigmoid => |x| Activation::Sigmoid.apply_f64(x as f64) as f32,
+            Activation::Identity => |x| x,
+        }
+    }
+}
+
 impl fmt::Display for Activation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.hf_name())

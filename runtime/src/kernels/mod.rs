@@ -6,6 +6,7 @@
 //! against it.
 
 pub mod activation;
+pub mod gemm;
 pub mod reference;
 
 pub use activation::Activation;

@@ -399,6 +399,29 @@ pub struct LinearPrologue<'a> {
     pub scale: Option<RowScale<'a>>,
 }
 
+impl LinearPrologue<'_> {
+    /// Whether the prologue changes the rows at all.
+    pub fn is_identity(&self) -> bool {
+        self.norm_eps.is_none() && self.scale.is_none()
+    }
+
+    /// Applies the prologue to row `r` (counted from the first row passed to the kernel).
+    pub fn apply(&self, r: usize, row: &mut [f32]) {
+        let n = row.len();
+        if let Some(eps) = self.norm_eps {
+            let (mean, var) = mean_var(n, |c| row[c]);
+            let inv_std = 1.0 / (var + eps).sqrt();
+            row.iter_mut()
+                .for_each(|v| *v = ((*v as f64 - mean) * inv_std) as f32);
+        }
+        if let Some(scale) = self.scale {
+            let sample = (scale.first_row + r) / scale.rows_per_sample;
+            let s = &scale.values[sample * n..(sample + 1) * n];
+            row.iter_mut().zip(s).for_each(|(v, &k)| *v *= k);
+        }
+    }
+}
+
 /// What a fused linear layer does to each output row after the bias.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinearEpilogue<'a> {
@@ -425,17 +448,7 @@ pub fn linear_fused(
     let mut row = vec![0f32; in_features];
     for r in 0..rows {
         row.copy_from_slice(&x[r * in_features..(r + 1) * in_features]);
-        if let Some(eps) = prologue.norm_eps {
-            let (mean, var) = mean_var(in_features, |c| row[c]);
-            let inv_std = 1.0 / (var + eps).sqrt();
-            row.iter_mut()
-                .for_each(|v| *v = ((*v as f64 - mean) * inv_std) as f32);
-        }
-        if let Some(scale) = prologue.scale {
-            let sample = (scale.first_row + r) / scale.rows_per_sample;
-            let s = &scale.values[sample * in_features..(sample + 1) * in_features];
-            row.iter_mut().zip(s).for_each(|(v, &k)| *v *= k);
-        }
+        prologue.apply(r, &mut row);
         for o in 0..out_features {
             let mut v = dot(&row, &weight[o * in_features..(o + 1) * in_features]) + bias[o] as f64;
             if let Some(act) = epilogue.activation {

@@ -408,6 +408,11 @@ fn load_sharded(index_path: &Path) -> Result<Vec<(String, StoredTensor)>> {
 /// the weights a compiler pass derived from it.
 pub trait WeightSource {
     fn tensor(&self, hf_name: &str) -> Option<&[f32]>;
+
+    /// The weight packed for the GEMM microkernels, if it was packed at load.
+    fn packed(&self, _hf_name: &str) -> Option<&crate::kernels::gemm::PackedWeights> {
+        None
+    }
 }
 
 impl WeightSource for WeightStore {
