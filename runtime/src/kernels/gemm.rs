@@ -13,6 +13,9 @@
 /// fixed-order sum-of-squares blocks never straddle two threads).
 pub const MC: usize = 192;
 
+// Thread chunks of whole MC blocks must also be whole sum-of-squares blocks.
+const _: () = assert!(MC.is_multiple_of(super::reference::SUM_SQUARES_BLOCK));
+
 /// Which microkernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -430,6 +433,3 @@ mod tests {
         }
     }
 }
-
-// Thread chunks of whole MC blocks must also be whole sum-of-squares blocks.
-const _: () = assert!(MC % super::reference::SUM_SQUARES_BLOCK == 0);

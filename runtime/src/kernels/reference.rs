@@ -345,12 +345,12 @@ pub fn sum_squares_partials(
     rows_per_sample: usize,
     channels: usize,
 ) -> Vec<(usize, Vec<f64>)> {
-    assert_eq!(first_row % SUM_SQUARES_BLOCK, 0);
+    assert!(first_row.is_multiple_of(SUM_SQUARES_BLOCK));
     let mut partials: Vec<(usize, Vec<f64>)> = Vec::new();
     for (i, row) in rows.chunks_exact(channels).enumerate() {
         let r = first_row + i;
         let sample = r / rows_per_sample;
-        if i == 0 || r % SUM_SQUARES_BLOCK == 0 || r % rows_per_sample == 0 {
+        if i == 0 || r.is_multiple_of(SUM_SQUARES_BLOCK) || r.is_multiple_of(rows_per_sample) {
             partials.push((sample, vec![0.0; channels]));
         }
         let acc = &mut partials.last_mut().expect("pushed above").1;

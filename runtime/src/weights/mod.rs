@@ -299,7 +299,7 @@ fn load_file(path: &Path) -> Result<Vec<(String, StoredTensor)>> {
         let numel: usize = view.shape().iter().product();
         let data_offset = bytes.as_ptr() as usize - base;
         let storage = match view.dtype() {
-            Dtype::F32 if cfg!(target_endian = "little") && data_offset % 4 == 0 => {
+            Dtype::F32 if cfg!(target_endian = "little") && data_offset.is_multiple_of(4) => {
                 Storage::Mapped {
                     map: Arc::clone(&map),
                     offset: data_offset,
