@@ -59,6 +59,48 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Wall time per op kind over one forward pass at `batch`, most expensive first:
+/// `(kind, milliseconds, share)`.
+pub fn profile(
+    model: &LoadedModel,
+    batch: usize,
+    threads: usize,
+) -> Result<Vec<(String, f64, f64)>, Error> {
+    let x = random::random_pixel_values(&model.graph, batch, 1);
+    let mut times = Vec::new();
+    interp::run_profiled(
+        &model.graph,
+        model,
+        &x,
+        &[outputs::LOGITS],
+        threads,
+        Some(&mut times),
+    )?;
+    let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
+    for (id, d) in &times {
+        let node = model.graph.node(*id);
+        let kind = match &node.op {
+            crate::ir::Op::Conv2d(c) if c.is_depthwise() => "DepthwiseConv2d (+norm)".to_string(),
+            crate::ir::Op::Conv2d(_) => "Conv2d (stem, downsample)".to_string(),
+            crate::ir::Op::Linear(l) if l.activation.is_some() => {
+                "Linear pwconv1 (+act, GRN sums)".to_string()
+            }
+            crate::ir::Op::Linear(l) if l.residual => {
+                "Linear pwconv2 (+scale, residual)".to_string()
+            }
+            op => op.kind().to_string(),
+        };
+        *by_kind.entry(kind).or_default() += d.as_secs_f64() * 1e3;
+    }
+    let total: f64 = by_kind.values().sum();
+    let mut rows: Vec<(String, f64, f64)> = by_kind
+        .into_iter()
+        .map(|(k, ms)| (k, ms, ms / total))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(rows)
+}
+
 /// Measures the forward pass for each batch size (median and min of `runs`, after the first,
 /// which is reported as first inference together with loading).
 pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {

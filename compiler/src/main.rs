@@ -90,6 +90,9 @@ enum Command {
         /// Run every op on the plain reference kernels (no packed GEMM), for comparison.
         #[arg(long)]
         reference_kernels: bool,
+        /// Also print where one forward pass spends its time, per op kind.
+        #[arg(long)]
+        profile: bool,
         #[command(flatten)]
         passes: PassFlags,
     },
@@ -310,6 +313,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             input_size,
             json,
             reference_kernels,
+            profile,
             passes,
         } => {
             let spec = ModelSpec::resolve(&model)?;
@@ -330,6 +334,21 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 fused: !passes.no_fuse,
                 reference_kernels,
             };
+            if profile {
+                let batch = cfg.batches[0];
+                let unfused = cnx_compiler::build_graph(&cfg.spec.config, cfg.input_hw)?;
+                let store =
+                    convnextv2::WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
+                let mut m =
+                    LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, &pipeline)?;
+                if reference_kernels {
+                    m = m.use_reference_kernels();
+                }
+                println!("profile, batch {batch}, {} threads:", cfg.threads);
+                for (kind, ms, share) in bench::profile(&m, batch, cfg.threads)? {
+                    println!("  {kind:<36} {ms:>9.1} ms {:>5.1}%", share * 100.0);
+                }
+            }
             for r in bench::bench(&cfg)? {
                 if json {
                     println!("{}", serde_json::to_string(&r).expect("serialisable"));

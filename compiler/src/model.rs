@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use convnextv2::weights::{SHARD_INDEX, SINGLE_FILE};
 use std::collections::HashMap;
 
+use convnextv2::kernels::conv::{pack_patch_conv, DepthwiseWeights};
 use convnextv2::kernels::gemm::{Isa, PackedWeights};
+use convnextv2::kernels::PreparedWeights;
 use convnextv2::{NamingScheme, WeightSource, WeightStore};
 
 use crate::builder::{build_graph_with, BuildOptions};
@@ -170,8 +172,8 @@ pub struct LoadedModel {
     pub graph: Graph,
     pub checkpoint: WeightStore,
     derived: HashMap<String, Vec<f32>>,
-    /// Linear weights packed for the GEMM microkernels (empty: reference kernels only).
-    packed: HashMap<String, PackedWeights>,
+    /// Weights prepared for the optimised kernels (empty: reference kernels only).
+    packed: HashMap<String, PreparedWeights>,
     /// Rewrites made by each pass.
     pub pass_report: Vec<(&'static str, usize)>,
 }
@@ -184,7 +186,7 @@ impl WeightSource for LoadedModel {
         }
     }
 
-    fn packed(&self, name: &str) -> Option<&PackedWeights> {
+    fn prepared(&self, name: &str) -> Option<&PreparedWeights> {
         self.packed.get(name)
     }
 }
@@ -256,20 +258,47 @@ impl LoadedModel {
         Ok(model)
     }
 
-    /// Packs every Linear weight once, for `isa`'s microkernel (the interpreter then runs its
-    /// linear layers as packed GEMMs; their prologues and epilogues stay the same).
+    /// Prepares weights once for the optimised kernels: Linear weights and kernel == stride
+    /// convs (stem, downsampling) packed for `isa`'s GEMM, depthwise weights tap-major. The
+    /// interpreter then runs those ops on the optimised kernels, with the same prologues and
+    /// epilogues; every other op keeps its reference kernel.
     pub fn pack_weights(&mut self, isa: Isa) {
+        use crate::ir::{Layout, Op};
         let mut packed = HashMap::new();
         for id in self.graph.topo_order().expect("verified") {
             let node = self.graph.node(id);
-            if let crate::ir::Op::Linear(l) = node.op {
-                let p = node.param("weight").expect("Linear has a weight");
-                let w = self.tensor(&p.name).expect("validated and derived");
-                packed.insert(
-                    p.name.clone(),
-                    PackedWeights::pack(w, l.out_features, l.in_features, isa),
-                );
-            }
+            let Some(p) = node.param("weight") else {
+                continue;
+            };
+            let w = self.tensor(&p.name).expect("validated and derived");
+            let prepared = match node.op {
+                Op::Linear(l) => PreparedWeights::Gemm(PackedWeights::pack(
+                    w,
+                    l.out_features,
+                    l.in_features,
+                    isa,
+                )),
+                Op::Conv2d(c)
+                    if c.layout == Layout::Nhwc
+                        && c.is_depthwise()
+                        && c.stride == [1, 1]
+                        && c.input_norm.is_none() =>
+                {
+                    let (ch, kh, kw) = (c.out_channels, c.kernel[0], c.kernel[1]);
+                    PreparedWeights::Depthwise(DepthwiseWeights::pack(w, ch, kh, kw))
+                }
+                Op::Conv2d(c)
+                    if c.layout == Layout::Nhwc
+                        && c.groups == 1
+                        && c.kernel == c.stride
+                        && c.padding == [0, 0] =>
+                {
+                    let (o, i, kh, kw) = (c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]);
+                    PreparedWeights::Gemm(pack_patch_conv(w, o, i, kh, kw, isa))
+                }
+                _ => continue,
+            };
+            packed.insert(p.name.clone(), prepared);
         }
         self.packed = packed;
     }

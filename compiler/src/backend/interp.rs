@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use convnextv2::kernels::gemm;
 use convnextv2::kernels::reference as k;
+use convnextv2::kernels::{conv, gemm, PreparedWeights};
 use convnextv2::{Tensor, WeightSource};
 
 use crate::ir::{Graph, GrnSource, Layout, NodeId, NormAxis, Op, Permute, ValueType};
@@ -60,6 +60,18 @@ pub fn run_threaded(
     wanted: &[&str],
     threads: usize,
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
+    run_profiled(graph, weights, pixel_values, wanted, threads, None)
+}
+
+/// [`run_threaded`] that also records each node's wall time (in evaluation order).
+pub fn run_profiled(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    pixel_values: &Tensor,
+    wanted: &[&str],
+    threads: usize,
+    mut profile: Option<&mut Vec<(NodeId, std::time::Duration)>>,
+) -> Result<BTreeMap<String, Tensor>, RunError> {
     let threads = threads.max(1);
     let input_ty = graph.input_type();
     let shape = pixel_values.shape();
@@ -98,7 +110,11 @@ pub fn run_threaded(
             if matches!(graph.node(id).op, Op::Input) {
                 pixel_values.clone()
             } else {
+                let start = std::time::Instant::now();
                 let (value, side) = eval(graph, id, weights, batch, &operands, &sums, threads)?;
+                if let Some(p) = profile.as_deref_mut() {
+                    p.push((id, start.elapsed()));
+                }
                 if let Some(side) = side {
                     sums.insert(id, side);
                 }
@@ -173,6 +189,44 @@ fn eval(
                 pad_w: c.padding[1],
                 groups: c.groups,
             };
+            let prepared = node.param("weight").and_then(|p| weights.prepared(&p.name));
+            if let (Some(prepared), Layout::Nhwc) = (prepared, c.layout) {
+                let bias = param("bias")?;
+                let norm = match c.output_norm {
+                    Some(n) => Some(conv::PixelNorm {
+                        eps: n.eps,
+                        affine: affine(n.affine, "norm_weight", "norm_bias")?,
+                    }),
+                    None => None,
+                };
+                let x = operands[0].data();
+                let row_len = out_ty.width * out_ty.channels;
+                let rows = batch * out_ty.height;
+                let per_thread = rows.div_ceil(threads);
+                std::thread::scope(|scope| {
+                    for (chunk, dst) in out.data_mut().chunks_mut(per_thread * row_len).enumerate()
+                    {
+                        let range = chunk * per_thread..chunk * per_thread + dst.len() / row_len;
+                        let geometry = &geometry;
+                        scope.spawn(move || match prepared {
+                            PreparedWeights::Depthwise(w) => {
+                                conv::depthwise_nhwc(geometry, x, w, bias, norm, range, dst)
+                            }
+                            PreparedWeights::Gemm(w) => conv::patch_conv_nhwc(
+                                geometry,
+                                x,
+                                w,
+                                bias,
+                                c.input_norm,
+                                norm,
+                                range,
+                                dst,
+                            ),
+                        });
+                    }
+                });
+                return Ok((out, side));
+            }
             // Prologue: normalise the input pixels (a copy: the reference keeps it plain).
             let normalised;
             let input = match c.input_norm {
@@ -221,7 +275,10 @@ fn eval(
         Op::Linear(l) => {
             let (weight, bias) = (param("weight")?, param("bias")?);
             // Packed at load: the optimised GEMM; otherwise the reference loops.
-            let packed = node.param("weight").and_then(|p| weights.packed(&p.name));
+            let packed = match node.param("weight").and_then(|p| weights.prepared(&p.name)) {
+                Some(PreparedWeights::Gemm(w)) => Some(w),
+                _ => None,
+            };
             let mut next = 1;
             let scale = l.input_scale.then(|| {
                 next += 1;

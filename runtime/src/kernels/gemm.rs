@@ -113,8 +113,8 @@ impl PackedWeights {
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     pub bias: &'a [f32],
-    /// Applied after the bias.
-    pub activation: Option<fn(f32) -> f32>,
+    /// Applied after the bias, in place over each output row segment.
+    pub activation: Option<fn(&mut [f32])>,
     /// Added last: `[rows, N]`, the same rows as the output.
     pub residual: Option<&'a [f32]>,
 }
@@ -150,15 +150,18 @@ pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, o
                 microkernel(w.isa, a_tile, k, panel, &mut tile);
                 for i in 0..rs {
                     let row = (r0 + i) * n + p * nr;
-                    for j in 0..cols {
-                        let mut v = tile[i * nr + j] + epilogue.bias[p * nr + j];
-                        if let Some(act) = epilogue.activation {
-                            v = act(v);
-                        }
-                        if let Some(res) = epilogue.residual {
-                            v += res[row + j];
-                        }
-                        out[row + j] = v;
+                    let dst = &mut out[row..row + cols];
+                    let bias = &epilogue.bias[p * nr..p * nr + cols];
+                    for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
+                        *d = t + b;
+                    }
+                    if let Some(act) = epilogue.activation {
+                        act(dst);
+                    }
+                    if let Some(res) = epilogue.residual {
+                        dst.iter_mut()
+                            .zip(&res[row..row + cols])
+                            .for_each(|(d, &r)| *d += r);
                     }
                 }
             }
@@ -182,7 +185,7 @@ pub fn linear_fused_packed(
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * n);
-    let activation = epilogue.activation.map(super::Activation::f32_fn);
+    let activation = epilogue.activation.map(super::Activation::f32_slice_fn);
     let mut scratch = if prologue.is_identity() {
         Vec::new()
     } else {
@@ -339,7 +342,7 @@ mod tests {
                 let res = values(m * n, 4);
                 let mut want = vec![0.0; m * n];
                 reference::linear(&a, m, k, &w, Some(&bias), n, &mut want);
-                let relu: fn(f32) -> f32 = |v| v.max(0.0);
+                let relu: fn(&mut [f32]) = |v| v.iter_mut().for_each(|x| *x = x.max(0.0));
                 let packed = PackedWeights::pack(&w, n, k, isa);
                 let mut got = vec![0.0; m * n];
                 let epilogue = Epilogue {

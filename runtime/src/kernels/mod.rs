@@ -6,7 +6,17 @@
 //! against it.
 
 pub mod activation;
+pub mod conv;
 pub mod gemm;
 pub mod reference;
 
 pub use activation::Activation;
+
+/// Weights rearranged once, at load, for an optimised kernel.
+#[derive(Debug, Clone)]
+pub enum PreparedWeights {
+    /// Panels for the packed GEMM (Linear layers; kernel == stride convs over patches).
+    Gemm(gemm::PackedWeights),
+    /// Tap-major depthwise weights.
+    Depthwise(conv::DepthwiseWeights),
+}

@@ -409,8 +409,8 @@ fn load_sharded(index_path: &Path) -> Result<Vec<(String, StoredTensor)>> {
 pub trait WeightSource {
     fn tensor(&self, hf_name: &str) -> Option<&[f32]>;
 
-    /// The weight packed for the GEMM microkernels, if it was packed at load.
-    fn packed(&self, _hf_name: &str) -> Option<&crate::kernels::gemm::PackedWeights> {
+    /// The weight rearranged for an optimised kernel, if it was prepared at load.
+    fn prepared(&self, _hf_name: &str) -> Option<&crate::kernels::PreparedWeights> {
         None
     }
 }
