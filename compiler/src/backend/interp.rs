@@ -286,6 +286,57 @@ fn eval(
             });
             let residual = l.residual.then(|| operands[next].data());
             let rows = batch * out_ty.pixels();
+            // Few rows (late stages at small batch): split the output columns over threads
+            // instead; every element is computed exactly as in the row split.
+            if let Some(w) = packed.filter(|_| threads > 1 && rows < 2 * threads * gemm::MC) {
+                let prologue = k::LinearPrologue {
+                    norm_eps: l.input_norm,
+                    scale: scale.map(|values| k::RowScale {
+                        values,
+                        rows_per_sample: out_ty.pixels(),
+                        first_row: 0,
+                    }),
+                };
+                let epilogue = k::LinearEpilogue {
+                    activation: l.activation,
+                    residual,
+                };
+                let x = operands[0].data();
+                let per_thread = w.panels().div_ceil(threads);
+                let parts: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..w.panels())
+                        .step_by(per_thread)
+                        .map(|p0| {
+                            let panels = p0..(p0 + per_thread).min(w.panels());
+                            scope.spawn(move || {
+                                let col0 = panels.start * w.panel_width();
+                                let width = (panels.end * w.panel_width()).min(w.n) - col0;
+                                let mut part = vec![0f32; rows * width];
+                                gemm::linear_fused_packed_panels(
+                                    x, rows, w, panels, bias, prologue, epilogue, &mut part,
+                                );
+                                (col0, part)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("kernel threads do not panic"))
+                        .collect()
+                });
+                let n = l.out_features;
+                for (col0, part) in parts {
+                    let width = part.len() / rows;
+                    for (r, src) in part.chunks_exact(width).enumerate() {
+                        out.data_mut()[r * n + col0..r * n + col0 + width].copy_from_slice(src);
+                    }
+                }
+                if l.sum_squares {
+                    let partials = k::sum_squares_partials(out.data(), 0, out_ty.pixels(), n);
+                    side = Some(k::combine_sum_squares(&partials, batch, n));
+                }
+                return Ok((out, side));
+            }
             // Rows are independent, so splitting them over threads changes no result; chunks
             // start on sum-of-squares block boundaries so the reduction order is fixed too.
             let block = gemm::MC; // a multiple of k::SUM_SQUARES_BLOCK

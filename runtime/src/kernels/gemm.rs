@@ -104,6 +104,16 @@ impl PackedWeights {
         }
     }
 
+    /// Number of `NR`-column panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    /// `NR`: columns per panel.
+    pub fn panel_width(&self) -> usize {
+        self.nr
+    }
+
     fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * self.nr..(p + 1) * self.k * self.nr]
     }
@@ -121,20 +131,37 @@ pub struct Epilogue<'a> {
 
 /// `out[m, n] = epilogue(sum_k a[m, k] w[n, k])` for `rows` rows of `a` (`[rows, K]`).
 pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, out: &mut [f32]) {
+    gemm_panels(a, rows, w, 0..w.panels(), epilogue, out);
+}
+
+/// [`gemm`] for the output columns of `panels` only (`NR` columns each, the last possibly
+/// fewer): `out` is `[rows, cols]` for those columns; `epilogue.bias` and
+/// `epilogue.residual` cover all `N` columns. Splitting the columns over threads this way
+/// changes no result.
+pub fn gemm_panels(
+    a: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    panels: std::ops::Range<usize>,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+) {
     let (k, n) = (w.k, w.n);
+    let (mr, nr) = w.isa.tile();
+    let col0 = panels.start * nr;
+    let width = (panels.end * nr).min(n) - col0;
     assert_eq!(a.len(), rows * k);
-    assert_eq!(out.len(), rows * n);
+    assert_eq!(out.len(), rows * width);
     assert_eq!(epilogue.bias.len(), n);
     if let Some(r) = epilogue.residual {
         assert_eq!(r.len(), rows * n);
     }
-    let (mr, nr) = w.isa.tile();
     let mut tile = vec![0f32; mr * nr];
     // The last, partial row tile reads a zero-padded copy of its rows.
     let mut edge_rows = vec![0f32; mr * k];
     for m0 in (0..rows).step_by(MC) {
         let m_block = MC.min(rows - m0);
-        for p in 0..n.div_ceil(nr) {
+        for p in panels.clone() {
             let panel = w.panel(p);
             let cols = nr.min(n - p * nr);
             for t in (0..m_block).step_by(mr) {
@@ -149,8 +176,8 @@ pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, o
                 };
                 microkernel(w.isa, a_tile, k, panel, &mut tile);
                 for i in 0..rs {
-                    let row = (r0 + i) * n + p * nr;
-                    let dst = &mut out[row..row + cols];
+                    let at = (r0 + i) * width + p * nr - col0;
+                    let dst = &mut out[at..at + cols];
                     let bias = &epilogue.bias[p * nr..p * nr + cols];
                     for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
                         *d = t + b;
@@ -159,8 +186,9 @@ pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, o
                         act(dst);
                     }
                     if let Some(res) = epilogue.residual {
+                        let from = (r0 + i) * n + p * nr;
                         dst.iter_mut()
-                            .zip(&res[row..row + cols])
+                            .zip(&res[from..from + cols])
                             .for_each(|(d, &r)| *d += r);
                     }
                 }
@@ -182,9 +210,26 @@ pub fn linear_fused_packed(
     epilogue: super::reference::LinearEpilogue<'_>,
     out: &mut [f32],
 ) {
+    linear_fused_packed_panels(x, rows, w, 0..w.panels(), bias, prologue, epilogue, out)
+}
+
+/// [`linear_fused_packed`] for the output columns of `panels` only (see [`gemm_panels`]);
+/// `epilogue.residual` covers all columns.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fused_packed_panels(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    panels: std::ops::Range<usize>,
+    bias: &[f32],
+    prologue: super::reference::LinearPrologue<'_>,
+    epilogue: super::reference::LinearEpilogue<'_>,
+    out: &mut [f32],
+) {
     let (k, n) = (w.k, w.n);
+    let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
     assert_eq!(x.len(), rows * k);
-    assert_eq!(out.len(), rows * n);
+    assert_eq!(out.len(), rows * width);
     let activation = epilogue.activation.map(super::Activation::f32_slice_fn);
     let mut scratch = if prologue.is_identity() {
         Vec::new()
@@ -209,7 +254,14 @@ pub fn linear_fused_packed(
             activation,
             residual: epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
         };
-        gemm(a, mb, w, e, &mut out[m0 * n..(m0 + mb) * n]);
+        gemm_panels(
+            a,
+            mb,
+            w,
+            panels.clone(),
+            e,
+            &mut out[m0 * width..(m0 + mb) * width],
+        );
     }
 }
 
@@ -409,6 +461,45 @@ mod tests {
                 // f32 FMA accumulation over 45 terms vs the reference's eight-lane sum + f64:
                 // a few ulps of the |x||w| sum (< 45 here, normalised rows ~ 7).
                 assert!(err < 2e-5, "{isa:?} norm {norm} scale {scaled}: {err}");
+            }
+        }
+    }
+
+    /// Splitting the columns into panel ranges gives the same bits as the whole product.
+    #[test]
+    fn column_split_is_exact() {
+        let (m, n, k) = (49, 75, 40);
+        let (a, w, bias, res) = (
+            values(m * k, 13),
+            values(n * k, 14),
+            values(n, 15),
+            values(m * n, 16),
+        );
+        for isa in Isa::available() {
+            let packed = PackedWeights::pack(&w, n, k, isa);
+            let e = Epilogue {
+                bias: &bias,
+                activation: None,
+                residual: Some(&res),
+            };
+            let mut whole = vec![0.0; m * n];
+            gemm(&a, m, &packed, e, &mut whole);
+            let nr = packed.panel_width();
+            let split = 1;
+            let left_cols = split * nr;
+            let mut left = vec![0.0; m * left_cols];
+            let mut right = vec![0.0; m * (n - left_cols)];
+            gemm_panels(&a, m, &packed, 0..split, e, &mut left);
+            gemm_panels(&a, m, &packed, split..packed.panels(), e, &mut right);
+            for r in 0..m {
+                assert_eq!(
+                    &whole[r * n..r * n + left_cols],
+                    &left[r * left_cols..(r + 1) * left_cols]
+                );
+                assert_eq!(
+                    &whole[r * n + left_cols..(r + 1) * n],
+                    &right[r * (n - left_cols)..(r + 1) * (n - left_cols)]
+                );
             }
         }
     }
