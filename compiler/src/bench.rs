@@ -30,6 +30,8 @@ pub struct BenchResult {
     pub first_inference_ms: f64,
     /// Peak resident memory of the process so far, if the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// `gflops` as a share of the GEMM microkernel's measured peak (`--peak`).
+    pub percent_of_peak: Option<f64>,
 }
 
 /// What to measure.
@@ -155,6 +157,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             gflops: flops / (median / 1e3) / 1e9,
             first_inference_ms: ms(first),
             peak_rss_mib: peak_rss_mib(),
+            percent_of_peak: None,
         });
     }
     Ok(results)

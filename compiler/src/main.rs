@@ -93,6 +93,9 @@ enum Command {
         /// Also print where one forward pass spends its time, per op kind.
         #[arg(long)]
         profile: bool,
+        /// Also measure the GEMM microkernel's own peak (GFLOP/s) and report % of it.
+        #[arg(long)]
+        peak: bool,
         #[command(flatten)]
         passes: PassFlags,
     },
@@ -314,6 +317,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             json,
             reference_kernels,
             profile,
+            peak,
             passes,
         } => {
             let spec = ModelSpec::resolve(&model)?;
@@ -334,6 +338,15 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 fused: !passes.no_fuse,
                 reference_kernels,
             };
+            let peak = peak.then(|| {
+                let isa = convnextv2::kernels::gemm::Isa::detect();
+                let gflops = convnextv2::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
+                println!(
+                    "peak: {isa:?} microkernel, {} threads: {gflops:.1} GFLOP/s",
+                    cfg.threads
+                );
+                gflops
+            });
             if profile {
                 let batch = cfg.batches[0];
                 let unfused = cnx_compiler::build_graph(&cfg.spec.config, cfg.input_hw)?;
@@ -349,7 +362,8 @@ fn dispatch(command: Command) -> Result<(), Error> {
                     println!("  {kind:<36} {ms:>9.1} ms {:>5.1}%", share * 100.0);
                 }
             }
-            for r in bench::bench(&cfg)? {
+            for mut r in bench::bench(&cfg)? {
+                r.percent_of_peak = peak.map(|p| 100.0 * r.gflops / p);
                 if json {
                     println!("{}", serde_json::to_string(&r).expect("serialisable"));
                 } else {
@@ -369,6 +383,9 @@ fn dispatch(command: Command) -> Result<(), Error> {
                         r.first_inference_ms,
                         r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
                     );
+                    if let Some(pct) = r.percent_of_peak {
+                        println!("  {pct:.1}% of the microkernel's peak");
+                    }
                 }
             }
             Ok(())

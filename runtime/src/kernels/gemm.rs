@@ -83,6 +83,12 @@ impl PackedWeights {
     /// Packs `weight` (`[n, k]`, row-major) for `isa`.
     pub fn pack(weight: &[f32], n: usize, k: usize, isa: Isa) -> PackedWeights {
         assert_eq!(weight.len(), n * k);
+        // The microkernels' safety rests on this: packed weights exist only for kernels the
+        // CPU runs.
+        assert!(
+            Isa::available().contains(&isa),
+            "{isa:?} is not supported by this CPU"
+        );
         let nr = isa.tile().1;
         let panels = n.div_ceil(nr);
         let mut data = vec![0f32; panels * k * nr];
@@ -265,13 +271,54 @@ pub fn linear_fused_packed_panels(
     }
 }
 
+/// The microkernel's own throughput in GFLOP/s on `threads` threads: one `MR x NR` tile over
+/// an L1-resident `K = 256` panel, repeated for about `seconds` (what `cnx bench --peak`
+/// reports as the machine's peak for this kernel).
+pub fn peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not supported by this CPU"
+    );
+    let (mr, nr) = isa.tile();
+    let k = 256;
+    let per_call = 2.0 * (mr * nr * k) as f64;
+    let start = std::time::Instant::now();
+    let calls: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                scope.spawn(move || {
+                    let a = vec![1.0f32 + t as f32 * 1e-3; mr * k];
+                    let panel = vec![0.5f32; nr * k];
+                    let mut tile = vec![0f32; mr * nr];
+                    let mut calls = 0u64;
+                    while start.elapsed().as_secs_f64() < seconds {
+                        for _ in 0..64 {
+                            microkernel(isa, &a, k, &panel, &mut tile);
+                            std::hint::black_box(&mut tile);
+                        }
+                        calls += 64;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    calls.iter().sum::<u64>() as f64 * per_call / elapsed / 1e9
+}
+
 /// One `MR x NR` tile: `tile[i][j] = sum_k a[i, k] panel[k][j]` (`a` holds `MR` rows).
 fn microkernel(isa: Isa, a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
     match isa {
         Isa::Portable => portable::<4, 16>(a, k, panel, tile),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only constructed by `detect`/`available` after checking that
-        // the CPU has AVX2 and FMA; `a` has 6 rows of `k`, `panel` `k x 16`, `tile` 6 x 16.
+        // SAFETY: callers pass the `Isa` of a `PackedWeights` (whose `pack` asserts the CPU runs
+        // it) or one `peak_gflops` checked; `a` has 6 rows of `k`, `panel` `k x 16`, `tile`
+        // 6 x 16 (gemm's sizes; the kernel asserts them).
         Isa::Avx2 => unsafe { x86::avx2_6x16(a, k, panel, tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX-512F; `panel` is `k x 32`, `tile` 6 x 32.
@@ -310,7 +357,7 @@ mod x86 {
     /// `tile` at least 6 x 16.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2_6x16(a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
-        debug_assert!(a.len() >= 6 * k && panel.len() >= 16 * k && tile.len() >= 96);
+        assert!(a.len() >= 6 * k && panel.len() >= 16 * k && tile.len() >= 96);
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         let (ap, bp) = (a.as_ptr(), panel.as_ptr());
         for kk in 0..k {
@@ -336,7 +383,7 @@ mod x86 {
     /// `tile` at least 6 x 32.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn avx512_6x32(a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
-        debug_assert!(a.len() >= 6 * k && panel.len() >= 32 * k && tile.len() >= 192);
+        assert!(a.len() >= 6 * k && panel.len() >= 32 * k && tile.len() >= 192);
         let mut acc = [[_mm512_setzero_ps(); 2]; 6];
         let (ap, bp) = (a.as_ptr(), panel.as_ptr());
         for kk in 0..k {
