@@ -32,6 +32,29 @@ impl Conv2dGeometry {
     pub fn out_w(&self) -> usize {
         (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
     }
+
+    /// Asserts the buffer sizes of a convolution with this geometry (either layout); returns
+    /// `(out_h, out_w, in channels per group, out channels per group)`.
+    pub fn check_sizes(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        out: &[f32],
+    ) -> (usize, usize, usize, usize) {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        let in_per_group = self.in_channels / self.groups;
+        let out_per_group = self.out_channels / self.groups;
+        assert_eq!(
+            input.len(),
+            self.batch * self.in_channels * self.in_h * self.in_w
+        );
+        assert_eq!(
+            weight.len(),
+            self.out_channels * in_per_group * self.kernel_h * self.kernel_w
+        );
+        assert_eq!(out.len(), self.batch * self.out_channels * oh * ow);
+        (oh, ow, in_per_group, out_per_group)
+    }
 }
 
 /// `nn.Conv2d` on NCHW input. `weight` is `[out, in / groups, kh, kw]`, output NCHW.
@@ -42,15 +65,7 @@ pub fn conv2d_nchw(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let in_per_group = g.in_channels / g.groups;
-    let out_per_group = g.out_channels / g.groups;
-    assert_eq!(input.len(), g.batch * g.in_channels * g.in_h * g.in_w);
-    assert_eq!(
-        weight.len(),
-        g.out_channels * in_per_group * g.kernel_h * g.kernel_w
-    );
-    assert_eq!(out.len(), g.batch * g.out_channels * oh * ow);
+    let (oh, ow, in_per_group, out_per_group) = g.check_sizes(input, weight, out);
     for n in 0..g.batch {
         for oc in 0..g.out_channels {
             let group = oc / out_per_group;
@@ -93,15 +108,7 @@ pub fn conv2d_nhwc(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let in_per_group = g.in_channels / g.groups;
-    let out_per_group = g.out_channels / g.groups;
-    assert_eq!(input.len(), g.batch * g.in_channels * g.in_h * g.in_w);
-    assert_eq!(
-        weight.len(),
-        g.out_channels * in_per_group * g.kernel_h * g.kernel_w
-    );
-    assert_eq!(out.len(), g.batch * g.out_channels * oh * ow);
+    let (oh, ow, in_per_group, out_per_group) = g.check_sizes(input, weight, out);
     for n in 0..g.batch {
         let image = &input[n * g.in_h * g.in_w * g.in_channels..];
         for y in 0..oh {
