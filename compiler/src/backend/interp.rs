@@ -11,7 +11,7 @@ use convnextv2::kernels::reference as k;
 use convnextv2::kernels::{conv, gemm, PreparedWeights};
 use convnextv2::{Tensor, WeightSource};
 
-use crate::ir::{Graph, GrnSource, Layout, NodeId, NormAxis, Op, Permute, ValueType};
+use crate::ir::{Graph, GrnSource, Layout, Linear, NodeId, NormAxis, Op, Permute, ValueType};
 
 /// Why a run could not happen.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -279,119 +279,33 @@ fn eval(
                 Some(PreparedWeights::Gemm(w)) => Some(w),
                 _ => None,
             };
-            let mut next = 1;
-            let scale = l.input_scale.then(|| {
-                next += 1;
-                operands[next - 1].data()
-            });
-            let residual = l.residual.then(|| operands[next].data());
+            let scale = l.input_scale.then(|| operands[1].data());
+            let residual = l.residual.then(|| operands[operands.len() - 1].data());
+            let job = LinearJob {
+                l,
+                x: operands[0].data(),
+                weight,
+                bias,
+                packed,
+                scale,
+                residual,
+                pixels: out_ty.pixels(),
+            };
             let rows = batch * out_ty.pixels();
             // Few rows (late stages at small batch): split the output columns over threads
-            // instead; every element is computed exactly as in the row split.
-            if let Some(w) = packed.filter(|_| threads > 1 && rows < 2 * threads * gemm::MC) {
-                let prologue = k::LinearPrologue {
-                    norm_eps: l.input_norm,
-                    scale: scale.map(|values| k::RowScale {
-                        values,
-                        rows_per_sample: out_ty.pixels(),
-                        first_row: 0,
-                    }),
-                };
-                let epilogue = k::LinearEpilogue {
-                    activation: l.activation,
-                    residual,
-                };
-                let x = operands[0].data();
-                let per_thread = w.panels().div_ceil(threads);
-                let parts: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = (0..w.panels())
-                        .step_by(per_thread)
-                        .map(|p0| {
-                            let panels = p0..(p0 + per_thread).min(w.panels());
-                            scope.spawn(move || {
-                                let col0 = panels.start * w.panel_width();
-                                let width = (panels.end * w.panel_width()).min(w.n) - col0;
-                                let mut part = vec![0f32; rows * width];
-                                gemm::linear_fused_packed_panels(
-                                    x, rows, w, panels, bias, prologue, epilogue, &mut part,
-                                );
-                                (col0, part)
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("kernel threads do not panic"))
-                        .collect()
-                });
-                let n = l.out_features;
-                for (col0, part) in parts {
-                    let width = part.len() / rows;
-                    for (r, src) in part.chunks_exact(width).enumerate() {
-                        out.data_mut()[r * n + col0..r * n + col0 + width].copy_from_slice(src);
-                    }
+            // instead of the rows; every element is computed exactly as in the row split.
+            match packed {
+                Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
+                    job.by_columns(w, rows, threads, out.data_mut())
                 }
-                if l.sum_squares {
-                    let partials = k::sum_squares_partials(out.data(), 0, out_ty.pixels(), n);
-                    side = Some(k::combine_sum_squares(&partials, batch, n));
-                }
-                return Ok((out, side));
+                _ => job.by_rows(rows, threads, out.data_mut()),
             }
-            // Rows are independent, so splitting them over threads changes no result; chunks
-            // start on sum-of-squares block boundaries so the reduction order is fixed too.
-            let block = gemm::MC; // a multiple of k::SUM_SQUARES_BLOCK
-            let rows_per_thread = rows.div_ceil(threads).div_ceil(block) * block;
-            let inputs = operands[0].data().chunks(rows_per_thread * l.in_features);
-            let outputs = out.data_mut().chunks_mut(rows_per_thread * l.out_features);
-            let partials = std::thread::scope(|scope| {
-                let mut handles = Vec::new();
-                for (chunk, (x, y)) in inputs.zip(outputs).enumerate() {
-                    let first_row = chunk * rows_per_thread;
-                    let prologue = k::LinearPrologue {
-                        norm_eps: l.input_norm,
-                        scale: scale.map(|values| k::RowScale {
-                            values,
-                            rows_per_sample: out_ty.pixels(),
-                            first_row,
-                        }),
-                    };
-                    let epilogue = k::LinearEpilogue {
-                        activation: l.activation,
-                        residual: residual.map(|r| &r[first_row * l.out_features..][..y.len()]),
-                    };
-                    let rows = x.len() / l.in_features;
-                    let pixels = out_ty.pixels();
-                    handles.push(scope.spawn(move || {
-                        match packed {
-                            Some(w) => {
-                                gemm::linear_fused_packed(x, rows, w, bias, prologue, epilogue, y)
-                            }
-                            None => k::linear_fused(
-                                x,
-                                rows,
-                                l.in_features,
-                                weight,
-                                bias,
-                                l.out_features,
-                                prologue,
-                                epilogue,
-                                y,
-                            ),
-                        }
-                        // Epilogue: this thread's rows, still in cache.
-                        l.sum_squares
-                            .then(|| k::sum_squares_partials(y, first_row, pixels, l.out_features))
-                    }));
-                }
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("kernel threads do not panic"))
-                    .collect::<Vec<_>>()
-            });
             if l.sum_squares {
-                let ordered: Vec<(usize, Vec<f64>)> =
-                    partials.into_iter().flatten().flatten().collect();
-                side = Some(k::combine_sum_squares(&ordered, batch, l.out_features));
+                // Fixed segments (64-row blocks and sample boundaries), summed in order: the
+                // same bits whatever the split (see `k::sum_squares_partials`).
+                let n = l.out_features;
+                let partials = k::sum_squares_partials(out.data(), 0, out_ty.pixels(), n);
+                side = Some(k::combine_sum_squares(&partials, batch, n));
             }
         }
         Op::Activation(act) => {
@@ -477,6 +391,106 @@ fn eval(
         }
     }
     Ok((out, side))
+}
+
+/// One fused linear layer's operands and parameters.
+struct LinearJob<'a> {
+    l: Linear,
+    x: &'a [f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
+    packed: Option<&'a gemm::PackedWeights>,
+    scale: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    /// Rows per sample (for the per-sample scale).
+    pixels: usize,
+}
+
+impl LinearJob<'_> {
+    /// The prologue for a kernel call whose first row is `first_row`.
+    fn prologue(&self, first_row: usize) -> k::LinearPrologue<'_> {
+        k::LinearPrologue {
+            norm_eps: self.l.input_norm,
+            scale: self.scale.map(|values| k::RowScale {
+                values,
+                rows_per_sample: self.pixels,
+                first_row,
+            }),
+        }
+    }
+
+    /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops).
+    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32]) {
+        let (k_in, n) = (self.l.in_features, self.l.out_features);
+        let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
+        let inputs = self.x.chunks(rows_per_thread * k_in);
+        let outputs = out.chunks_mut(rows_per_thread * n);
+        std::thread::scope(|scope| {
+            for (chunk, (x, y)) in inputs.zip(outputs).enumerate() {
+                let first_row = chunk * rows_per_thread;
+                let prologue = self.prologue(first_row);
+                let epilogue = k::LinearEpilogue {
+                    activation: self.l.activation,
+                    residual: self.residual.map(|r| &r[first_row * n..][..y.len()]),
+                };
+                let rows = x.len() / k_in;
+                scope.spawn(move || match self.packed {
+                    Some(w) => {
+                        gemm::linear_fused_packed(x, rows, w, self.bias, prologue, epilogue, y)
+                    }
+                    None => k::linear_fused(
+                        x,
+                        rows,
+                        k_in,
+                        self.weight,
+                        self.bias,
+                        n,
+                        prologue,
+                        epilogue,
+                        y,
+                    ),
+                });
+            }
+        });
+    }
+
+    /// Threads over ranges of output-column panels of the packed GEMM.
+    fn by_columns(&self, w: &gemm::PackedWeights, rows: usize, threads: usize, out: &mut [f32]) {
+        let n = self.l.out_features;
+        let epilogue = k::LinearEpilogue {
+            activation: self.l.activation,
+            residual: self.residual,
+        };
+        let per_thread = w.panels().div_ceil(threads);
+        let parts: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..w.panels())
+                .step_by(per_thread)
+                .map(|p0| {
+                    let panels = p0..(p0 + per_thread).min(w.panels());
+                    let prologue = self.prologue(0);
+                    scope.spawn(move || {
+                        let col0 = panels.start * w.panel_width();
+                        let width = (panels.end * w.panel_width()).min(n) - col0;
+                        let mut part = vec![0f32; rows * width];
+                        gemm::linear_fused_packed_panels(
+                            self.x, rows, w, panels, self.bias, prologue, epilogue, &mut part,
+                        );
+                        (col0, part)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("kernel threads do not panic"))
+                .collect()
+        });
+        for (col0, part) in parts {
+            let width = part.len() / rows;
+            for (r, src) in part.chunks_exact(width).enumerate() {
+                out[r * n + col0..r * n + col0 + width].copy_from_slice(src);
+            }
+        }
+    }
 }
 
 /// Mean over the pixels of an image value in either layout.
