@@ -103,27 +103,33 @@ pub fn profile(
     Ok(rows)
 }
 
+/// The model a benchmark runs: its checkpoint, or random weights generated in memory; on the
+/// reference kernels if asked.
+pub fn load_model(cfg: &BenchConfig<'_>) -> Result<LoadedModel, Error> {
+    let model = match cfg.weights {
+        Some(path) => {
+            LoadedModel::load_with(cfg.spec.clone(), Some(path), cfg.input_hw, cfg.pipeline)?
+        }
+        None => {
+            let unfused = build_graph(&cfg.spec.config, cfg.input_hw)?;
+            let store = WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
+            LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, cfg.pipeline)?
+        }
+    };
+    Ok(if cfg.reference_kernels {
+        model.use_reference_kernels()
+    } else {
+        model
+    })
+}
+
 /// Measures the forward pass for each batch size (median and min of `runs`, after the first,
 /// which is reported as first inference together with loading).
 pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
     let mut results = Vec::new();
     for &batch in &cfg.batches {
         let start = Instant::now();
-        let model = match cfg.weights {
-            Some(path) => {
-                LoadedModel::load_with(cfg.spec.clone(), Some(path), cfg.input_hw, cfg.pipeline)?
-            }
-            None => {
-                let unfused = build_graph(&cfg.spec.config, cfg.input_hw)?;
-                let store = WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
-                LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, cfg.pipeline)?
-            }
-        };
-        let model = if cfg.reference_kernels {
-            model.use_reference_kernels()
-        } else {
-            model
-        };
+        let model = load_model(cfg)?;
         let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
         let forward =
             || interp::run_threaded(&model.graph, &model, &x, &[outputs::LOGITS], cfg.threads);

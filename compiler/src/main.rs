@@ -349,14 +349,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             });
             if profile {
                 let batch = cfg.batches[0];
-                let unfused = cnx_compiler::build_graph(&cfg.spec.config, cfg.input_hw)?;
-                let store =
-                    convnextv2::WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
-                let mut m =
-                    LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, &pipeline)?;
-                if reference_kernels {
-                    m = m.use_reference_kernels();
-                }
+                let m = bench::load_model(&cfg)?;
                 println!("profile, batch {batch}, {} threads:", cfg.threads);
                 for (kind, ms, share) in bench::profile(&m, batch, cfg.threads)? {
                     println!("  {kind:<36} {ms:>9.1} ms {:>5.1}%", share * 100.0);

@@ -203,9 +203,14 @@ mod tests {
     fn default_pipeline_fuses_a_block_into_four_ops() {
         let mut g = custom_graph((64, 64));
         let report = Pipeline::default_pipeline().run(&mut g).unwrap();
-        assert!(report
-            .iter()
-            .all(|&(_, n)| n > 0 || matches!(report[0].0, "to_nhwc")));
+        // Every rewrite pass finds work on a ConvNeXt V2 graph (the dead-node sweep may not:
+        // the rewrites already remove what they orphan).
+        for &(pass, n) in &report {
+            assert!(
+                n > 0 || pass == "eliminate_dead_nodes",
+                "{pass} rewrote nothing"
+            );
+        }
         assert_eq!(
             block_summary(&g, "convnextv2.encoder.stages.1.layers.0"),
             [
