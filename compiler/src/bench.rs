@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use convnextv2::{Tensor, WeightStore};
+use cnx_runtime::{Tensor, WeightStore};
 use serde::Serialize;
 
 use crate::backend::interp;

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use convnextv2::preprocess::{self, PreprocessConfig};
-use convnextv2::Tensor;
+use cnx_runtime::preprocess::{self, PreprocessConfig};
+use cnx_runtime::Tensor;
 use serde::Serialize;
 
 use crate::backend::interp;

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use convnextv2::Activation;
+use cnx_runtime::Activation;
 use serde::Deserialize;
 use serde_json::Value;
 

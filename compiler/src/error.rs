@@ -31,7 +31,7 @@ pub enum Error {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(transparent)]
-    Weights(#[from] convnextv2::Error),
+    Weights(#[from] cnx_runtime::Error),
     #[error("{path}: {reason}")]
     Npy { path: String, reason: String },
     #[error(transparent)]

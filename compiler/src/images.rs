@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use convnextv2::preprocess::RgbImage;
+use cnx_runtime::preprocess::RgbImage;
 use image::ImageDecoder;
 
 /// File extensions `cnx classify` picks up when walking a directory.

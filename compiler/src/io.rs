@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
-use convnextv2::Tensor;
+use cnx_runtime::Tensor;
 use npyz::{NpyFile, NpyHeader, Order, WriterBuilder};
 
 use crate::Error;

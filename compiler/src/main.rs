@@ -339,8 +339,8 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 reference_kernels,
             };
             let peak = peak.then(|| {
-                let isa = convnextv2::kernels::gemm::Isa::detect();
-                let gflops = convnextv2::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
+                let isa = cnx_runtime::kernels::gemm::Isa::detect();
+                let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
                 println!(
                     "peak: {isa:?} microkernel, {} threads: {gflops:.1} GFLOP/s",
                     cfg.threads
@@ -426,7 +426,7 @@ fn run(
     let values =
         interp::run_threaded(&loaded.graph, &loaded, &pixel_values, &wanted_refs, threads)?;
     let ran_at = start.elapsed();
-    let arrays: Vec<(&str, &convnextv2::Tensor)> =
+    let arrays: Vec<(&str, &cnx_runtime::Tensor)> =
         wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
     io::write_npz(output, &arrays)?;
     let logits = &values[outputs::LOGITS];
@@ -454,7 +454,7 @@ fn load_classifier(
     model: &str,
     weights: Option<&std::path::Path>,
     pipeline: &Pipeline,
-) -> Result<(LoadedModel, convnextv2::preprocess::PreprocessConfig), Error> {
+) -> Result<(LoadedModel, cnx_runtime::preprocess::PreprocessConfig), Error> {
     let spec = ModelSpec::resolve(model)?;
     if spec.config.num_labels() == 0 {
         return Err(Error::Usage(format!(

@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use convnextv2::weights::{SHARD_INDEX, SINGLE_FILE};
+use cnx_runtime::weights::{SHARD_INDEX, SINGLE_FILE};
 use std::collections::HashMap;
 
-use convnextv2::kernels::conv::{pack_patch_conv, DepthwiseWeights};
-use convnextv2::kernels::gemm::{Isa, PackedWeights};
-use convnextv2::kernels::PreparedWeights;
-use convnextv2::{NamingScheme, WeightSource, WeightStore};
+use cnx_runtime::kernels::conv::{pack_patch_conv, DepthwiseWeights};
+use cnx_runtime::kernels::gemm::{Isa, PackedWeights};
+use cnx_runtime::kernels::PreparedWeights;
+use cnx_runtime::{NamingScheme, WeightSource, WeightStore};
 
 use crate::builder::{build_graph_with, BuildOptions};
 use crate::config::ConvNextV2Config;

@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use convnextv2::Tensor;
+use cnx_runtime::Tensor;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use safetensors::tensor::TensorView;

@@ -1,19 +1,17 @@
-//! `convnextv2`: the runtime that every cnx backend links.
+//! `convnextv2`: run ConvNeXt V2 classifiers compiled by cnx.
 //!
-//! - [`Tensor`]: a dense f32 tensor with a shape (row-major).
-//! - [`weights`]: safetensors checkpoints (single file or sharded), memory-mapped, in Hugging Face
-//!   or timm naming, validated against what a model's graph expects.
-//! - [`kernels`]: the compute kernels. [`kernels::reference`] holds the plain, obviously correct
-//!   versions that serve as the oracle for every optimised kernel.
-//! - [`Error`]: typed errors; the runtime never prints.
+//! One dependency for a user's crate: the [`convnextv2!`] macro, which compiles a model at
+//! build time into Rust specialised to it, and the runtime that code links (re-exported from
+//! `cnx-runtime`: tensors, weight loading, kernels, ops, the thread pool).
+//!
+//! ```ignore
+//! convnextv2::convnextv2!(config = "tiny-1k-224", name = TinyClassifier);
+//! let model = TinyClassifier::load("model.safetensors".as_ref())?;
+//! let logits = model.forward(&pixel_values, 1)?;
+//! ```
+//!
+//! (The runtime is its own crate because the macro runs the compiler, which links the
+//! runtime's kernels itself: this crate re-exports both without a dependency cycle.)
 
-pub mod error;
-pub mod kernels;
-pub mod preprocess;
-pub mod tensor;
-pub mod weights;
-
-pub use error::{Error, Result, ShapeMismatch, WeightMismatch};
-pub use kernels::Activation;
-pub use tensor::Tensor;
-pub use weights::{NamingScheme, StoredTensor, WeightSource, WeightStore};
+pub use cnx_runtime::*;
+pub use convnextv2_macros::convnextv2;

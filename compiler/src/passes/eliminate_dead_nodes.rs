@@ -39,7 +39,7 @@ mod tests {
         dangling
             .add(
                 "orphan_relu",
-                Op::Activation(convnextv2::Activation::Relu),
+                Op::Activation(cnx_runtime::Activation::Relu),
                 &[pool],
                 vec![],
             )

@@ -7,6 +7,7 @@
 //! offsets that overlap or leave gaps, a byte count that disagrees with dtype and shape) is
 //! reported as a typed error before any tensor is touched.
 
+pub mod derive;
 mod naming;
 
 pub use naming::NamingScheme;

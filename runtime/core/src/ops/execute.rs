@@ -1,0 +1,361 @@
+//! The functions that run each op: kernel choice (prepared weights or the reference loops),
+//! prologue and epilogue wiring, and the split over the pool's threads.
+
+use super::{Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
+use crate::kernels::reference as k;
+use crate::kernels::{conv, gemm, Activation, PreparedWeights};
+use crate::pool;
+
+/// A convolution's parameters. `prepared`: the weight packed at load for the optimised
+/// kernel (NHWC only); without it the reference loops run.
+#[derive(Clone, Copy)]
+pub struct ConvParams<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    /// The output LayerNorm's gamma and beta, when it has them.
+    pub norm: Option<k::Affine<'a>>,
+    pub prepared: Option<&'a PreparedWeights>,
+}
+
+/// A linear layer's parameters; `packed` as [`ConvParams::prepared`].
+#[derive(Clone, Copy)]
+pub struct LinearParams<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub packed: Option<&'a gemm::PackedWeights>,
+}
+
+/// `nn.Conv2d` (with its fused prologue and epilogue) from `input` to `output` typed values.
+pub fn conv2d(
+    c: &Conv2d,
+    input: &ValueType,
+    output: &ValueType,
+    batch: usize,
+    p: ConvParams<'_>,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let geometry = k::Conv2dGeometry {
+        batch,
+        in_channels: c.in_channels,
+        in_h: input.height,
+        in_w: input.width,
+        out_channels: c.out_channels,
+        kernel_h: c.kernel[0],
+        kernel_w: c.kernel[1],
+        stride_h: c.stride[0],
+        stride_w: c.stride[1],
+        pad_h: c.padding[0],
+        pad_w: c.padding[1],
+        groups: c.groups,
+    };
+    if let (Some(prepared), Layout::Nhwc) = (p.prepared, c.layout) {
+        let norm = c.output_norm.map(|n| conv::PixelNorm {
+            eps: n.eps,
+            affine: p.norm,
+        });
+        // Output rows (one image row of one sample) split over the threads.
+        let row_len = output.width * output.channels;
+        let rows = batch * output.height;
+        let per_thread = rows.div_ceil(pool::threads());
+        let chunks: Vec<_> = out.chunks_mut(per_thread * row_len).enumerate().collect();
+        pool::run_each(chunks, |(chunk, dst)| {
+            let range = chunk * per_thread..chunk * per_thread + dst.len() / row_len;
+            let geometry = &geometry;
+            match prepared {
+                PreparedWeights::Depthwise(w) => {
+                    conv::depthwise_nhwc(geometry, x, w, p.bias, norm, range, dst)
+                }
+                PreparedWeights::Gemm(w) => {
+                    conv::patch_conv_nhwc(geometry, x, w, p.bias, c.input_norm, norm, range, dst)
+                }
+            }
+        });
+        return;
+    }
+    // The reference path: plain loops, with the prologue and epilogue as separate passes.
+    let normalised;
+    let x = match c.input_norm {
+        None => x,
+        Some(eps) => {
+            let mut n = vec![0.0; x.len()];
+            normalize_channels(x, input, batch, None, eps, &mut n);
+            normalised = n;
+            &normalised
+        }
+    };
+    match c.layout {
+        Layout::Nchw => k::conv2d_nchw(&geometry, x, p.weight, Some(p.bias), out),
+        Layout::Nhwc | Layout::Features => {
+            k::conv2d_nhwc(&geometry, x, p.weight, Some(p.bias), out)
+        }
+    }
+    if let Some(norm) = c.output_norm {
+        let conv_out = out.to_vec();
+        normalize_channels(&conv_out, output, batch, p.norm, norm.eps, out);
+    }
+}
+
+/// A LayerNorm over the channels of `t`-typed values.
+pub fn layer_norm(
+    ln: &LayerNorm,
+    t: &ValueType,
+    batch: usize,
+    affine: Option<k::Affine<'_>>,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    match ln.axis {
+        NormAxis::ChannelsFirst => {
+            k::layer_norm_channels_first(x, batch, ln.channels, t.pixels(), affine, ln.eps, out)
+        }
+        NormAxis::ChannelsLast => k::layer_norm_last_axis(x, ln.channels, affine, ln.eps, out),
+    }
+}
+
+/// `nn.Linear` over the last axis with its fused prologue (LayerNorm, per-sample channel
+/// scale) and epilogue (activation, residual). `pixels`: rows per sample. With `sums`
+/// (`batch x out_features`), the per-sample, per-channel sums of squares of the output,
+/// reduced in a fixed order whatever the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    l: &Linear,
+    pixels: usize,
+    batch: usize,
+    p: LinearParams<'_>,
+    x: &[f32],
+    scale: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    sums: Option<&mut [f64]>,
+) {
+    let job = LinearJob {
+        l: *l,
+        x,
+        p,
+        scale,
+        residual,
+        pixels,
+    };
+    let rows = batch * pixels;
+    let threads = pool::threads();
+    // Few rows (late stages at small batch): split the output columns over threads instead of
+    // the rows; every element is computed exactly as in the row split.
+    match p.packed {
+        Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
+            job.by_columns(w, rows, threads, out)
+        }
+        _ => job.by_rows(rows, threads, out),
+    }
+    if let Some(sums) = sums {
+        // Fixed segments (64-row blocks and sample boundaries), summed in order: the same
+        // bits whatever the split (see `k::sum_squares_partials`).
+        let n = l.out_features;
+        let partials = k::sum_squares_partials(out, 0, pixels, n);
+        sums.copy_from_slice(&k::combine_sum_squares(&partials, batch, n));
+    }
+}
+
+/// One fused linear layer's operands and parameters.
+struct LinearJob<'a> {
+    l: Linear,
+    x: &'a [f32],
+    p: LinearParams<'a>,
+    scale: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    /// Rows per sample (for the per-sample scale).
+    pixels: usize,
+}
+
+impl LinearJob<'_> {
+    /// The prologue for a kernel call whose first row is `first_row`.
+    fn prologue(&self, first_row: usize) -> k::LinearPrologue<'_> {
+        k::LinearPrologue {
+            norm_eps: self.l.input_norm,
+            scale: self.scale.map(|values| k::RowScale {
+                values,
+                rows_per_sample: self.pixels,
+                first_row,
+            }),
+        }
+    }
+
+    /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops).
+    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32]) {
+        let (k_in, n) = (self.l.in_features, self.l.out_features);
+        let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
+        let inputs = self.x.chunks(rows_per_thread * k_in);
+        let chunks: Vec<_> = inputs
+            .zip(out.chunks_mut(rows_per_thread * n))
+            .enumerate()
+            .collect();
+        pool::run_each(chunks, |(chunk, (x, y))| {
+            let first_row = chunk * rows_per_thread;
+            let prologue = self.prologue(first_row);
+            let epilogue = k::LinearEpilogue {
+                activation: self.l.activation,
+                residual: self.residual.map(|r| &r[first_row * n..][..y.len()]),
+            };
+            let rows = x.len() / k_in;
+            let p = self.p;
+            match p.packed {
+                Some(w) => gemm::linear_fused_packed(x, rows, w, p.bias, prologue, epilogue, y),
+                None => k::linear_fused(x, rows, k_in, p.weight, p.bias, n, prologue, epilogue, y),
+            }
+        });
+    }
+
+    /// Threads over ranges of output-column panels of the packed GEMM.
+    fn by_columns(&self, w: &gemm::PackedWeights, rows: usize, threads: usize, out: &mut [f32]) {
+        use rayon::prelude::*;
+        let n = self.l.out_features;
+        let epilogue = k::LinearEpilogue {
+            activation: self.l.activation,
+            residual: self.residual,
+        };
+        let per_thread = w.panels().div_ceil(threads);
+        let starts: Vec<usize> = (0..w.panels()).step_by(per_thread).collect();
+        let parts: Vec<(usize, Vec<f32>)> = starts
+            .into_par_iter()
+            .map(|p0| {
+                let panels = p0..(p0 + per_thread).min(w.panels());
+                let col0 = panels.start * w.panel_width();
+                let width = (panels.end * w.panel_width()).min(n) - col0;
+                let mut part = vec![0f32; rows * width];
+                gemm::linear_fused_packed_panels(
+                    self.x,
+                    rows,
+                    w,
+                    panels,
+                    self.p.bias,
+                    self.prologue(0),
+                    epilogue,
+                    &mut part,
+                );
+                (col0, part)
+            })
+            .collect();
+        for (col0, part) in parts {
+            let width = part.len() / rows;
+            for (r, src) in part.chunks_exact(width).enumerate() {
+                out[r * n + col0..r * n + col0 + width].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// An elementwise activation.
+pub fn activation(act: Activation, x: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(x);
+    k::activation(act, out);
+}
+
+/// `ConvNextV2GRN` over an NHWC value (the unfused op).
+pub fn grn(
+    channels: usize,
+    t: &ValueType,
+    batch: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+) {
+    k::grn_channels_last(x, batch, t.pixels(), channels, gamma, beta, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// GRN's per-sample channel scale `1 + gamma * N` (`[batch, channels]`), from the values of
+/// its NHWC operand or from the sums of squares its producer accumulated.
+pub fn grn_scale(
+    channels: usize,
+    source: GrnSource,
+    t: &ValueType,
+    batch: usize,
+    gamma: &[f32],
+    x: &[f32],
+    sums: &[f64],
+    out: &mut [f32],
+) {
+    let s = match source {
+        GrnSource::Values => k::grn_scale_channels_last(x, batch, t.pixels(), channels, gamma),
+        GrnSource::ProducerSums => k::grn_scale_from_sums(sums, channels, gamma),
+    };
+    out.copy_from_slice(&s);
+}
+
+/// The residual connection.
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+        *o = a + b;
+    }
+}
+
+/// Mean over the pixels of an image value in either layout.
+pub fn global_avg_pool(t: &ValueType, batch: usize, x: &[f32], out: &mut [f32]) {
+    let pooled = match t.layout {
+        Layout::Nchw => k::global_avg_pool_nchw(x, batch, t.channels, t.pixels()),
+        Layout::Nhwc | Layout::Features => {
+            k::global_avg_pool_nhwc(x, batch, t.pixels(), t.channels)
+        }
+    };
+    out.copy_from_slice(&pooled);
+}
+
+/// The fused head: global average pool, LayerNorm without affine (folded into the weights),
+/// classifier.
+#[allow(clippy::too_many_arguments)]
+pub fn pool_norm_linear(
+    channels: usize,
+    classes: usize,
+    eps: f64,
+    t: &ValueType,
+    batch: usize,
+    weight: &[f32],
+    bias: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let mut pooled = vec![0.0; batch * channels];
+    global_avg_pool(t, batch, x, &mut pooled);
+    let prologue = k::LinearPrologue {
+        norm_eps: Some(eps),
+        scale: None,
+    };
+    k::linear_fused(
+        &pooled,
+        batch,
+        channels,
+        weight,
+        bias,
+        classes,
+        prologue,
+        k::LinearEpilogue::default(),
+        out,
+    );
+}
+
+/// Between the two image layouts; `output` is the permuted value's type.
+pub fn permute(p: Permute, output: &ValueType, batch: usize, x: &[f32], out: &mut [f32]) {
+    let (a, b) = match p {
+        Permute::NchwToNhwc => (output.channels, output.pixels()),
+        Permute::NhwcToNchw => (output.pixels(), output.channels),
+    };
+    k::transpose_inner(x, batch, a, b, out);
+}
+
+/// LayerNorm over the channels of an image value in either layout.
+fn normalize_channels(
+    x: &[f32],
+    t: &ValueType,
+    batch: usize,
+    affine: Option<k::Affine<'_>>,
+    eps: f64,
+    out: &mut [f32],
+) {
+    match t.layout {
+        Layout::Nchw => {
+            k::layer_norm_channels_first(x, batch, t.channels, t.pixels(), affine, eps, out)
+        }
+        Layout::Nhwc | Layout::Features => k::layer_norm_last_axis(x, t.channels, affine, eps, out),
+    }
+}
