@@ -15,6 +15,7 @@ pub mod error;
 pub mod io;
 pub mod ir;
 pub mod listing;
+pub mod memory_plan;
 pub mod model;
 pub mod presets;
 pub mod verify;

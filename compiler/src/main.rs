@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
+use cnx_compiler::backend::rust::EmitSpec;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
 use cnx_compiler::{bench, classify, io, listing, random, Error, LoadedModel, ModelSpec};
@@ -20,6 +21,13 @@ use cnx_compiler::{bench, classify, io, listing, random, Error, LoadedModel, Mod
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Generated code `cnx compile` can print.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Emit {
+    /// The Rust the `convnextv2!` macro expands to.
+    Rust,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +71,24 @@ enum Command {
         stats: bool,
         #[command(flatten)]
         passes: PassFlags,
+    },
+    /// Print the code a backend generates for a model: `--emit rust`, what the
+    /// `convnextv2!` macro expands to.
+    Compile {
+        /// Preset, config.json, or model directory.
+        model: String,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "rust")]
+        emit: Emit,
+        /// Input size as H or HxW (default: the config's image_size).
+        #[arg(long)]
+        input_size: Option<String>,
+        /// The unfused graph, exactly as Hugging Face defines it.
+        #[arg(long)]
+        no_fuse: bool,
+        /// The generated type's name.
+        #[arg(long, default_value = "ConvNextV2")]
+        name: String,
     },
     /// Time the forward pass: median and min per batch size, images/s, GFLOP/s, first
     /// inference, peak memory. Random weights unless --weights (or a model directory) gives them.
@@ -253,6 +279,37 @@ fn dispatch(command: Command) -> Result<(), Error> {
             passes,
         } => graph(&model, input_size.as_deref(), dot, stats, &passes),
         Command::Compare { a, b } => compare(&a, &b),
+        Command::Compile {
+            model,
+            emit,
+            input_size,
+            no_fuse,
+            name,
+        } => {
+            let spec = ModelSpec::resolve(&model)?;
+            let input_hw = input_hw(&spec, input_size.as_deref())?;
+            if syn::parse_str::<syn::Ident>(&name).is_err() {
+                return Err(Error::Usage(format!(
+                    "--name `{name}` is not a Rust type name"
+                )));
+            }
+            match emit {
+                Emit::Rust => {
+                    let source = cnx_compiler::backend::rust::emit_source(&EmitSpec {
+                        name,
+                        model: spec.name.clone(),
+                        config: spec.config.clone(),
+                        input_hw,
+                        fuse: !no_fuse,
+                        embedded_weights: None,
+                        config_path: None,
+                    })
+                    .map_err(Error::Usage)?;
+                    print!("{source}");
+                }
+            }
+            Ok(())
+        }
         Command::Classify {
             model,
             weights,

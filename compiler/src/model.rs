@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use cnx_runtime::weights::{SHARD_INDEX, SINGLE_FILE};
 use std::collections::HashMap;
 
-use cnx_runtime::kernels::conv::{pack_patch_conv, DepthwiseWeights};
-use cnx_runtime::kernels::gemm::{Isa, PackedWeights};
+use cnx_runtime::kernels::gemm::Isa;
 use cnx_runtime::kernels::PreparedWeights;
+use cnx_runtime::ops;
 use cnx_runtime::{NamingScheme, WeightSource, WeightStore};
 
 use crate::builder::{build_graph_with, BuildOptions};
@@ -263,7 +263,7 @@ impl LoadedModel {
     /// interpreter then runs those ops on the optimised kernels, with the same prologues and
     /// epilogues; every other op keeps its reference kernel.
     pub fn pack_weights(&mut self, isa: Isa) {
-        use crate::ir::{Layout, Op};
+        use crate::ir::Op;
         let mut packed = HashMap::new();
         for id in self.graph.topo_order().expect("verified") {
             let node = self.graph.node(id);
@@ -272,33 +272,13 @@ impl LoadedModel {
             };
             let w = self.tensor(&p.name).expect("validated and derived");
             let prepared = match node.op {
-                Op::Linear(l) => PreparedWeights::Gemm(PackedWeights::pack(
-                    w,
-                    l.out_features,
-                    l.in_features,
-                    isa,
-                )),
-                Op::Conv2d(c)
-                    if c.layout == Layout::Nhwc
-                        && c.is_depthwise()
-                        && c.stride == [1, 1]
-                        && c.input_norm.is_none() =>
-                {
-                    let (ch, kh, kw) = (c.out_channels, c.kernel[0], c.kernel[1]);
-                    PreparedWeights::Depthwise(DepthwiseWeights::pack(w, ch, kh, kw))
-                }
-                Op::Conv2d(c)
-                    if c.layout == Layout::Nhwc
-                        && c.groups == 1
-                        && c.kernel == c.stride
-                        && c.padding == [0, 0] =>
-                {
-                    let (o, i, kh, kw) = (c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]);
-                    PreparedWeights::Gemm(pack_patch_conv(w, o, i, kh, kw, isa))
-                }
-                _ => continue,
+                Op::Linear(l) => Some(ops::prepare_linear(&l, w, isa)),
+                Op::Conv2d(c) => ops::prepare_conv(&c, w, isa),
+                _ => None,
             };
-            packed.insert(p.name.clone(), prepared);
+            if let Some(prepared) = prepared {
+                packed.insert(p.name.clone(), prepared);
+            }
         }
         self.packed = packed;
     }

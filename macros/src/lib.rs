@@ -1,21 +1,24 @@
 //! `convnextv2!`: expands to Rust specialised to one ConvNeXt V2 model.
 //!
-//! The emitter lives in `cnx-compiler` so it can be unit-tested without a proc-macro context;
-//! this crate stays a thin shim. Until the emitter lands, the macro rejects every call with a
-//! compile error that says so, rather than emitting a half-working model.
+//! A thin shim: the parsing, the compiler pipeline and the emitter live in `cnx-compiler`
+//! (`backend::rust::expand`), where they are unit-tested without a proc-macro context. Use the
+//! macro through the `convnextv2` crate, which re-exports it beside the runtime its code links.
+
+use std::path::PathBuf;
 
 use proc_macro::TokenStream;
-use quote::quote_spanned;
 
-/// `convnextv2!(config = "tiny-1k-224")`: not available yet (see the crate docs).
+/// `convnextv2!(config = "tiny-1k-224")`: a classifier type specialised to one model.
+///
+/// Options: `config` (a preset such as `"tiny-1k-224"`, `"facebook/convnextv2-tiny-1k-224"`,
+/// or a path to a `config.json` relative to the crate's `Cargo.toml`), `name = TypeName`
+/// (default `ConvNextV2`), `image_size = 384` (default: the config's), `fuse = false` (the
+/// unfused graph), `weights = "path/model.safetensors"` (compiled into the binary, loaded by
+/// `TypeName::embedded()`).
 #[proc_macro]
 pub fn convnextv2(input: TokenStream) -> TokenStream {
-    let input = proc_macro2::TokenStream::from(input);
-    let span = input
-        .clone()
-        .into_iter()
-        .next()
-        .map(|t| t.span())
-        .unwrap_or_else(proc_macro2::Span::call_site);
-    quote_spanned!(span=> compile_error!("convnextv2!: the code generator is not implemented yet; use the `cnx` command");).into()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    cnx_compiler::backend::rust::expand(input.into(), &manifest_dir).into()
 }

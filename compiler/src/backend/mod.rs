@@ -1,3 +1,5 @@
-//! Backends that execute a graph. [`interp`] is the reference interpreter.
+//! Backends over the optimised graph: [`interp`] runs it op by op; [`rust`] emits it as Rust
+//! for the `convnextv2!` macro.
 
 pub mod interp;
+pub mod rust;

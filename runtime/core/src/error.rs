@@ -106,6 +106,9 @@ pub enum Error {
     /// `preprocessor_config.json` is malformed or asks for something unsupported.
     #[error("preprocessor config: {reason}")]
     InvalidPreprocessor { reason: String },
+    /// A derived parameter could not be computed.
+    #[error(transparent)]
+    Derive(#[from] crate::weights::derive::DeriveError),
     /// An input tensor has the wrong shape or size.
     #[error("{what}: expected shape {expected:?}, found {found:?}")]
     InputShape {

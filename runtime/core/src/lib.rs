@@ -8,6 +8,7 @@
 //!   versions that serve as the oracle for every optimised kernel.
 //! - [`Error`]: typed errors; the runtime never prints.
 
+pub mod compiled;
 pub mod error;
 pub mod kernels;
 pub mod ops;

@@ -359,3 +359,35 @@ fn normalize_channels(
         Layout::Nhwc | Layout::Features => k::layer_norm_last_axis(x, t.channels, affine, eps, out),
     }
 }
+
+/// A convolution's weight rearranged once, at load, for its optimised kernel: depthwise
+/// stride-1 NHWC convs tap-major, kernel == stride NHWC convs (stem, downsampling) as GEMM
+/// panels over patches. `None`: the conv runs the reference loops.
+pub fn prepare_conv(c: &Conv2d, weight: &[f32], isa: gemm::Isa) -> Option<PreparedWeights> {
+    if c.layout != Layout::Nhwc {
+        return None;
+    }
+    if c.is_depthwise() && c.stride == [1, 1] && c.input_norm.is_none() {
+        let (ch, kh, kw) = (c.out_channels, c.kernel[0], c.kernel[1]);
+        return Some(PreparedWeights::Depthwise(conv::DepthwiseWeights::pack(
+            weight, ch, kh, kw,
+        )));
+    }
+    if c.groups == 1 && c.kernel == c.stride && c.padding == [0, 0] {
+        let (o, i, kh, kw) = (c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]);
+        return Some(PreparedWeights::Gemm(conv::pack_patch_conv(
+            weight, o, i, kh, kw, isa,
+        )));
+    }
+    None
+}
+
+/// A linear layer's weight packed once, at load, into `isa`'s GEMM panels.
+pub fn prepare_linear(l: &Linear, weight: &[f32], isa: gemm::Isa) -> PreparedWeights {
+    PreparedWeights::Gemm(gemm::PackedWeights::pack(
+        weight,
+        l.out_features,
+        l.in_features,
+        isa,
+    ))
+}

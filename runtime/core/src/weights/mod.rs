@@ -27,10 +27,33 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// The file name of a sharded checkpoint's index in a model directory.
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
+/// The bytes of a checkpoint file.
+#[derive(Clone)]
+enum Backing {
+    /// A memory-mapped file.
+    Map(Arc<Mmap>),
+    /// Bytes compiled into the binary (`include_bytes!`).
+    Static(&'static [u8]),
+    /// A copy of bytes handed over by the caller.
+    Owned(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Static(b) => b,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 enum Storage {
-    /// f32 data used in place: `len` floats at byte `offset` of the mapping, 4-byte aligned.
+    /// f32 data used in place: `len` floats at byte `offset` of the file's bytes, 4-byte
+    /// aligned in memory.
     Mapped {
-        map: Arc<Mmap>,
+        map: Backing,
         offset: usize,
         len: usize,
     },
@@ -57,8 +80,8 @@ impl StoredTensor {
         match &self.storage {
             Storage::Mapped { map, offset, len } => {
                 let bytes = &map[*offset..*offset + *len * 4];
-                // SAFETY: `load_file` creates `Mapped` only when `bytes` is 4-byte aligned, lies
-                // inside the mapping (checked by safetensors' header validation) and holds
+                // SAFETY: `load_bytes` creates `Mapped` only when `bytes` is 4-byte aligned in
+                // memory, lies inside the file's bytes (checked by safetensors' header validation) and holds
                 // exactly `len` little-endian f32 on a little-endian target; every bit pattern
                 // is a valid f32. The mapping lives as long as `self` through the `Arc`.
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
@@ -140,6 +163,18 @@ impl WeightStore {
             tensors,
             untranslatable,
         })
+    }
+
+    /// Reads a single-file checkpoint compiled into the binary (`include_bytes!`): f32
+    /// tensors are used in place when the bytes are 4-byte aligned, else copied once.
+    pub fn from_static_bytes(bytes: &'static [u8]) -> Result<WeightStore> {
+        Self::from_raw(load_bytes(Backing::Static(bytes), Path::new("(embedded)"))?)
+    }
+
+    /// Reads a single-file checkpoint from bytes in memory (copied once).
+    pub fn from_bytes(bytes: &[u8]) -> Result<WeightStore> {
+        let owned = Backing::Owned(Arc::new(bytes.to_vec()));
+        Self::from_raw(load_bytes(owned, Path::new("(memory)"))?)
     }
 
     /// A store of in-memory tensors with Hugging Face names (random weights, tests).
@@ -288,6 +323,11 @@ fn load_file(path: &Path) -> Result<Vec<(String, StoredTensor)>> {
     // maps checkpoints (safetensors' own examples, candle), we rely on the file not being
     // truncated or rewritten by another process while cnx runs; the data is only ever read.
     let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_error(path))?);
+    load_bytes(Backing::Map(map), path)
+}
+
+/// Reads the tensors of a safetensors file held in `map` (`path` names it in messages).
+fn load_bytes(map: Backing, path: &Path) -> Result<Vec<(String, StoredTensor)>> {
     let invalid = |reason: String| Error::InvalidSafetensors {
         path: path.to_path_buf(),
         reason,
@@ -300,9 +340,12 @@ fn load_file(path: &Path) -> Result<Vec<(String, StoredTensor)>> {
         let numel: usize = view.shape().iter().product();
         let data_offset = bytes.as_ptr() as usize - base;
         let storage = match view.dtype() {
-            Dtype::F32 if cfg!(target_endian = "little") && data_offset.is_multiple_of(4) => {
+            Dtype::F32
+                if cfg!(target_endian = "little")
+                    && (bytes.as_ptr() as usize).is_multiple_of(4) =>
+            {
                 Storage::Mapped {
-                    map: Arc::clone(&map),
+                    map: map.clone(),
                     offset: data_offset,
                     len: numel,
                 }

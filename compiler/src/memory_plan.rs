@@ -1,0 +1,158 @@
+//! The static memory plan: which workspace slot holds each value of a graph.
+//!
+//! Values are visited in evaluation order; each takes the lowest slot free at that point and
+//! gives it back after its last user has run (an op's output never shares a slot with a live
+//! operand). Every value's size is a multiple of the batch, so one plan serves every batch
+//! size: a slot is as large as its largest value, per image. Sums of squares (the side
+//! results of linear layers feeding a GRN) are planned the same way in a slot space of their
+//! own.
+
+use std::collections::HashMap;
+
+use crate::ir::{Graph, GrnSource, NodeId, Op};
+
+/// Slots for the values of a graph evaluated in `order`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Evaluation order (every node the plan covers).
+    pub order: Vec<NodeId>,
+    /// Each value's slot.
+    pub slot: HashMap<NodeId, usize>,
+    /// Elements per image of each slot (its largest value).
+    pub slot_sizes: Vec<usize>,
+    /// The sums slot of each linear layer that accumulates sums of squares.
+    pub sums_slot: HashMap<NodeId, usize>,
+    pub sums_slots: usize,
+}
+
+impl MemoryPlan {
+    /// Plans the nodes `wanted` values depend on (`wanted` stay live to the end).
+    pub fn new(graph: &Graph, wanted: &[NodeId]) -> Result<MemoryPlan, String> {
+        let needed = graph.needed_for(wanted);
+        let order: Vec<NodeId> = graph
+            .topo_order()?
+            .into_iter()
+            .filter(|id| needed.contains(id))
+            .collect();
+        let position: HashMap<NodeId, usize> =
+            order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        // The last position at which each value is read (wanted values: never released).
+        let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+        for &id in &order {
+            for i in graph.inputs(id) {
+                last_use.insert(i, position[&id]);
+            }
+        }
+        for w in wanted {
+            last_use.insert(*w, usize::MAX);
+        }
+        let mut plan = MemoryPlan {
+            order: order.clone(),
+            slot: HashMap::new(),
+            slot_sizes: Vec::new(),
+            sums_slot: HashMap::new(),
+            sums_slots: 0,
+        };
+        let mut free: Vec<bool> = Vec::new();
+        let mut sums_free: Vec<bool> = Vec::new();
+        for (pos, &id) in order.iter().enumerate() {
+            let size = graph.node(id).ty.numel();
+            let s = take_lowest(&mut free);
+            if plan.slot_sizes.len() <= s {
+                plan.slot_sizes.push(0);
+            }
+            plan.slot_sizes[s] = plan.slot_sizes[s].max(size);
+            plan.slot.insert(id, s);
+            if matches!(graph.node(id).op, Op::Linear(l) if l.sum_squares) {
+                plan.sums_slot.insert(id, take_lowest(&mut sums_free));
+            }
+            // Release operands read for the last time here.
+            for i in graph.inputs(id) {
+                if last_use.get(&i) == Some(&pos) {
+                    free[plan.slot[&i]] = true;
+                    if let Op::GrnScale {
+                        source: GrnSource::ProducerSums,
+                        ..
+                    } = graph.node(id).op
+                    {
+                        if let Some(&s) = plan.sums_slot.get(&i) {
+                            sums_free[s] = true;
+                        }
+                    }
+                }
+            }
+            // A value nobody reads is dead at once (its slot is still written).
+            if !last_use.contains_key(&id) {
+                free[s] = true;
+            }
+        }
+        plan.sums_slots = sums_free.len();
+        Ok(plan)
+    }
+
+    /// Number of value slots.
+    pub fn slots(&self) -> usize {
+        self.slot_sizes.len()
+    }
+}
+
+/// The lowest free slot, marked taken (a new one when none is free).
+fn take_lowest(free: &mut Vec<bool>) -> usize {
+    match free.iter().position(|&f| f) {
+        Some(s) => {
+            free[s] = false;
+            s
+        }
+        None => {
+            free.push(false);
+            free.len() - 1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::build_graph;
+    use crate::config::ConvNextV2Config;
+    use crate::ir::outputs;
+    use crate::passes::Pipeline;
+
+    #[test]
+    fn live_values_never_share_a_slot() {
+        let config =
+            ConvNextV2Config::from_json(crate::presets::find("atto-1k-224").unwrap().config_json)
+                .unwrap();
+        for fused in [false, true] {
+            let mut graph = build_graph(&config, (64, 48)).unwrap();
+            if fused {
+                Pipeline::default_pipeline().run(&mut graph).unwrap();
+            }
+            let logits = graph.output(outputs::LOGITS).unwrap();
+            let plan = MemoryPlan::new(&graph, &[logits]).unwrap();
+            // Replay: at every op, its output slot holds no value still to be read.
+            let mut holder: HashMap<usize, NodeId> = HashMap::new();
+            let pos: HashMap<NodeId, usize> = plan
+                .order
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, i))
+                .collect();
+            for (p, &id) in plan.order.iter().enumerate() {
+                let s = plan.slot[&id];
+                if let Some(prev) = holder.get(&s) {
+                    let read_later = plan.order[p..]
+                        .iter()
+                        .any(|&later| graph.inputs(later).contains(prev));
+                    assert!(!read_later, "slot {s} overwritten while live");
+                    assert!(pos[prev] < p);
+                }
+                assert!(plan.slot_sizes[s] >= graph.node(id).ty.numel());
+                holder.insert(s, id);
+            }
+            // A block needs a handful of slots, not one per value.
+            assert!(plan.slots() <= 6, "{} slots", plan.slots());
+            assert!(plan.order.len() > 20);
+        }
+    }
+}
