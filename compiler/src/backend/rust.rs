@@ -184,10 +184,16 @@ impl MacroArgs {
             } else {
                 path
             };
+            // Messages name the file as the user wrote it.
+            let shown = if path.ends_with("config.json") && !model.ends_with(".json") {
+                format!("{}/config.json", model.trim_end_matches('/'))
+            } else {
+                model.clone()
+            };
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-            let config = ConvNextV2Config::from_json(&text)
-                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                .map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+            let config =
+                ConvNextV2Config::from_json(&text).map_err(|e| err(format!("{shown}: {e}")))?;
             (config, Some(path))
         } else {
             let close = presets::suggestions(&model);
@@ -222,7 +228,7 @@ impl MacroArgs {
                 if !path.is_file() {
                     return Err(syn::Error::new(
                         lit.span(),
-                        format!("no such weights file: {}", path.display()),
+                        format!("no such weights file: {}", lit.value()),
                     ));
                 }
                 Some(path)
@@ -1003,4 +1009,132 @@ fn to_snake(name: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: &str, dir: &Path) -> String {
+        expand(args.parse().unwrap(), dir).to_string()
+    }
+
+    #[test]
+    fn mistakes_become_compile_errors_that_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path();
+        let cases = [
+            ("config = \"tiny-1k-22\"", "unknown preset `tiny-1k-22`"),
+            ("config = \"tiny-1k-22\"", "did you mean tiny-1k-224"),
+            (
+                "config = \"tiny-1k-224\", colour = 3",
+                "unknown option `colour`",
+            ),
+            (
+                "config = \"tiny-1k-224\", name = 3",
+                "`name` takes a type name",
+            ),
+            (
+                "config = \"tiny-1k-224\", fuse = 1",
+                "`fuse` takes `true` or `false`",
+            ),
+            (
+                "config = \"tiny-1k-224\", image_size = 2",
+                "image_size 2 is out of range",
+            ),
+            (
+                "config = \"tiny-1k-224\", config = \"atto-1k-224\"",
+                "`config` is given twice",
+            ),
+            ("name = Tiny", "missing `config"),
+            (
+                "config = \"nowhere/config.json\"",
+                "cannot read nowhere/config.json",
+            ),
+            (
+                "config = \"tiny-1k-224\", weights = \"w.safetensors\"",
+                "no such weights file: w.safetensors",
+            ),
+        ];
+        for (args, message) in cases {
+            let out = expand_str(args, here);
+            assert!(out.contains("compile_error"), "{args}: {out}");
+            assert!(
+                out.contains(message),
+                "{args}: expected `{message}` in {out}"
+            );
+        }
+        // An invalid config.json names the key.
+        std::fs::write(
+            here.join("config.json"),
+            r#"{"model_type": "convnextv2", "depths": "three"}"#,
+        )
+        .unwrap();
+        let out = expand_str("config = \"./config.json\"", here);
+        assert!(
+            out.contains("compile_error") && out.contains("depths"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn blocks_of_a_stage_share_one_function() {
+        let spec = |preset: &str| EmitSpec {
+            name: "Model".into(),
+            model: preset.into(),
+            config: ConvNextV2Config::from_json(presets::find(preset).unwrap().config_json)
+                .unwrap(),
+            input_hw: (64, 64),
+            fuse: true,
+            embedded_weights: None,
+            config_path: None,
+        };
+        let count = |src: &str, pat: &str| src.matches(pat).count();
+        let tiny = emit_source(&spec("tiny-1k-224")).unwrap();
+        let huge = emit_source(&spec("huge-1k-224")).unwrap();
+        // embeddings, 4 block functions, 3 downsamplings, the head.
+        for src in [&tiny, &huge] {
+            assert_eq!(count(src, "\n    fn "), 9, "{src}");
+            assert_eq!(count(src, "ops::linear("), 8);
+            assert_eq!(count(src, "ops::conv2d("), 8);
+        }
+        // huge has 40 blocks to tiny's 18: only the tables grow, the functions do not.
+        let functions = |src: &str| -> usize {
+            src.split("\n    fn ")
+                .skip(1)
+                .map(|f| f.split("\n    }\n").next().unwrap().len())
+                .sum()
+        };
+        let (t, h) = (functions(&tiny), functions(&huge));
+        assert!(h < t + t / 10, "functions: huge {h} bytes, tiny {t} bytes");
+        assert!(tiny.contains("for s in &STAGE_2_LAYERS"));
+        assert!(tiny.contains("const STAGE_2_LAYERS: [Slots<5, 7, 1>; 9]"));
+        // No weight values in the code: names and shapes only.
+        assert!(tiny.contains("\"convnextv2.encoder.stages.2.layers.8.pwconv2.bias\""));
+    }
+
+    #[test]
+    fn unfused_code_runs_every_hugging_face_module() {
+        let spec = EmitSpec {
+            name: "Model".into(),
+            model: "atto-1k-224".into(),
+            config: ConvNextV2Config::from_json(presets::find("atto-1k-224").unwrap().config_json)
+                .unwrap(),
+            input_hw: (64, 64),
+            fuse: false,
+            embedded_weights: None,
+            config_path: None,
+        };
+        let src = emit_source(&spec).unwrap();
+        for call in [
+            "ops::layer_norm(",
+            "ops::grn(",
+            "ops::add(",
+            "ops::activation(",
+            "ops::permute(",
+        ] {
+            assert!(src.contains(call), "{call}");
+        }
+        assert!(!src.contains("ops::grn_scale("));
+    }
 }

@@ -1,0 +1,3 @@
+convnextv2::convnextv2!(name = Atto);
+
+fn main() {}
