@@ -52,15 +52,13 @@ impl Weights {
     ) -> Result<Weights> {
         store.validate(checkpoint.iter().copied())?;
         let derived = pool::install(pool::available(), || {
-            use rayon::prelude::*;
-            slots
-                .par_iter()
-                .map(|s| match s.param.derivation {
-                    Some(_) => evaluate(&s.param, &store).map(Some),
-                    None => Ok(None),
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-        })?;
+            pool::parallel_map(slots.len(), &|i| match slots[i].param.derivation {
+                Some(_) => evaluate(&slots[i].param, &store).map(Some),
+                None => Ok(None),
+            })
+        })
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()?;
         for s in slots.iter().filter(|s| s.param.derivation.is_none()) {
             // The emitter lists every checkpoint slot in `checkpoint`; a table that does not
             // is refused here rather than trusted.
@@ -85,15 +83,11 @@ impl Weights {
         };
         let isa = Isa::detect();
         let prepared = pool::install(pool::available(), || {
-            use rayon::prelude::*;
-            (0..slots.len())
-                .into_par_iter()
-                .map(|i| match slots[i].prepare {
-                    Prepare::Plain => None,
-                    Prepare::Linear(l) => Some(ops::prepare_linear(&l, weights.get(i), isa)),
-                    Prepare::Conv(c) => ops::prepare_conv(&c, weights.get(i), isa),
-                })
-                .collect()
+            pool::parallel_map(slots.len(), &|i| match slots[i].prepare {
+                Prepare::Plain => None,
+                Prepare::Linear(l) => Some(ops::prepare_linear(&l, weights.get(i), isa)),
+                Prepare::Conv(c) => ops::prepare_conv(&c, weights.get(i), isa),
+            })
         });
         weights.prepared = prepared;
         Ok(weights)

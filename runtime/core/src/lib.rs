@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod ops;
 pub mod pool;
 pub mod preprocess;
+pub mod scratch;
 pub mod tensor;
 pub mod weights;
 

@@ -1,82 +1,353 @@
-//! The thread pool: one rayon pool per thread count, created on first use and kept for the
-//! life of the process, so that a forward pass never spawns a thread.
+//! The thread pool: `threads - 1` workers per thread count, started on first use and kept
+//! for the life of the process, plus the calling thread, which works too.
 //!
-//! Backends run a whole forward pass inside [`install`]; the ops split their work by
-//! [`threads`] (the pool's size) in a way that computes every element exactly as one thread
-//! would, so results do not depend on the thread count.
+//! A backend runs a forward pass inside [`install`]; each op then hands the pool a fixed
+//! number of tasks ([`parallel_for`]), claimed from an atomic counter. How tasks are cut is
+//! decided by the op from [`threads`] alone, and every output element is computed exactly as
+//! one thread would compute it, so results do not depend on the thread count or on which
+//! thread ran which task. Dispatching a task set allocates nothing: a warm forward pass does
+//! not touch the allocator.
 
-use std::sync::{Arc, Mutex, OnceLock};
-
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::cell::RefCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// The machine's cores, the default thread count.
 pub fn available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs `f` on the pool of `threads` threads (created once per count). Should the system
-/// refuse to start threads, `f` runs on the calling thread instead.
-pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    match pool(threads.max(1)) {
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
+thread_local! {
+    /// The pool the current thread dispatches to (set by `install`).
+    static CURRENT: RefCell<Option<Arc<Pool>>> = const { RefCell::new(None) };
+    /// Set on pool workers and on a caller while it runs tasks: nested dispatch runs inline.
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The thread count of the pool the caller runs on (1 outside any pool of ours).
-pub fn threads() -> usize {
-    match rayon::current_thread_index() {
-        Some(_) => rayon::current_num_threads(),
-        None => 1,
-    }
-}
-
-/// Runs `task` on every item, one pool task per item (on the calling thread, in order, when
-/// the pool has one thread or there is only one item).
-pub fn run_each<T: Send>(items: Vec<T>, task: impl Fn(T) + Sync) {
-    if threads() == 1 || items.len() <= 1 {
-        items.into_iter().for_each(task);
-        return;
-    }
-    let task = &task;
-    rayon::scope(|scope| {
-        for item in items {
-            scope.spawn(move |_| task(item));
+/// Runs `f` on the calling thread with the pool of `threads` threads as the current pool.
+/// Should the system refuse to start threads, the pool is smaller (results are the same).
+pub fn install<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let pool = pool(threads.max(1));
+    let previous = CURRENT.with(|c| c.replace(Some(pool)));
+    // Restore the previous pool even if `f` panics.
+    struct Restore(Option<Arc<Pool>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| *c.borrow_mut() = self.0.take());
         }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The thread count of the current pool (1 outside [`install`] and inside a task).
+pub fn threads() -> usize {
+    if IN_TASK.with(|t| t.get()) {
+        return 1;
+    }
+    CURRENT.with(|c| c.borrow().as_ref().map_or(1, |p| p.threads))
+}
+
+/// Runs `task(0) .. task(tasks - 1)`, spread over the current pool's threads (the calling
+/// thread included); returns when all have run. Inline, in order, with one thread. Task `i`
+/// always runs on thread `i % threads` (the caller is thread 0): each thread sees the same
+/// work at every call, so its scratch buffers are sized by the first call and a warm pass
+/// allocates nothing.
+pub fn parallel_for(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    let pool = if threads() > 1 && tasks > 1 {
+        CURRENT.with(|c| c.borrow().clone())
+    } else {
+        None
+    };
+    match pool {
+        Some(pool) => pool.run(tasks, task),
+        None => {
+            let outer = IN_TASK.with(|t| t.replace(true));
+            (0..tasks).for_each(task);
+            IN_TASK.with(|t| t.set(outer));
+        }
+    }
+}
+
+/// Runs `task(i, chunk_i)` for each `chunk_len`-element chunk of `data` (the last may be
+/// shorter), over the current pool.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk_len: usize,
+    task: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let chunk_len = chunk_len.max(1);
+    let len = data.len();
+    let base = SendPtr(data.as_mut_ptr());
+    parallel_for(len.div_ceil(chunk_len), &|i| {
+        let start = i * chunk_len;
+        let n = chunk_len.min(len - start);
+        let base = &base;
+        // SAFETY: `parallel_for` runs each index exactly once, and chunk `i` covers
+        // `start..start + n`, inside `data` and disjoint from every other chunk; `data` is
+        // mutably borrowed for the whole call, so no one else reads or writes it meanwhile.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), n) };
+        task(i, chunk)
     });
 }
 
-fn pool(threads: usize) -> Option<Arc<ThreadPool>> {
-    type Pools = Mutex<Vec<(usize, Arc<ThreadPool>)>>;
+/// `f(0) .. f(n - 1)` computed over the current pool, in index order (allocates: for loading,
+/// not for forward passes).
+pub fn parallel_map<T: Send>(n: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for_each_chunk_mut(&mut slots, 1, &|i, slot| slot[0] = Some(f(i)));
+    slots
+        .into_iter()
+        .map(|s| s.expect("every index ran"))
+        .collect()
+}
+
+/// A raw pointer that may cross threads (the user guarantees disjoint access).
+struct SendPtr<T>(*mut T);
+// SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint elements.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+/// A task set being run: the erased task and how many indices it has.
+#[derive(Clone, Copy)]
+struct Job {
+    task: *const (dyn Fn(usize) + Sync + 'static),
+    tasks: usize,
+    /// The pool's thread count: the stride of each thread's task indices.
+    threads: usize,
+}
+
+// SAFETY: the pointee is `Sync` and outlives every use (see `Pool::run`).
+unsafe impl Send for Job {}
+
+struct Shared {
+    job: Mutex<Option<Job>>,
+    wake: Condvar,
+    /// Bumped (under `job`'s lock) for each task set.
+    generation: AtomicU64,
+    /// Workers that have not finished the current task set.
+    busy: AtomicUsize,
+    done: Mutex<()>,
+    done_cv: Condvar,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+struct Pool {
+    /// The thread count asked for (the pool's key).
+    requested: usize,
+    /// Threads actually running tasks: the workers that started, plus the caller.
+    threads: usize,
+    workers: usize,
+    shared: Arc<Shared>,
+    /// One task set at a time (two callers on one pool take turns).
+    dispatch: Mutex<()>,
+}
+
+/// How long a waiting thread spins before it sleeps: covers the gap between two ops.
+const SPIN: u32 = 1 << 14;
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            generation: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            done: Mutex::new(()),
+            done_cv: Condvar::new(),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut workers = 0;
+        for _ in 1..threads {
+            let shared = shared.clone();
+            // Worker indices stay contiguous even if a spawn fails.
+            let index = workers + 1;
+            let started = std::thread::Builder::new()
+                .name(format!("cnx-worker-{index}"))
+                .spawn(move || worker(&shared, index));
+            if started.is_ok() {
+                workers += 1;
+            }
+        }
+        Pool {
+            requested: threads,
+            threads: workers + 1,
+            workers,
+            shared,
+            dispatch: Mutex::new(()),
+        }
+    }
+
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
+        let _turn = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY (lifetime erasure): `run` returns only once `busy` is 0, i.e. once every
+        // worker has stopped using `task` for this generation (also when a task panics:
+        // panics are caught and re-raised after the wait).
+        let erased: *const (dyn Fn(usize) + Sync + 'static) =
+            unsafe { std::mem::transmute(task as *const (dyn Fn(usize) + Sync)) };
+        {
+            let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            *job = Some(Job {
+                task: erased,
+                tasks,
+                threads: self.threads,
+            });
+            s.busy.store(self.workers, Ordering::Relaxed);
+            s.panicked.store(false, Ordering::Relaxed);
+            s.generation.fetch_add(1, Ordering::Release);
+        }
+        s.wake.notify_all();
+        let mine = catch_unwind(AssertUnwindSafe(|| {
+            IN_TASK.with(|t| t.set(true));
+            run_tasks(task, tasks, 0, self.threads);
+            IN_TASK.with(|t| t.set(false));
+        }));
+        IN_TASK.with(|t| t.set(false));
+        let mut spins = 0;
+        while s.busy.load(Ordering::Acquire) != 0 {
+            if spins < SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let guard = s.done.lock().unwrap_or_else(|e| e.into_inner());
+            if s.busy.load(Ordering::Acquire) != 0 {
+                drop(s.done_cv.wait(guard).unwrap_or_else(|e| e.into_inner()));
+            }
+        }
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(panic) = mine {
+            resume_unwind(panic);
+        }
+        if s.panicked.load(Ordering::Acquire) {
+            panic!("a kernel task panicked on a pool thread");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        let _job = self.shared.job.lock();
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Thread `index` of `threads` runs tasks `index, index + threads, ...`.
+fn run_tasks(task: &(dyn Fn(usize) + Sync), tasks: usize, index: usize, threads: usize) {
+    (index..tasks).step_by(threads).for_each(task);
+}
+
+fn worker(s: &Shared, index: usize) {
+    IN_TASK.with(|t| t.set(true));
+    let mut seen = 0u64;
+    loop {
+        // Wait for a new task set: spin a little, then sleep.
+        let mut spins = 0;
+        while s.generation.load(Ordering::Acquire) == seen && spins < SPIN {
+            spins += 1;
+            std::hint::spin_loop();
+        }
+        let job = {
+            let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            while s.generation.load(Ordering::Acquire) == seen
+                && !s.shutdown.load(Ordering::Acquire)
+            {
+                job = s.wake.wait(job).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            seen = s.generation.load(Ordering::Acquire);
+            *job
+        };
+        if let Some(job) = job {
+            // SAFETY: the caller of `run` keeps the task alive until `busy` reaches 0, which
+            // happens only after this use (the decrement below).
+            let task = unsafe { &*job.task };
+            let ran = catch_unwind(AssertUnwindSafe(|| {
+                run_tasks(task, job.tasks, index, job.threads)
+            }));
+            if ran.is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+        }
+        if s.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _guard = s.done.lock().unwrap_or_else(|e| e.into_inner());
+            s.done_cv.notify_all();
+        }
+    }
+}
+
+fn pool(threads: usize) -> Arc<Pool> {
+    type Pools = Mutex<Vec<Arc<Pool>>>;
     static POOLS: OnceLock<Pools> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     // A poisoned lock only means another thread panicked while holding it; the list is
     // still valid (a push either happened or did not).
     let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = pools.iter().find(|(n, _)| *n == threads) {
-        return Some(p.clone());
+    if let Some(p) = pools.iter().find(|p| p.requested == threads) {
+        return p.clone();
     }
-    let pool = ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cnx-worker-{i}"))
-        .build()
-        .ok()?;
-    let pool = Arc::new(pool);
-    pools.push((threads, pool.clone()));
-    Some(pool)
+    let pool = Arc::new(Pool::new(threads));
+    pools.push(pool.clone());
+    pool
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     #[test]
-    fn a_pool_is_made_once_per_thread_count() {
+    fn every_task_runs_once_on_the_pool() {
         assert_eq!(super::threads(), 1);
-        let ids: Vec<_> = (0..3)
-            .map(|_| super::install(2, || (super::threads(), std::thread::current().id())))
-            .collect();
-        assert!(ids.iter().all(|(n, _)| *n == 2));
-        // Pool threads persist: the same worker names come back.
-        let name = super::install(2, || std::thread::current().name().map(str::to_owned));
-        assert!(name.unwrap().starts_with("cnx-worker-"));
+        for threads in [1, 2, 3] {
+            super::install(threads, || {
+                assert_eq!(super::threads(), threads);
+                for tasks in [0, 1, 2, 7, 100] {
+                    let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                    super::parallel_for(tasks, &|i| {
+                        // Inside a task, dispatch is inline.
+                        assert_eq!(super::threads(), 1);
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                }
+            });
+        }
+        assert_eq!(super::threads(), 1);
+    }
+
+    #[test]
+    fn chunks_cover_the_data_once() {
+        let mut data = vec![0u32; 1001];
+        super::install(3, || {
+            super::for_each_chunk_mut(&mut data, 100, &|i, chunk| {
+                chunk.iter_mut().for_each(|v| *v += i as u32 + 1)
+            })
+        });
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(j, &v)| v == (j / 100) as u32 + 1));
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            super::install(2, || super::parallel_for(4, &|i| assert!(i != 3, "task 3")))
+        });
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let n = AtomicUsize::new(0);
+        super::install(2, || {
+            super::parallel_for(5, &|_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 5);
     }
 }

@@ -59,38 +59,39 @@ pub fn depthwise_nhwc(
     assert!(g.stride_h == 1 && g.stride_w == 1);
     let (oh, ow) = (g.out_h(), g.out_w());
     assert_eq!(out.len(), rows.len() * ow * c);
-    let mut acc = vec![0f32; c];
-    for (r, row) in rows.enumerate() {
-        let (n, y) = (row / oh, row % oh);
-        let image = &x[n * g.in_h * g.in_w * c..(n + 1) * g.in_h * g.in_w * c];
-        for xo in 0..ow {
-            acc.copy_from_slice(bias);
-            for ky in 0..w.kh {
-                let iy = (y + ky) as isize - g.pad_h as isize;
-                if iy < 0 || iy >= g.in_h as isize {
-                    continue;
-                }
-                for kx in 0..w.kw {
-                    let ix = (xo + kx) as isize - g.pad_w as isize;
-                    if ix < 0 || ix >= g.in_w as isize {
+    crate::scratch::with_f32(c, |acc| {
+        for (r, row) in rows.enumerate() {
+            let (n, y) = (row / oh, row % oh);
+            let image = &x[n * g.in_h * g.in_w * c..(n + 1) * g.in_h * g.in_w * c];
+            for xo in 0..ow {
+                acc.copy_from_slice(bias);
+                for ky in 0..w.kh {
+                    let iy = (y + ky) as isize - g.pad_h as isize;
+                    if iy < 0 || iy >= g.in_h as isize {
                         continue;
                     }
-                    let pixel = &image[(iy as usize * g.in_w + ix as usize) * c..][..c];
-                    let tap = &w.data[(ky * w.kw + kx) * c..][..c];
-                    // Independent lanes: the compiler vectorises this over channels. (A plain
-                    // multiply-add: `mul_add` without a target FMA feature is a libm call.)
-                    for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
-                        *a += p * t;
+                    for kx in 0..w.kw {
+                        let ix = (xo + kx) as isize - g.pad_w as isize;
+                        if ix < 0 || ix >= g.in_w as isize {
+                            continue;
+                        }
+                        let pixel = &image[(iy as usize * g.in_w + ix as usize) * c..][..c];
+                        let tap = &w.data[(ky * w.kw + kx) * c..][..c];
+                        // Independent lanes: the compiler vectorises this over channels. (A plain
+                        // multiply-add: `mul_add` without a target FMA feature is a libm call.)
+                        for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
+                            *a += p * t;
+                        }
                     }
                 }
-            }
-            let dst = &mut out[(r * ow + xo) * c..][..c];
-            match norm {
-                None => dst.copy_from_slice(&acc),
-                Some(nm) => reference::layer_norm_last_axis(&acc, c, nm.affine, nm.eps, dst),
+                let dst = &mut out[(r * ow + xo) * c..][..c];
+                match norm {
+                    None => dst.copy_from_slice(acc),
+                    Some(nm) => reference::layer_norm_last_axis(acc, c, nm.affine, nm.eps, dst),
+                }
             }
         }
-    }
+    })
 }
 
 /// Weights of a conv whose kernel equals its stride (no padding, no groups), repacked as a
@@ -136,35 +137,40 @@ pub fn patch_conv_nhwc(
     let k = cin * g.kernel_h * g.kernel_w;
     assert_eq!((w.k, w.n), (k, cout));
     assert_eq!(out.len(), rows.len() * ow * cout);
-    let mut patches = vec![0f32; ow * k];
-    for (r, row) in rows.enumerate() {
-        let (n, y) = (row / oh, row % oh);
-        let image = &x[n * g.in_h * g.in_w * cin..(n + 1) * g.in_h * g.in_w * cin];
-        for xo in 0..ow {
-            for ky in 0..g.kernel_h {
-                for kx in 0..g.kernel_w {
-                    let (iy, ix) = (y * g.stride_h + ky, xo * g.stride_w + kx);
-                    let src = &image[(iy * g.in_w + ix) * cin..][..cin];
-                    let dst = &mut patches[xo * k + (ky * g.kernel_w + kx) * cin..][..cin];
-                    match input_norm {
-                        None => dst.copy_from_slice(src),
-                        Some(eps) => reference::layer_norm_last_axis(src, cin, None, eps, dst),
+    // Scratch: the gathered patches of one output row, and its raw conv output.
+    crate::scratch::with_f32(ow * k + ow * cout, |scratch| {
+        let (patches, raw) = scratch.split_at_mut(ow * k);
+        for (r, row) in rows.enumerate() {
+            let (n, y) = (row / oh, row % oh);
+            let image = &x[n * g.in_h * g.in_w * cin..(n + 1) * g.in_h * g.in_w * cin];
+            for xo in 0..ow {
+                for ky in 0..g.kernel_h {
+                    for kx in 0..g.kernel_w {
+                        let (iy, ix) = (y * g.stride_h + ky, xo * g.stride_w + kx);
+                        let src = &image[(iy * g.in_w + ix) * cin..][..cin];
+                        let dst = &mut patches[xo * k + (ky * g.kernel_w + kx) * cin..][..cin];
+                        match input_norm {
+                            None => dst.copy_from_slice(src),
+                            Some(eps) => reference::layer_norm_last_axis(src, cin, None, eps, dst),
+                        }
                     }
                 }
             }
+            let dst = &mut out[r * ow * cout..(r + 1) * ow * cout];
+            let e = gemm::Epilogue {
+                bias,
+                activation: None,
+                residual: None,
+            };
+            match output_norm {
+                None => gemm::gemm(patches, ow, w, e, dst),
+                Some(nm) => {
+                    gemm::gemm(patches, ow, w, e, raw);
+                    reference::layer_norm_last_axis(raw, cout, nm.affine, nm.eps, dst);
+                }
+            }
         }
-        let dst = &mut out[r * ow * cout..(r + 1) * ow * cout];
-        let e = gemm::Epilogue {
-            bias,
-            activation: None,
-            residual: None,
-        };
-        gemm::gemm(&patches, ow, w, e, dst);
-        if let Some(nm) = output_norm {
-            let raw = dst.to_vec();
-            reference::layer_norm_last_axis(&raw, cout, nm.affine, nm.eps, dst);
-        }
-    }
+    })
 }
 
 #[cfg(test)]

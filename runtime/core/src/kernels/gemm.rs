@@ -162,45 +162,47 @@ pub fn gemm_panels(
     if let Some(r) = epilogue.residual {
         assert_eq!(r.len(), rows * n);
     }
-    let mut tile = vec![0f32; mr * nr];
-    // The last, partial row tile reads a zero-padded copy of its rows.
-    let mut edge_rows = vec![0f32; mr * k];
-    for m0 in (0..rows).step_by(MC) {
-        let m_block = MC.min(rows - m0);
-        for p in panels.clone() {
-            let panel = w.panel(p);
-            let cols = nr.min(n - p * nr);
-            for t in (0..m_block).step_by(mr) {
-                let r0 = m0 + t;
-                let rs = mr.min(rows - r0);
-                let a_tile = if rs == mr {
-                    &a[r0 * k..(r0 + mr) * k]
-                } else {
-                    edge_rows.iter_mut().for_each(|v| *v = 0.0);
-                    edge_rows[..rs * k].copy_from_slice(&a[r0 * k..(r0 + rs) * k]);
-                    &edge_rows[..]
-                };
-                microkernel(w.isa, a_tile, k, panel, &mut tile);
-                for i in 0..rs {
-                    let at = (r0 + i) * width + p * nr - col0;
-                    let dst = &mut out[at..at + cols];
-                    let bias = &epilogue.bias[p * nr..p * nr + cols];
-                    for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
-                        *d = t + b;
-                    }
-                    if let Some(act) = epilogue.activation {
-                        act(dst);
-                    }
-                    if let Some(res) = epilogue.residual {
-                        let from = (r0 + i) * n + p * nr;
-                        dst.iter_mut()
-                            .zip(&res[from..from + cols])
-                            .for_each(|(d, &r)| *d += r);
+    // Scratch: the microkernel's output tile, and a zero-padded copy of the last, partial
+    // row tile's rows.
+    crate::scratch::with_f32(mr * nr + mr * k, |scratch| {
+        let (tile, edge_rows) = scratch.split_at_mut(mr * nr);
+        for m0 in (0..rows).step_by(MC) {
+            let m_block = MC.min(rows - m0);
+            for p in panels.clone() {
+                let panel = w.panel(p);
+                let cols = nr.min(n - p * nr);
+                for t in (0..m_block).step_by(mr) {
+                    let r0 = m0 + t;
+                    let rs = mr.min(rows - r0);
+                    let a_tile = if rs == mr {
+                        &a[r0 * k..(r0 + mr) * k]
+                    } else {
+                        edge_rows.iter_mut().for_each(|v| *v = 0.0);
+                        edge_rows[..rs * k].copy_from_slice(&a[r0 * k..(r0 + rs) * k]);
+                        &edge_rows[..]
+                    };
+                    microkernel(w.isa, a_tile, k, panel, tile);
+                    for i in 0..rs {
+                        let at = (r0 + i) * width + p * nr - col0;
+                        let dst = &mut out[at..at + cols];
+                        let bias = &epilogue.bias[p * nr..p * nr + cols];
+                        for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
+                            *d = t + b;
+                        }
+                        if let Some(act) = epilogue.activation {
+                            act(dst);
+                        }
+                        if let Some(res) = epilogue.residual {
+                            let from = (r0 + i) * n + p * nr;
+                            dst.iter_mut()
+                                .zip(&res[from..from + cols])
+                                .for_each(|(d, &r)| *d += r);
+                        }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// The optimised twin of [`reference::linear_fused`](super::reference::linear_fused): the
@@ -237,38 +239,40 @@ pub fn linear_fused_packed_panels(
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * width);
     let activation = epilogue.activation.map(super::Activation::f32_slice_fn);
-    let mut scratch = if prologue.is_identity() {
-        Vec::new()
+    let scratch_len = if prologue.is_identity() {
+        0
     } else {
-        vec![0f32; MC.min(rows) * k]
+        MC.min(rows) * k
     };
-    for m0 in (0..rows).step_by(MC) {
-        let mb = MC.min(rows - m0);
-        let block = &x[m0 * k..(m0 + mb) * k];
-        let a = if prologue.is_identity() {
-            block
-        } else {
-            let packed = &mut scratch[..mb * k];
-            packed.copy_from_slice(block);
-            for (i, row) in packed.chunks_exact_mut(k).enumerate() {
-                prologue.apply(m0 + i, row);
-            }
-            &scratch[..mb * k]
-        };
-        let e = Epilogue {
-            bias,
-            activation,
-            residual: epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
-        };
-        gemm_panels(
-            a,
-            mb,
-            w,
-            panels.clone(),
-            e,
-            &mut out[m0 * width..(m0 + mb) * width],
-        );
-    }
+    crate::scratch::with_f32(scratch_len, |scratch| {
+        for m0 in (0..rows).step_by(MC) {
+            let mb = MC.min(rows - m0);
+            let block = &x[m0 * k..(m0 + mb) * k];
+            let a = if prologue.is_identity() {
+                block
+            } else {
+                let packed = &mut scratch[..mb * k];
+                packed.copy_from_slice(block);
+                for (i, row) in packed.chunks_exact_mut(k).enumerate() {
+                    prologue.apply(m0 + i, row);
+                }
+                &scratch[..mb * k]
+            };
+            let e = Epilogue {
+                bias,
+                activation,
+                residual: epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
+            };
+            gemm_panels(
+                a,
+                mb,
+                w,
+                panels.clone(),
+                e,
+                &mut out[m0 * width..(m0 + mb) * width],
+            );
+        }
+    })
 }
 
 /// The microkernel's own throughput in GFLOP/s on `threads` threads: one `MR x NR` tile over

@@ -325,17 +325,23 @@ pub fn grn_scale_channels_last(
 
 /// GRN's `s = 1 + gamma * N` from per-sample, per-channel sums of squares `[batch, channels]`.
 pub fn grn_scale_from_sums(sums: &[f64], channels: usize, gamma: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(sums.len());
-    for sample in sums.chunks_exact(channels) {
-        let norm: Vec<f64> = sample.iter().map(|v| v.sqrt()).collect();
-        let mean = norm.iter().sum::<f64>() / channels as f64;
-        out.extend(
-            norm.iter()
-                .zip(gamma)
-                .map(|(g, &gm)| (1.0 + gm as f64 * (g / (mean + GRN_EPS))) as f32),
-        );
-    }
+    let mut out = vec![0f32; sums.len()];
+    grn_scale_from_sums_into(sums, channels, gamma, &mut out);
     out
+}
+
+/// [`grn_scale_from_sums`] into `out` (`[batch, channels]`).
+pub fn grn_scale_from_sums_into(sums: &[f64], channels: usize, gamma: &[f32], out: &mut [f32]) {
+    assert_eq!(out.len(), sums.len());
+    for (sample, dst) in sums
+        .chunks_exact(channels)
+        .zip(out.chunks_exact_mut(channels))
+    {
+        let mean = sample.iter().map(|v| v.sqrt()).sum::<f64>() / channels as f64;
+        for ((d, s), &gm) in dst.iter_mut().zip(sample).zip(gamma) {
+            *d = (1.0 + gm as f64 * (s.sqrt() / (mean + GRN_EPS))) as f32;
+        }
+    }
 }
 
 /// Rows per block of the fixed-order sum-of-squares reduction.
@@ -366,6 +372,41 @@ pub fn sum_squares_partials(
         }
     }
     partials
+}
+
+/// The per-sample, per-channel sums of squares of `rows` (`[batch * rows_per_sample,
+/// channels]`) into `sums` (`[batch, channels]`): the same segments, partials and order as
+/// [`sum_squares_partials`] then [`combine_sum_squares`] (so the same bits), with one
+/// `channels`-long `partial` buffer instead of a list of them.
+pub fn sum_squares_into(
+    rows: &[f32],
+    rows_per_sample: usize,
+    channels: usize,
+    partial: &mut [f64],
+    sums: &mut [f64],
+) {
+    sums.fill(0.0);
+    let total = rows.len() / channels;
+    let mut r = 0;
+    while r < total {
+        let sample = r / rows_per_sample;
+        // The segment ends at the next block boundary or sample boundary.
+        let end = (r / SUM_SQUARES_BLOCK + 1) * SUM_SQUARES_BLOCK;
+        let end = end.min((sample + 1) * rows_per_sample).min(total);
+        partial.fill(0.0);
+        for row in rows[r * channels..end * channels].chunks_exact(channels) {
+            for (a, &v) in partial.iter_mut().zip(row) {
+                *a += v as f64 * v as f64;
+            }
+        }
+        for (s, p) in sums[sample * channels..(sample + 1) * channels]
+            .iter_mut()
+            .zip(partial.iter())
+        {
+            *s += p;
+        }
+        r = end;
+    }
 }
 
 /// Sums partials, in the order given, into `[batch, channels]`.
@@ -452,36 +493,54 @@ pub fn linear_fused(
 ) {
     assert_eq!(x.len(), rows * in_features);
     assert_eq!(out.len(), rows * out_features);
-    let mut row = vec![0f32; in_features];
-    for r in 0..rows {
-        row.copy_from_slice(&x[r * in_features..(r + 1) * in_features]);
-        prologue.apply(r, &mut row);
-        for o in 0..out_features {
-            let mut v = dot(&row, &weight[o * in_features..(o + 1) * in_features]) + bias[o] as f64;
-            if let Some(act) = epilogue.activation {
-                v = act.apply_f64(v as f32 as f64);
+    crate::scratch::with_f32(in_features, |row| {
+        for r in 0..rows {
+            row.copy_from_slice(&x[r * in_features..(r + 1) * in_features]);
+            prologue.apply(r, row);
+            for o in 0..out_features {
+                let mut v =
+                    dot(row, &weight[o * in_features..(o + 1) * in_features]) + bias[o] as f64;
+                if let Some(act) = epilogue.activation {
+                    v = act.apply_f64(v as f32 as f64);
+                }
+                let mut y = v as f32;
+                if let Some(res) = epilogue.residual {
+                    y += res[r * out_features + o];
+                }
+                out[r * out_features + o] = y;
             }
-            let mut y = v as f32;
-            if let Some(res) = epilogue.residual {
-                y += res[r * out_features + o];
-            }
-            out[r * out_features + o] = y;
         }
-    }
+    })
 }
 
 /// Mean over the spatial axes of NHWC: `[batch, pixels, channels]` to `[batch, channels]`.
 pub fn global_avg_pool_nhwc(x: &[f32], batch: usize, pixels: usize, channels: usize) -> Vec<f32> {
+    let mut out = vec![0f32; batch * channels];
+    let mut acc = vec![0f64; channels];
+    global_avg_pool_nhwc_into(x, batch, pixels, channels, &mut acc, &mut out);
+    out
+}
+
+/// [`global_avg_pool_nhwc`] into `out`, with a `channels`-long f64 accumulator `acc`.
+pub fn global_avg_pool_nhwc_into(
+    x: &[f32],
+    batch: usize,
+    pixels: usize,
+    channels: usize,
+    acc: &mut [f64],
+    out: &mut [f32],
+) {
     assert_eq!(x.len(), batch * pixels * channels);
-    let mut out = Vec::with_capacity(batch * channels);
-    for n in 0..batch {
-        let mut acc = vec![0f64; channels];
+    assert_eq!(out.len(), batch * channels);
+    for (n, dst) in out.chunks_exact_mut(channels).enumerate() {
+        acc.fill(0.0);
         for row in x[n * pixels * channels..(n + 1) * pixels * channels].chunks_exact(channels) {
             acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
         }
-        out.extend(acc.iter().map(|a| (a / pixels as f64) as f32));
+        for (d, a) in dst.iter_mut().zip(acc.iter()) {
+            *d = (a / pixels as f64) as f32;
+        }
     }
-    out
 }
 
 /// Mean over the spatial axes of NCHW: `[batch, channels, pixels]` to `[batch, channels]`.
@@ -705,6 +764,17 @@ mod tests {
         }
         let direct: f64 = (0..per).map(|r| (x[r * c] as f64).powi(2)).sum();
         assert!((whole[0] - direct).abs() < 1e-9 * direct);
+        // The one-buffer version: the same segments in the same order, the same bits, for
+        // samples shorter and longer than a block.
+        for per in [50, 150] {
+            let x: Vec<f32> = (0..3 * per * c)
+                .map(|i| (i as f32 * 0.7311).sin())
+                .collect();
+            let want = combine_sum_squares(&sum_squares_partials(&x, 0, per, c), 3, c);
+            let (mut partial, mut got) = (vec![0.0; c], vec![0.0; 3 * c]);
+            sum_squares_into(&x, per, c, &mut partial, &mut got);
+            assert_eq!(got, want, "{per} rows per sample");
+        }
     }
 
     #[test]

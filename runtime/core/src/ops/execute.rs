@@ -4,7 +4,7 @@
 use super::{Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
 use crate::kernels::reference as k;
 use crate::kernels::{conv, gemm, Activation, PreparedWeights};
-use crate::pool;
+use crate::{pool, scratch};
 
 /// A convolution's parameters. `prepared`: the weight packed at load for the optimised
 /// kernel (NHWC only); without it the reference loops run.
@@ -58,8 +58,7 @@ pub fn conv2d(
         let row_len = output.width * output.channels;
         let rows = batch * output.height;
         let per_thread = rows.div_ceil(pool::threads());
-        let chunks: Vec<_> = out.chunks_mut(per_thread * row_len).enumerate().collect();
-        pool::run_each(chunks, |(chunk, dst)| {
+        pool::for_each_chunk_mut(out, per_thread * row_len, &|chunk, dst| {
             let range = chunk * per_thread..chunk * per_thread + dst.len() / row_len;
             let geometry = &geometry;
             match prepared {
@@ -150,9 +149,9 @@ pub fn linear(
     if let Some(sums) = sums {
         // Fixed segments (64-row blocks and sample boundaries), summed in order: the same
         // bits whatever the split (see `k::sum_squares_partials`).
-        let n = l.out_features;
-        let partials = k::sum_squares_partials(out, 0, pixels, n);
-        sums.copy_from_slice(&k::combine_sum_squares(&partials, batch, n));
+        scratch::with_f64(l.out_features, |partial| {
+            k::sum_squares_into(out, pixels, l.out_features, partial, sums)
+        });
     }
 }
 
@@ -184,13 +183,9 @@ impl LinearJob<'_> {
     fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32]) {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
         let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
-        let inputs = self.x.chunks(rows_per_thread * k_in);
-        let chunks: Vec<_> = inputs
-            .zip(out.chunks_mut(rows_per_thread * n))
-            .enumerate()
-            .collect();
-        pool::run_each(chunks, |(chunk, (x, y))| {
+        pool::for_each_chunk_mut(out, rows_per_thread * n, &|chunk, y| {
             let first_row = chunk * rows_per_thread;
+            let x = &self.x[first_row * k_in..][..y.len() / n * k_in];
             let prologue = self.prologue(first_row);
             let epilogue = k::LinearEpilogue {
                 activation: self.l.activation,
@@ -205,23 +200,20 @@ impl LinearJob<'_> {
         });
     }
 
-    /// Threads over ranges of output-column panels of the packed GEMM.
+    /// Threads over ranges of output-column panels of the packed GEMM: each task writes its
+    /// columns, for all rows, to its own contiguous part of a scratch buffer, which is then
+    /// scattered into the row-major output.
     fn by_columns(&self, w: &gemm::PackedWeights, rows: usize, threads: usize, out: &mut [f32]) {
-        use rayon::prelude::*;
         let n = self.l.out_features;
         let epilogue = k::LinearEpilogue {
             activation: self.l.activation,
             residual: self.residual,
         };
         let per_thread = w.panels().div_ceil(threads);
-        let starts: Vec<usize> = (0..w.panels()).step_by(per_thread).collect();
-        let parts: Vec<(usize, Vec<f32>)> = starts
-            .into_par_iter()
-            .map(|p0| {
-                let panels = p0..(p0 + per_thread).min(w.panels());
-                let col0 = panels.start * w.panel_width();
-                let width = (panels.end * w.panel_width()).min(n) - col0;
-                let mut part = vec![0f32; rows * width];
+        let part_width = per_thread * w.panel_width();
+        scratch::with_f32(rows * n, |parts| {
+            pool::for_each_chunk_mut(parts, rows * part_width, &|i, part| {
+                let panels = i * per_thread..((i + 1) * per_thread).min(w.panels());
                 gemm::linear_fused_packed_panels(
                     self.x,
                     rows,
@@ -230,17 +222,16 @@ impl LinearJob<'_> {
                     self.p.bias,
                     self.prologue(0),
                     epilogue,
-                    &mut part,
+                    part,
                 );
-                (col0, part)
-            })
-            .collect();
-        for (col0, part) in parts {
-            let width = part.len() / rows;
-            for (r, src) in part.chunks_exact(width).enumerate() {
-                out[r * n + col0..r * n + col0 + width].copy_from_slice(src);
+            });
+            for (i, part) in parts.chunks(rows * part_width).enumerate() {
+                let (col0, width) = (i * part_width, part.len() / rows);
+                for (r, src) in part.chunks_exact(width).enumerate() {
+                    out[r * n + col0..r * n + col0 + width].copy_from_slice(src);
+                }
             }
-        }
+        });
     }
 }
 
@@ -276,11 +267,16 @@ pub fn grn_scale(
     sums: &[f64],
     out: &mut [f32],
 ) {
-    let s = match source {
-        GrnSource::Values => k::grn_scale_channels_last(x, batch, t.pixels(), channels, gamma),
-        GrnSource::ProducerSums => k::grn_scale_from_sums(sums, channels, gamma),
-    };
-    out.copy_from_slice(&s);
+    match source {
+        GrnSource::Values => out.copy_from_slice(&k::grn_scale_channels_last(
+            x,
+            batch,
+            t.pixels(),
+            channels,
+            gamma,
+        )),
+        GrnSource::ProducerSums => k::grn_scale_from_sums_into(sums, channels, gamma, out),
+    }
 }
 
 /// The residual connection.
@@ -292,13 +288,14 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 
 /// Mean over the pixels of an image value in either layout.
 pub fn global_avg_pool(t: &ValueType, batch: usize, x: &[f32], out: &mut [f32]) {
-    let pooled = match t.layout {
-        Layout::Nchw => k::global_avg_pool_nchw(x, batch, t.channels, t.pixels()),
-        Layout::Nhwc | Layout::Features => {
-            k::global_avg_pool_nhwc(x, batch, t.pixels(), t.channels)
+    match t.layout {
+        Layout::Nchw => {
+            out.copy_from_slice(&k::global_avg_pool_nchw(x, batch, t.channels, t.pixels()))
         }
-    };
-    out.copy_from_slice(&pooled);
+        Layout::Nhwc | Layout::Features => scratch::with_f64(t.channels, |acc| {
+            k::global_avg_pool_nhwc_into(x, batch, t.pixels(), t.channels, acc, out)
+        }),
+    }
 }
 
 /// The fused head: global average pool, LayerNorm without affine (folded into the weights),
@@ -315,23 +312,24 @@ pub fn pool_norm_linear(
     x: &[f32],
     out: &mut [f32],
 ) {
-    let mut pooled = vec![0.0; batch * channels];
-    global_avg_pool(t, batch, x, &mut pooled);
-    let prologue = k::LinearPrologue {
-        norm_eps: Some(eps),
-        scale: None,
-    };
-    k::linear_fused(
-        &pooled,
-        batch,
-        channels,
-        weight,
-        bias,
-        classes,
-        prologue,
-        k::LinearEpilogue::default(),
-        out,
-    );
+    scratch::with_f32(batch * channels, |pooled| {
+        global_avg_pool(t, batch, x, pooled);
+        let prologue = k::LinearPrologue {
+            norm_eps: Some(eps),
+            scale: None,
+        };
+        k::linear_fused(
+            pooled,
+            batch,
+            channels,
+            weight,
+            bias,
+            classes,
+            prologue,
+            k::LinearEpilogue::default(),
+            out,
+        );
+    })
 }
 
 /// Between the two image layouts; `output` is the permuted value's type.

@@ -1,0 +1,46 @@
+//! Per-thread scratch buffers, kept for the life of the thread: kernels borrow their
+//! temporaries here instead of allocating, so a warm forward pass allocates nothing (pool
+//! threads live as long as the process).
+//!
+//! A borrowed buffer's contents are unspecified (left by an earlier user): callers write
+//! before they read. Borrows nest (each takes its own buffer).
+
+use std::cell::RefCell;
+
+macro_rules! scratch_fn {
+    ($name:ident, $t:ty) => {
+        /// Runs `f` with a scratch buffer of `len` elements (unspecified contents).
+        pub fn $name<R>(len: usize, f: impl FnOnce(&mut [$t]) -> R) -> R {
+            thread_local! {
+                static FREE: RefCell<Vec<Vec<$t>>> = const { RefCell::new(Vec::new()) };
+            }
+            let mut buf = FREE
+                .with(|free| free.borrow_mut().pop())
+                .unwrap_or_default();
+            if buf.len() < len {
+                buf.resize(len, 0 as $t);
+            }
+            let r = f(&mut buf[..len]);
+            FREE.with(|free| free.borrow_mut().push(buf));
+            r
+        }
+    };
+}
+
+scratch_fn!(with_f32, f32);
+scratch_fn!(with_f64, f64);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn buffers_are_reused_and_nest() {
+        let first = super::with_f32(100, |a| {
+            a.fill(1.0);
+            // A nested borrow gets a different buffer.
+            super::with_f32(10, |b| assert_ne!(a.as_ptr(), b.as_ptr()));
+            a.as_ptr() as usize
+        });
+        let again = super::with_f32(50, |a| a.as_ptr() as usize);
+        assert_eq!(first, again, "the same thread's buffer comes back");
+    }
+}

@@ -1,0 +1,69 @@
+//! A warm forward pass of a compiled model allocates nothing: activations live in the
+//! workspace, kernel temporaries in per-thread scratch buffers, and the pool dispatches
+//! without allocating. Counted with a global allocator that counts every allocation on every
+//! thread (pool workers included).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cnx_compiler::{random, ModelSpec};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above, for `dealloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above, for `realloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// atto at 96x96: the row-split GEMM (early stages) and the column split (late stages, few
+// rows), depthwise, patch convs, GRN sums, the head.
+convnextv2::convnextv2!(config = "atto-1k-224", name = Atto96, image_size = 96);
+
+#[test]
+fn a_warm_forward_pass_allocates_nothing() {
+    let spec = ModelSpec::resolve("atto-1k-224").unwrap();
+    let graph = cnx_compiler::build_graph(&spec.config, (96, 96)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    random::write_safetensors(&path, &random::random_parameters(&graph, 3)).unwrap();
+    for (threads, batch) in [(1, 1), (2, 1), (2, 3), (3, 2)] {
+        let model = Atto96::load(&path).unwrap().with_threads(threads);
+        let x = random::random_pixel_values(&graph, batch, 5);
+        let mut logits = vec![0f32; batch * Atto96::NUM_LABELS];
+        // The first call sizes the workspace and every thread's scratch.
+        model.forward_into(x.data(), batch, &mut logits).unwrap();
+        let first = logits.clone();
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            model.forward_into(x.data(), batch, &mut logits).unwrap();
+        }
+        let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            during, 0,
+            "{threads} threads, batch {batch}: {during} allocations"
+        );
+        assert_eq!(logits, first);
+        // The counter works: an allocating call is seen.
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let _ = model.forward(x.data(), batch).unwrap();
+        assert!(ALLOCATIONS.load(Ordering::SeqCst) > before);
+    }
+}
