@@ -150,7 +150,7 @@ fn run_on_pool(
         .collect())
 }
 
-/// Evaluates one node.
+/// Evaluates one node into a new tensor (and its sums of squares, if it accumulates them).
 fn eval(
     graph: &Graph,
     id: NodeId,
@@ -159,7 +159,56 @@ fn eval(
     operands: &[&Tensor],
     sums: &BTreeMap<NodeId, Vec<f64>>,
 ) -> Result<(Tensor, Option<Vec<f64>>), RunError> {
-    let mut side = None;
+    let node = graph.node(id);
+    let mut out = Tensor::zeros(&batch_shape(batch, &node.ty));
+    let mut side = match node.op {
+        Op::Linear(l) if l.sum_squares => Some(vec![0f64; batch * l.out_features]),
+        _ => None,
+    };
+    let producer_sums = match node.op {
+        Op::GrnScale {
+            source: crate::ir::GrnSource::ProducerSums,
+            ..
+        } => {
+            let producer = graph.inputs(id)[0];
+            sums.get(&producer).ok_or_else(|| {
+                RunError::Graph(format!(
+                    "`{}` accumulated no sums",
+                    graph.node(producer).name
+                ))
+            })?
+        }
+        _ => &[][..],
+    };
+    let operands: Vec<&[f32]> = operands.iter().map(|t| t.data()).collect();
+    execute(
+        graph,
+        id,
+        weights,
+        batch,
+        &operands,
+        producer_sums,
+        out.data_mut(),
+        side.as_deref_mut(),
+    )?;
+    Ok((out, side))
+}
+
+/// Runs node `id` of `graph` on batch-first `operands`, writing its value to `out`; a linear
+/// layer that accumulates sums of squares writes them to `sums_out` (`batch x out_features`),
+/// a GRN scale reading its producer's sums gets them in `producer_sums`. The one op
+/// dispatcher: the interpreter and the JIT's calls into the runtime both use it.
+#[allow(clippy::too_many_arguments)]
+pub fn execute(
+    graph: &Graph,
+    id: NodeId,
+    weights: &dyn WeightSource,
+    batch: usize,
+    operands: &[&[f32]],
+    producer_sums: &[f64],
+    y: &mut [f32],
+    sums_out: Option<&mut [f64]>,
+) -> Result<(), RunError> {
     let node = graph.node(id);
     let param = |role: &str| -> Result<&[f32], RunError> {
         let p = node
@@ -184,10 +233,8 @@ fn eval(
     let in_ty = graph.inputs(id).first().map(|&i| graph.node(i).ty);
     let operand_ty =
         || in_ty.ok_or_else(|| RunError::Graph(format!("`{}` has no operand", node.name)));
-    let x = operands.first().map_or(&[][..], |t| t.data());
+    let x = operands.first().copied().unwrap_or(&[]);
     let out_ty = node.ty;
-    let mut out = Tensor::zeros(&batch_shape(batch, &out_ty));
-    let y = out.data_mut();
     match node.op {
         Op::Input => unreachable!("the input is bound, not evaluated"),
         Op::Conv2d(c) => {
@@ -215,21 +262,10 @@ fn eval(
                     _ => None,
                 },
             };
-            let scale = l.input_scale.then(|| operands[1].data());
-            let residual = l.residual.then(|| operands[operands.len() - 1].data());
-            let mut s = l.sum_squares.then(|| vec![0f64; batch * l.out_features]);
-            ops::linear(
-                &l,
-                out_ty.pixels(),
-                batch,
-                p,
-                x,
-                scale,
-                residual,
-                y,
-                s.as_deref_mut(),
-            );
-            side = s;
+            let scale = l.input_scale.then(|| operands[1]);
+            let residual = l.residual.then(|| operands[operands.len() - 1]);
+            let sums = if l.sum_squares { sums_out } else { None };
+            ops::linear(&l, out_ty.pixels(), batch, p, x, scale, residual, y, sums);
         }
         Op::Activation(act) => ops::activation(act, x, y),
         Op::Grn { channels } => ops::grn(
@@ -242,16 +278,6 @@ fn eval(
             y,
         ),
         Op::GrnScale { channels, source } => {
-            let producer = graph.inputs(id)[0];
-            let producer_sums = match source {
-                crate::ir::GrnSource::Values => &[][..],
-                crate::ir::GrnSource::ProducerSums => sums.get(&producer).ok_or_else(|| {
-                    RunError::Graph(format!(
-                        "`{}` accumulated no sums",
-                        graph.node(producer).name
-                    ))
-                })?,
-            };
             let t = operand_ty()?;
             ops::grn_scale(
                 channels,
@@ -264,7 +290,7 @@ fn eval(
                 y,
             );
         }
-        Op::Add => ops::add(x, operands[1].data(), y),
+        Op::Add => ops::add(x, operands[1], y),
         Op::GlobalAvgPool => ops::global_avg_pool(&operand_ty()?, batch, x, y),
         Op::PoolNormLinear {
             channels,
@@ -276,5 +302,5 @@ fn eval(
         }
         Op::Permute(p) => ops::permute(p, &out_ty, batch, x, y),
     }
-    Ok((out, side))
+    Ok(())
 }

@@ -24,6 +24,11 @@ pub struct DepthwiseWeights {
 }
 
 impl DepthwiseWeights {
+    /// The tap-major weights: `taps()[(ky * kw + kx) * channels + c]`.
+    pub fn taps(&self) -> &[f32] {
+        &self.data
+    }
+
     /// From PyTorch's `[C, 1, kh, kw]`.
     pub fn pack(weight: &[f32], channels: usize, kh: usize, kw: usize) -> DepthwiseWeights {
         assert_eq!(weight.len(), channels * kh * kw);
