@@ -6,6 +6,7 @@ use cnx_runtime::{Tensor, WeightStore};
 use serde::Serialize;
 
 use crate::backend::interp;
+use crate::backend::jit::{JitModel, JitOptions};
 use crate::ir::outputs;
 use crate::passes::Pipeline;
 use crate::{build_graph, random, Error, LoadedModel, ModelSpec};
@@ -32,6 +33,8 @@ pub struct BenchResult {
     pub peak_rss_mib: Option<f64>,
     /// `gflops` as a share of the GEMM microkernel's measured peak (`--peak`).
     pub percent_of_peak: Option<f64>,
+    /// JIT compile time (lowering + Cranelift), part of the first inference.
+    pub jit_compile_ms: Option<f64>,
 }
 
 /// What to measure.
@@ -47,6 +50,8 @@ pub struct BenchConfig<'a> {
     pub fused: bool,
     /// Run every op on the plain reference kernels (no packed GEMM).
     pub reference_kernels: bool,
+    /// Time the JIT-compiled graph instead of the interpreter.
+    pub jit: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -131,8 +136,17 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         let start = Instant::now();
         let model = load_model(cfg)?;
         let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
-        let forward =
-            || interp::run_threaded(&model.graph, &model, &x, &[outputs::LOGITS], cfg.threads);
+        let macs = model.graph.macs();
+        let engine = if cfg.jit {
+            crate::classify::Engine::Jit(JitModel::compile(
+                model,
+                &[outputs::LOGITS],
+                JitOptions::default(),
+            )?)
+        } else {
+            crate::classify::Engine::Interp(model)
+        };
+        let forward = || engine.logits(&x, cfg.threads);
         forward()?;
         let first = start.elapsed();
         let mut times: Vec<f64> = (0..cfg.runs)
@@ -143,13 +157,14 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             .collect::<Result<_, _>>()?;
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let flops = 2.0 * model.graph.macs() as f64 * batch as f64;
+        let flops = 2.0 * macs as f64 * batch as f64;
         results.push(BenchResult {
             model: cfg.spec.name.clone(),
-            backend: if cfg.reference_kernels {
-                "interp-reference".into()
-            } else {
-                "interp".into()
+            backend: match (&engine, cfg.reference_kernels) {
+                (crate::classify::Engine::Jit(_), false) => "jit".into(),
+                (crate::classify::Engine::Jit(_), true) => "jit-reference".into(),
+                (_, true) => "interp-reference".into(),
+                _ => "interp".into(),
             },
             fused: cfg.fused,
             batch,
@@ -164,6 +179,10 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             first_inference_ms: ms(first),
             peak_rss_mib: peak_rss_mib(),
             percent_of_peak: None,
+            jit_compile_ms: match &engine {
+                crate::classify::Engine::Jit(j) => Some(ms(j.compile_time)),
+                _ => None,
+            },
         });
     }
     Ok(results)

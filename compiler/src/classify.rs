@@ -126,11 +126,39 @@ pub struct Timing {
     pub inference_s: f64,
 }
 
+/// What runs the forward passes: the interpreter, or the JIT-compiled graph.
+pub enum Engine {
+    Interp(LoadedModel),
+    Jit(crate::backend::jit::JitModel),
+}
+
+impl Engine {
+    /// The model (config, graph, weights).
+    pub fn model(&self) -> &LoadedModel {
+        match self {
+            Engine::Interp(m) => m,
+            Engine::Jit(j) => j.model(),
+        }
+    }
+
+    /// Logits of a batch of pixel values.
+    pub fn logits(&self, x: &Tensor, threads: usize) -> Result<Tensor, Error> {
+        let mut out = match self {
+            Engine::Interp(m) => interp::run_threaded(&m.graph, m, x, &[outputs::LOGITS], threads)?
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+            Engine::Jit(j) => j.run(x, threads)?,
+        };
+        out.remove(outputs::LOGITS)
+            .ok_or_else(|| Error::Usage("the model has no logits".into()))
+    }
+}
+
 /// Classifies `inputs` in batches of `batch`: a worker thread decodes and preprocesses ahead
 /// (at most two batches) while the model runs; `emit` receives every input's outcome, in
 /// input order, as soon as its batch is done.
 pub fn run_batches(
-    model: &LoadedModel,
+    engine: &Engine,
     cfg: &PreprocessConfig,
     inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
     batch: usize,
@@ -139,7 +167,7 @@ pub fn run_batches(
 ) -> Result<Timing, Error> {
     let mut timing = Timing::default();
     let batch = batch.max(1);
-    let s = model.graph.input_type();
+    let s = engine.model().graph.input_type();
     let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(2 * batch);
     std::thread::scope(|scope| -> Result<(), Error> {
         let worker = scope.spawn(move || {
@@ -170,10 +198,8 @@ pub fn run_batches(
                 }
                 let x = Tensor::from_vec(&[*ready, s.channels, s.height, s.width], data)?;
                 let start = std::time::Instant::now();
-                let out =
-                    interp::run_threaded(&model.graph, model, &x, &[outputs::LOGITS], threads)?;
+                let logits = engine.logits(&x, threads)?;
                 timing.inference_s += start.elapsed().as_secs_f64();
-                let logits = &out[outputs::LOGITS];
                 let n = logits.shape()[1];
                 logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
             }

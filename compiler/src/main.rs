@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use cnx_compiler::backend::interp;
+use cnx_compiler::backend::jit::{JitModel, JitOptions};
 use cnx_compiler::backend::rust::EmitSpec;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
@@ -28,6 +29,8 @@ struct Cli {
 enum Emit {
     /// The Rust the `convnextv2!` macro expands to.
     Rust,
+    /// The Cranelift IR the JIT generates (random weights: their addresses are immediates).
+    Clif,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +56,9 @@ enum Command {
         /// Worker threads (default: one per core). Results do not depend on it.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        backend: Backend,
         #[command(flatten)]
         passes: PassFlags,
     },
@@ -116,6 +122,9 @@ enum Command {
         /// Run every op on the plain reference kernels (no packed GEMM), for comparison.
         #[arg(long)]
         reference_kernels: bool,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
         /// Also print where one forward pass spends its time, per op kind.
         #[arg(long)]
         profile: bool,
@@ -148,7 +157,7 @@ enum Command {
         /// One JSON object per image and line.
         #[arg(long)]
         json: bool,
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
         #[command(flatten)]
         passes: PassFlags,
@@ -202,8 +211,11 @@ enum Command {
 /// Which engine runs the graph.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Backend {
-    /// The reference interpreter over the runtime's kernels.
+    /// The interpreter over the runtime's ops and kernels.
     Interp,
+    /// The graph compiled by Cranelift at run time (memory-bound ops generated, matrix
+    /// products through the runtime).
+    Jit,
 }
 
 /// Which optimiser passes run.
@@ -257,6 +269,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             output,
             hidden_states,
             threads,
+            backend,
             passes,
         } => {
             let threads = threads.map_or_else(default_threads, |t| t as usize);
@@ -268,6 +281,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 &output,
                 hidden_states,
                 threads,
+                backend,
                 &pipeline,
             )
         }
@@ -307,6 +321,27 @@ fn dispatch(command: Command) -> Result<(), Error> {
                     .map_err(Error::Usage)?;
                     print!("{source}");
                 }
+                Emit::Clif => {
+                    let pipeline = if no_fuse {
+                        Pipeline::empty()
+                    } else {
+                        Pipeline::default_pipeline()
+                    };
+                    let graph = cnx_compiler::build_graph(&spec.config, input_hw)?;
+                    let store = cnx_runtime::WeightStore::from_tensors(random::random_parameters(
+                        &graph, 0,
+                    ))?;
+                    let loaded = LoadedModel::with_weights(spec, store, input_hw, &pipeline)?;
+                    let jit =
+                        JitModel::compile(loaded, &[outputs::LOGITS], JitOptions { verify: true })?;
+                    print!("{}", jit.clif());
+                    eprintln!(
+                        "cnx: {} generated steps, {} runtime calls, compiled in {:.0} ms",
+                        jit.generated_steps,
+                        jit.runtime_steps,
+                        jit.compile_time.as_secs_f64() * 1e3
+                    );
+                }
             }
             Ok(())
         }
@@ -318,7 +353,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             batch,
             threads,
             json,
-            backend: Backend::Interp,
+            backend,
             passes,
         } => {
             let pipeline = passes.pipeline()?;
@@ -328,6 +363,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 batch: batch as usize,
                 threads,
                 json,
+                backend,
             };
             classify_cmd(&model, weights.as_deref(), &inputs, &opts, &pipeline)
         }
@@ -373,6 +409,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             input_size,
             json,
             reference_kernels,
+            backend,
             profile,
             peak,
             passes,
@@ -394,6 +431,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
                 pipeline: &pipeline,
                 fused: !passes.no_fuse,
                 reference_kernels,
+                jit: matches!(backend, Backend::Jit),
             };
             let peak = peak.then(|| {
                 let isa = cnx_runtime::kernels::gemm::Isa::detect();
@@ -433,6 +471,9 @@ fn dispatch(command: Command) -> Result<(), Error> {
                         r.first_inference_ms,
                         r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
                     );
+                    if let Some(c) = r.jit_compile_ms {
+                        println!("  JIT compile {c:.0} ms");
+                    }
                     if let Some(pct) = r.percent_of_peak {
                         println!("  {pct:.1}% of the microkernel's peak");
                     }
@@ -450,6 +491,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &str,
     weights: Option<&std::path::Path>,
@@ -457,6 +499,7 @@ fn run(
     output: &std::path::Path,
     hidden_states: bool,
     threads: usize,
+    backend: Backend,
     pipeline: &Pipeline,
 ) -> Result<(), Error> {
     let start = Instant::now();
@@ -473,23 +516,37 @@ fn run(
         });
     }
     let loaded = LoadedModel::load_with(spec, weights, (shape[2], shape[3]), pipeline)?;
-    let loaded_at = start.elapsed();
+    let name = loaded.spec.name.clone();
     // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
     let mut wanted = outputs::all(loaded.spec.config.num_stages);
     if !hidden_states {
         wanted.truncate(3);
     }
     let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    let values =
-        interp::run_threaded(&loaded.graph, &loaded, &pixel_values, &wanted_refs, threads)?;
+    let loaded_at = start.elapsed();
+    let (values, compile): (std::collections::HashMap<String, cnx_runtime::Tensor>, _) =
+        match backend {
+            Backend::Interp => (
+                interp::run_threaded(&loaded.graph, &loaded, &pixel_values, &wanted_refs, threads)?
+                    .into_iter()
+                    .collect(),
+                None,
+            ),
+            Backend::Jit => {
+                let jit = JitModel::compile(loaded, &wanted_refs, JitOptions::default())?;
+                (jit.run(&pixel_values, threads)?, Some(jit.compile_time))
+            }
+        };
     let ran_at = start.elapsed();
     let arrays: Vec<(&str, &cnx_runtime::Tensor)> =
         wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
     io::write_npz(output, &arrays)?;
     let logits = &values[outputs::LOGITS];
+    let compile = compile.map_or(String::new(), |d| {
+        format!(" (JIT compile {:.0} ms)", d.as_secs_f64() * 1e3)
+    });
     eprintln!(
-        "cnx: {} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms; wrote {}",
-        loaded.spec.name,
+        "cnx: {name} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms{compile}; wrote {}",
         shape,
         logits.shape(),
         loaded_at.as_secs_f64() * 1e3,
@@ -504,6 +561,7 @@ struct ClassifyOptions {
     batch: usize,
     threads: usize,
     json: bool,
+    backend: Backend,
 }
 
 /// Loads a model for classification at its preprocessing size.
@@ -511,7 +569,8 @@ fn load_classifier(
     model: &str,
     weights: Option<&std::path::Path>,
     pipeline: &Pipeline,
-) -> Result<(LoadedModel, cnx_runtime::preprocess::PreprocessConfig), Error> {
+    backend: Backend,
+) -> Result<(classify::Engine, cnx_runtime::preprocess::PreprocessConfig), Error> {
     let spec = ModelSpec::resolve(model)?;
     if spec.config.num_labels() == 0 {
         return Err(Error::Usage(format!(
@@ -521,7 +580,15 @@ fn load_classifier(
     }
     let cfg = classify::preprocess_config(&spec)?;
     let loaded = LoadedModel::load_with(spec, weights, (cfg.size, cfg.size), pipeline)?;
-    Ok((loaded, cfg))
+    let engine = match backend {
+        Backend::Interp => classify::Engine::Interp(loaded),
+        Backend::Jit => classify::Engine::Jit(JitModel::compile(
+            loaded,
+            &[outputs::LOGITS],
+            JitOptions::default(),
+        )?),
+    };
+    Ok((engine, cfg))
 }
 
 /// A progress bar on stderr for runs of more than one batch; hidden when stderr is not a
@@ -547,8 +614,8 @@ fn classify_cmd(
     opts: &ClassifyOptions,
     pipeline: &Pipeline,
 ) -> Result<(), Error> {
-    let (loaded, cfg) = load_classifier(model, weights, pipeline)?;
-    let labels = loaded.spec.config.id2label.clone();
+    let (loaded, cfg) = load_classifier(model, weights, pipeline, opts.backend)?;
+    let labels = loaded.model().spec.config.id2label.clone();
     let inputs = classify::collect_inputs(inputs);
     if inputs.is_empty() {
         return Err(Error::Usage("no images found".into()));
@@ -633,8 +700,8 @@ fn eval_cmd(
     json: bool,
     pipeline: &Pipeline,
 ) -> Result<(), Error> {
-    let (loaded, cfg) = load_classifier(model, weights, pipeline)?;
-    let labels = loaded.spec.config.id2label.clone();
+    let (loaded, cfg) = load_classifier(model, weights, pipeline, Backend::Jit)?;
+    let labels = loaded.model().spec.config.id2label.clone();
     let read = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -704,13 +771,16 @@ fn eval_cmd(
     if json {
         println!(
             "{}",
-            serde_json::json!({"model": loaded.spec.name, "images": n, "failed": failed,
+            serde_json::json!({"model": loaded.model().spec.name, "images": n, "failed": failed,
                 "top1": acc1, "top5": acc5, "cross_entropy": mean_ce})
         );
     } else {
         println!(
             "{}: {n} images ({failed} failed): top-1 {:.4}, top-5 {:.4}, mean cross-entropy {:.4}",
-            loaded.spec.name, acc1, acc5, mean_ce
+            loaded.model().spec.name,
+            acc1,
+            acc5,
+            mean_ce
         );
     }
     if failed > 0 {
