@@ -98,13 +98,18 @@ fn jit_matches_the_interpreter_on_every_preset_size() {
 }
 
 #[test]
-fn jit_checks_its_input() {
+fn jit_runs_and_checks_its_input() {
     let spec = ModelSpec::resolve("atto-1k-224").unwrap();
     let graph = cnx_compiler::build_graph(&spec.config, (64, 64)).unwrap();
     let store = WeightStore::from_tensors(random::random_parameters(&graph, 1)).unwrap();
     let model =
         LoadedModel::with_weights(spec, store, (64, 64), &Pipeline::default_pipeline()).unwrap();
+    let x = random::random_pixel_values(&model.graph, 2, 9);
+    let want = interp::run(&model.graph, &model, &x, &["logits"]).unwrap();
     let jit = JitModel::compile(model, &["logits"], VERIFY).unwrap();
+    // A valid run (this test is the one CI runs under valgrind's memcheck).
+    let got = jit.run(&x, 2).unwrap();
+    assert!(relative_gap(&got["logits"], &want["logits"]) < 2e-5);
     let wrong = Tensor::zeros(&[1, 3, 64, 63]);
     assert!(jit.run(&wrong, 1).is_err());
     assert!(jit.run(&Tensor::zeros(&[0, 3, 64, 64]), 1).is_err());

@@ -407,6 +407,44 @@ fn depthwise_kernel(b: &mut FunctionBuilder<'_>, d: &Depthwise) {
             let pix = b.ins().iadd(pix, xo);
             let pix_bytes = b.ins().imul_imm_s(pix, 4 * c);
             let dst = b.ins().iadd(out, pix_bytes);
+            // Interior pixels (every tap inside the image): accumulators in registers, taps
+            // at immediate offsets. Border pixels: bounds-checked taps, accumulated in place.
+            let y_ok = {
+                let lo = b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, y, ph as i64);
+                let hi = b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedLessThan, y, h - (kh - 1 - ph) as i64);
+                b.ins().band(lo, hi)
+            };
+            let x_ok = {
+                let lo = b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, xo, pw as i64);
+                let hi = b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedLessThan, xo, w - (kw - 1 - pw) as i64);
+                b.ins().band(lo, hi)
+            };
+            let interior = b.ins().band(y_ok, x_ok);
+            let fast = b.create_block();
+            let slow = b.create_block();
+            let joined = b.create_block();
+            b.ins().brif(interior, fast, &[], slow, &[]);
+            b.switch_to_block(fast);
+            {
+                // The input pixel under tap (0, 0).
+                let iy = b.ins().iadd_imm_s(y, -(ph as i64));
+                let ix = b.ins().iadd_imm_s(xo, -(pw as i64));
+                let at = b.ins().imul_imm_s(iy, w);
+                let at = b.ins().iadd(at, ix);
+                let at = b.ins().imul_imm_s(at, 4 * c);
+                let origin = b.ins().iadd(image, at);
+                depthwise_taps_in_registers(b, d, origin, taps, bias, dst);
+            }
+            b.ins().jump(joined, &[]);
+            b.switch_to_block(slow);
             // Start from the bias.
             over_channels(b, d.channels, |b, off, ty| {
                 let src = b.ins().iadd(bias, off);
@@ -446,6 +484,8 @@ fn depthwise_kernel(b: &mut FunctionBuilder<'_>, d: &Depthwise) {
                     }
                 });
             }
+            b.ins().jump(joined, &[]);
+            b.switch_to_block(joined);
             if let Some((eps, affine)) = d.norm {
                 layer_norm_pixel(b, dst, d.channels, eps, affine);
             }
@@ -454,8 +494,66 @@ fn depthwise_kernel(b: &mut FunctionBuilder<'_>, d: &Depthwise) {
     b.ins().return_(&[]);
 }
 
-/// LayerNorm of one pixel's `channels` values at `dst`, in place: mean and biased variance in
-/// f64 (two passes, as the reference), then `(x - mean) / sqrt(var + eps) [* gamma + beta]`.
+/// One interior output pixel: `dst[c] = bias[c] + sum_taps x[tap][c] * w[tap][c]`, every tap
+/// a load at an immediate offset from `origin` (the input pixel under tap (0, 0)). Channels go
+/// four `F32X4` blocks at a time (four independent FMA chains hide the FMA latency), then
+/// single blocks, then scalars.
+fn depthwise_taps_in_registers(
+    b: &mut FunctionBuilder<'_>,
+    d: &Depthwise,
+    origin: Value,
+    taps: Value,
+    bias: Value,
+    dst: Value,
+) {
+    let f = flags();
+    let [kh, kw] = d.kernel;
+    let c = d.channels;
+    let row_bytes = 4 * (d.width * c) as i64;
+    let emit = |b: &mut FunctionBuilder<'_>, off: Value, ty: Type, lanes: usize| {
+        let x0 = b.ins().iadd(origin, off);
+        let t0 = b.ins().iadd(taps, off);
+        let b0 = b.ins().iadd(bias, off);
+        let width = if ty == types::F32 { 4 } else { 16 };
+        let mut acc: Vec<Value> = (0..lanes)
+            .map(|g| b.ins().load(ty, f, b0, (g * width) as i32))
+            .collect();
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let x_off = ky as i64 * row_bytes + 4 * (kx * c) as i64;
+                let t_off = 4 * ((ky * kw + kx) * c) as i64;
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let xv = b.ins().load(ty, f, x0, (x_off + (g * width) as i64) as i32);
+                    let tv = b.ins().load(ty, f, t0, (t_off + (g * width) as i64) as i32);
+                    *a = b.ins().fma(xv, tv, *a);
+                }
+            }
+        }
+        let o0 = b.ins().iadd(dst, off);
+        for (g, a) in acc.into_iter().enumerate() {
+            b.ins().store(f, a, o0, (g * width) as i32);
+        }
+    };
+    let groups = c / 16;
+    if groups > 0 {
+        for_n(b, groups as i64, |b, gi| {
+            let off = b.ins().imul_imm_s(gi, 64);
+            emit(b, off, types::F32X4, 4);
+        });
+    }
+    for blk in (groups * 4)..(c / 4) {
+        let off = b.ins().iconst(types::I64, 16 * blk as i64);
+        emit(b, off, types::F32X4, 1);
+    }
+    for ch in (c / 4) * 4..c {
+        let off = b.ins().iconst(types::I64, 4 * ch as i64);
+        emit(b, off, types::F32, 1);
+    }
+}
+
+/// LayerNorm of one pixel's `channels` values at `dst`, in place, vectorised: mean, then the
+/// biased variance from the deviations (two passes, f32 lanes as PyTorch's CPU LayerNorm
+/// keeps them), then `(x - mean) / sqrt(var + eps) [* gamma + beta]`.
 fn layer_norm_pixel(
     b: &mut FunctionBuilder<'_>,
     dst: Value,
@@ -464,61 +562,71 @@ fn layer_norm_pixel(
     affine: Option<(*const f32, *const f32)>,
 ) {
     let f = flags();
-    let sum = b.declare_var(types::F64);
-    let zero = b.ins().f64const(0.0);
-    b.def_var(sum, zero);
-    for_n(b, channels as i64, |b, ch| {
-        let at = b.ins().imul_imm_s(ch, 4);
-        let at = b.ins().iadd(dst, at);
-        let v = b.ins().load(types::F32, f, at, 0);
-        let v = b.ins().fpromote(types::F64, v);
-        let s = b.use_var(sum);
-        let s = b.ins().fadd(s, v);
-        b.def_var(sum, s);
-    });
-    let count = b.ins().f64const(channels as f64);
-    let s = b.use_var(sum);
-    let mean = b.ins().fdiv(s, count);
-    let sq = b.declare_var(types::F64);
-    b.def_var(sq, zero);
-    for_n(b, channels as i64, |b, ch| {
-        let at = b.ins().imul_imm_s(ch, 4);
-        let at = b.ins().iadd(dst, at);
-        let v = b.ins().load(types::F32, f, at, 0);
-        let v = b.ins().fpromote(types::F64, v);
-        let d = b.ins().fsub(v, mean);
-        let s = b.use_var(sq);
-        let s = b.ins().fma(d, d, s);
-        b.def_var(sq, s);
-    });
-    let s = b.use_var(sq);
-    let var = b.ins().fdiv(s, count);
-    let eps = b.ins().f64const(eps);
+    let zero = b.ins().f32const(0.0);
+    let zero4 = b.ins().splat(types::F32X4, zero);
+    // Sum of `term(x)` over the channels: an F32X4 accumulator and a scalar one.
+    let reduce = |b: &mut FunctionBuilder<'_>, square_from: Option<Value>| -> Value {
+        let vacc = b.declare_var(types::F32X4);
+        let sacc = b.declare_var(types::F32);
+        b.def_var(vacc, zero4);
+        b.def_var(sacc, zero);
+        over_channels(b, channels, |b, off, ty| {
+            let at = b.ins().iadd(dst, off);
+            let v = b.ins().load(ty, f, at, 0);
+            let (var, m) = if ty == types::F32 {
+                (sacc, square_from)
+            } else {
+                (vacc, square_from.map(|m| b.ins().splat(types::F32X4, m)))
+            };
+            let acc = b.use_var(var);
+            let acc = match m {
+                None => b.ins().fadd(acc, v),
+                Some(m) => {
+                    let d = b.ins().fsub(v, m);
+                    b.ins().fma(d, d, acc)
+                }
+            };
+            b.def_var(var, acc);
+        });
+        let v = b.use_var(vacc);
+        let mut total = b.use_var(sacc);
+        for lane in 0..4u8 {
+            let x = b.ins().extractlane(v, lane);
+            total = b.ins().fadd(total, x);
+        }
+        total
+    };
+    let count = b.ins().f32const(channels as f32);
+    let sum = reduce(b, None);
+    let mean = b.ins().fdiv(sum, count);
+    let sq = reduce(b, Some(mean));
+    let var = b.ins().fdiv(sq, count);
+    let eps = b.ins().f32const(eps as f32);
     let var = b.ins().fadd(var, eps);
     let std = b.ins().sqrt(var);
-    let one = b.ins().f64const(1.0);
+    let one = b.ins().f32const(1.0);
     let inv = b.ins().fdiv(one, std);
     let (gamma, beta) = match affine {
         Some((g, be)) => (Some(ptr_const(b, g)), Some(ptr_const(b, be))),
         None => (None, None),
     };
-    for_n(b, channels as i64, |b, ch| {
-        let off = b.ins().imul_imm_s(ch, 4);
+    over_channels(b, channels, |b, off, ty| {
         let at = b.ins().iadd(dst, off);
-        let v = b.ins().load(types::F32, f, at, 0);
-        let v = b.ins().fpromote(types::F64, v);
-        let d = b.ins().fsub(v, mean);
-        let mut y = b.ins().fmul(d, inv);
+        let v = b.ins().load(ty, f, at, 0);
+        let (m, k) = if ty == types::F32 {
+            (mean, inv)
+        } else {
+            (b.ins().splat(ty, mean), b.ins().splat(ty, inv))
+        };
+        let d = b.ins().fsub(v, m);
+        let mut y = b.ins().fmul(d, k);
         if let (Some(g), Some(be)) = (gamma, beta) {
             let ga = b.ins().iadd(g, off);
-            let gv = b.ins().load(types::F32, f, ga, 0);
-            let gv = b.ins().fpromote(types::F64, gv);
+            let gv = b.ins().load(ty, f, ga, 0);
             let ba = b.ins().iadd(be, off);
-            let bv = b.ins().load(types::F32, f, ba, 0);
-            let bv = b.ins().fpromote(types::F64, bv);
+            let bv = b.ins().load(ty, f, ba, 0);
             y = b.ins().fma(y, gv, bv);
         }
-        let y = b.ins().fdemote(types::F32, y);
         b.ins().store(f, y, at, 0);
     });
 }
