@@ -35,6 +35,11 @@ pub struct BenchResult {
     pub percent_of_peak: Option<f64>,
     /// JIT compile time (lowering + Cranelift), part of the first inference.
     pub jit_compile_ms: Option<f64>,
+    /// JIT: share of the timed runs spent in the runtime's ops (matrix products, patch convs,
+    /// head) and in generated kernels (depthwise conv + LayerNorm); the rest is generated
+    /// inline code (GRN scale, adds, permutes) and the schedule.
+    pub jit_runtime_share: Option<f64>,
+    pub jit_generated_kernel_share: Option<f64>,
 }
 
 /// What to measure.
@@ -149,12 +154,23 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         let forward = || engine.logits(&x, cfg.threads);
         forward()?;
         let first = start.elapsed();
+        if let crate::classify::Engine::Jit(j) = &engine {
+            j.take_time_split();
+        }
         let mut times: Vec<f64> = (0..cfg.runs)
             .map(|_| {
                 let t = Instant::now();
                 forward().map(|_| ms(t.elapsed()))
             })
             .collect::<Result<_, _>>()?;
+        let split = match &engine {
+            crate::classify::Engine::Jit(j) => {
+                let (runtime, kernels) = j.take_time_split();
+                let total: f64 = times.iter().sum::<f64>() / 1e3;
+                Some((runtime.as_secs_f64() / total, kernels.as_secs_f64() / total))
+            }
+            _ => None,
+        };
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let flops = 2.0 * macs as f64 * batch as f64;
@@ -179,6 +195,8 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             first_inference_ms: ms(first),
             peak_rss_mib: peak_rss_mib(),
             percent_of_peak: None,
+            jit_runtime_share: split.map(|s| s.0),
+            jit_generated_kernel_share: split.map(|s| s.1),
             jit_compile_ms: match &engine {
                 crate::classify::Engine::Jit(j) => Some(ms(j.compile_time)),
                 _ => None,

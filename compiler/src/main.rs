@@ -474,6 +474,15 @@ fn dispatch(command: Command) -> Result<(), Error> {
                     if let Some(c) = r.jit_compile_ms {
                         println!("  JIT compile {c:.0} ms");
                     }
+                    if let (Some(rt), Some(k)) = (r.jit_runtime_share, r.jit_generated_kernel_share)
+                    {
+                        println!(
+                            "  JIT time: runtime ops {:.1}%, generated kernels {:.1}%, generated inline code and schedule {:.1}%",
+                            100.0 * rt,
+                            100.0 * k,
+                            100.0 * (1.0 - rt - k)
+                        );
+                    }
                     if let Some(pct) = r.percent_of_peak {
                         println!("  {pct:.1}% of the microkernel's peak");
                     }

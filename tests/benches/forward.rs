@@ -1,6 +1,6 @@
-//! Whole forward passes side by side in one run: the interpreter over the fused graph and the
-//! code the `convnextv2!` macro generated for the same model, on the same random weights, the
-//! same pool and the same kernels.
+//! Whole forward passes side by side in one run: the interpreter over the fused graph, the
+//! Cranelift JIT and the code the `convnextv2!` macro generated, for the same model, on the
+//! same random weights, the same pool and the same kernels.
 //!
 //! `cargo bench -p cnx-tests --bench forward` (threads: `CNX_THREADS`, default all cores).
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cnx_compiler::backend::interp;
+use cnx_compiler::backend::jit::{JitModel, JitOptions};
 use cnx_compiler::passes::Pipeline;
 use cnx_compiler::{random, LoadedModel, ModelSpec};
 
@@ -34,6 +35,18 @@ fn forward(c: &mut Criterion) {
             LoadedModel::load_with(spec, Some(&path), (224, 224), &Pipeline::default_pipeline())
                 .unwrap();
         type Forward = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
+        let jit = JitModel::compile(
+            LoadedModel::load_with(
+                ModelSpec::resolve(preset).unwrap(),
+                Some(&path),
+                (224, 224),
+                &Pipeline::default_pipeline(),
+            )
+            .unwrap(),
+            &["logits"],
+            JitOptions { verify: false },
+        )
+        .unwrap();
         let generated: Forward = match preset {
             "atto-1k-224" => {
                 let m = Atto::load(&path).unwrap().with_threads(threads);
@@ -61,6 +74,9 @@ fn forward(c: &mut Criterion) {
                     )
                     .unwrap()
                 })
+            });
+            group.bench_function(BenchmarkId::new("jit", batch), |b| {
+                b.iter(|| jit.run(&pixel_values, threads).unwrap())
             });
             group.bench_function(BenchmarkId::new("macro", batch), |b| {
                 b.iter(|| generated(pixel_values.data(), batch))

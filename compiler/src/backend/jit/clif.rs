@@ -54,7 +54,7 @@ pub enum Step {
         sums_out: Option<Loc>,
     },
     /// Generated: the depthwise conv, its output rows split over the pool by
-    /// `cnx_jit_rows(kernel, x, out, rows)`.
+    /// `cnx_jit_rows(ctx, kernel, x, out, rows)`.
     Depthwise { conv: Depthwise, x: Loc, out: Loc },
     /// Generated: `s = 1 + gamma * sqrt(S_c) / (mean_c sqrt(S_c) + 1e-6)` per sample, from
     /// sums of squares `S` (f64, `[batch, channels]`), in f64, rounded once.
@@ -137,7 +137,7 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
         s
     };
     let node_sig = sig(&[types::I64; 8], Some(types::I32));
-    let rows_sig = sig(&[types::I64; 4], None);
+    let rows_sig = sig(&[types::I64; 5], None);
     let kernel_sig = sig(&[types::I64; 4], None);
     let entry_sig = sig(&[types::I64; 5], None);
     let node_fn = module
@@ -232,7 +232,7 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
                     let x = e.addr(&mut b, *x);
                     let out = e.addr(&mut b, *out);
                     let rows = b.ins().imul_imm_s(e.batch, conv.height as i64);
-                    b.ins().call(rows_ref, &[kaddr, x, out, rows]);
+                    b.ins().call(rows_ref, &[e.ctx, kaddr, x, out, rows]);
                 }
                 Step::GrnScale {
                     channels,

@@ -14,6 +14,7 @@
 mod clif;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,10 @@ struct NodeContext {
     nodes: Vec<NodeId>,
     /// The first error a shim met (reported after the entry returns).
     error: Mutex<Option<String>>,
+    /// Nanoseconds spent in runtime ops and in generated row kernels, since the last
+    /// [`JitModel::take_time_split`].
+    runtime_ns: AtomicU64,
+    kernels_ns: AtomicU64,
 }
 
 /// Options for [`JitModel::compile`].
@@ -244,6 +249,8 @@ impl JitModel {
             model: &*model,
             nodes,
             error: Mutex::new(None),
+            runtime_ns: AtomicU64::new(0),
+            kernels_ns: AtomicU64::new(0),
         });
         let program = clif::Program {
             steps,
@@ -273,6 +280,17 @@ impl JitModel {
     /// The compiled model's graph and weights.
     pub fn model(&self) -> &LoadedModel {
         &self.model
+    }
+
+    /// Time spent, since the last call, in the runtime's ops (matrix products, patch convs,
+    /// head) and in the generated row kernels (depthwise conv + LayerNorm); the rest of a run
+    /// is the generated inline steps (GRN scale, adds, permutes) and the schedule itself.
+    pub fn take_time_split(&self) -> (Duration, Duration) {
+        let take = |a: &AtomicU64| Duration::from_nanos(a.swap(0, Ordering::Relaxed));
+        (
+            take(&self.context.runtime_ns),
+            take(&self.context.kernels_ns),
+        )
     }
 
     /// The generated Cranelift IR.
@@ -376,6 +394,8 @@ extern "C" fn cnx_jit_node(
     let id = ctx.nodes[node as usize];
     let batch = batch as usize;
     let node_ref = graph.node(id);
+    let start = Instant::now();
+    let _timer = AddElapsed(&ctx.runtime_ns, start);
     let inputs = graph.inputs(id);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: the generated code passes, for this node, pointers to buffers planned for
@@ -415,7 +435,16 @@ extern "C" fn cnx_jit_node(
 
 /// Runs a generated row kernel `fn(x, out, row0, row1)` over `rows` rows, split into one
 /// contiguous range per pool thread.
-extern "C" fn cnx_jit_rows(kernel: *const u8, x: *const f32, out: *mut f32, rows: u64) {
+extern "C" fn cnx_jit_rows(
+    ctx: *const NodeContext,
+    kernel: *const u8,
+    x: *const f32,
+    out: *mut f32,
+    rows: u64,
+) {
+    // SAFETY: as in `cnx_jit_node`: the context of the running model.
+    let ctx = unsafe { &*ctx };
+    let _timer = AddElapsed(&ctx.kernels_ns, Instant::now());
     let rows = rows as usize;
     let threads = pool::threads();
     let per_task = rows.div_ceil(threads).max(1);
@@ -428,4 +457,14 @@ extern "C" fn cnx_jit_rows(kernel: *const u8, x: *const f32, out: *mut f32, rows
         let f: extern "C" fn(usize, usize, u64, u64) = unsafe { std::mem::transmute(kernel) };
         f(x, out, r0 as u64, r1 as u64);
     });
+}
+
+/// Adds the time since `.1` to the counter `.0` when dropped.
+struct AddElapsed<'a>(&'a AtomicU64, Instant);
+
+impl Drop for AddElapsed<'_> {
+    fn drop(&mut self) {
+        self.0
+            .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
 }

@@ -141,7 +141,12 @@ fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer with plain arithmetic.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // `n` as an integer, read from the mantissa of `shifted` (whose exponent is that of
+    // 1.5 * 2^23): bit arithmetic, which vectorises, unlike a float-to-int cast (scalarised
+    // for its saturation). Exact for the clamped range.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -149,7 +154,7 @@ fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    f32::from_bits(((n_int + 127) as u32) << 23) * p
 }
 
 /// Exact (erf) GELU in f32 through erfc (Numerical Recipes' `erfcc`, fractional error
