@@ -38,6 +38,26 @@ pub enum RunError {
     Graph(String),
 }
 
+/// The batch size of `pixel_values`, checked against `graph`'s input type (every backend
+/// checks its input with this before running anything).
+pub fn check_input(graph: &Graph, pixel_values: &Tensor) -> Result<usize, RunError> {
+    let input_ty = graph.input_type();
+    let shape = pixel_values.shape();
+    if shape.len() != 4 || shape[1..] != input_ty.dims()[..] {
+        return Err(RunError::InputShape {
+            channels: input_ty.channels,
+            height: input_ty.height,
+            width: input_ty.width,
+            found: shape.to_vec(),
+        });
+    }
+    let batch = shape[0];
+    if batch == 0 {
+        return Err(RunError::EmptyBatch);
+    }
+    Ok(batch)
+}
+
 /// Shape of a batch of values of type `ty`.
 pub fn batch_shape(batch: usize, ty: &ValueType) -> Vec<usize> {
     std::iter::once(batch).chain(ty.dims()).collect()
@@ -86,20 +106,7 @@ fn run_on_pool(
     wanted: &[&str],
     mut profile: Option<&mut Vec<(NodeId, std::time::Duration)>>,
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
-    let input_ty = graph.input_type();
-    let shape = pixel_values.shape();
-    if shape.len() != 4 || shape[1..] != input_ty.dims()[..] {
-        return Err(RunError::InputShape {
-            channels: input_ty.channels,
-            height: input_ty.height,
-            width: input_ty.width,
-            found: shape.to_vec(),
-        });
-    }
-    let batch = shape[0];
-    if batch == 0 {
-        return Err(RunError::EmptyBatch);
-    }
+    let batch = check_input(graph, pixel_values)?;
     let mut keep: Vec<NodeId> = Vec::new();
     for name in wanted {
         keep.push(

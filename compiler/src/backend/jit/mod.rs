@@ -306,20 +306,7 @@ impl JitModel {
         threads: usize,
     ) -> Result<HashMap<String, Tensor>, RunError> {
         let graph = &self.model.graph;
-        let input_ty = graph.input_type();
-        let shape = pixel_values.shape();
-        if shape.len() != 4 || shape[1..] != input_ty.dims()[..] {
-            return Err(RunError::InputShape {
-                channels: input_ty.channels,
-                height: input_ty.height,
-                width: input_ty.width,
-                found: shape.to_vec(),
-            });
-        }
-        let batch = shape[0];
-        if batch == 0 {
-            return Err(RunError::EmptyBatch);
-        }
+        let batch = interp::check_input(graph, pixel_values)?;
         let (first_name, first_id, _) = &self.outputs[0];
         let mut first = Tensor::zeros(&batch_shape(batch, &graph.node(*first_id).ty));
         let mut arena = self.arena.lock().unwrap_or_else(|e| e.into_inner());
