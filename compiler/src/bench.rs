@@ -143,18 +143,18 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
         let macs = model.graph.macs();
         let engine = if cfg.jit {
-            crate::classify::Engine::Jit(JitModel::compile(
+            crate::backend::Engine::Jit(JitModel::compile(
                 model,
                 &[outputs::LOGITS],
                 JitOptions::default(),
             )?)
         } else {
-            crate::classify::Engine::Interp(model)
+            crate::backend::Engine::Interp(model)
         };
         let forward = || engine.logits(&x, cfg.threads);
         forward()?;
         let first = start.elapsed();
-        if let crate::classify::Engine::Jit(j) = &engine {
+        if let crate::backend::Engine::Jit(j) = &engine {
             j.take_time_split();
         }
         let mut times: Vec<f64> = (0..cfg.runs)
@@ -164,7 +164,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             })
             .collect::<Result<_, _>>()?;
         let split = match &engine {
-            crate::classify::Engine::Jit(j) => {
+            crate::backend::Engine::Jit(j) => {
                 let (runtime, kernels) = j.take_time_split();
                 let total: f64 = times.iter().sum::<f64>() / 1e3;
                 Some((runtime.as_secs_f64() / total, kernels.as_secs_f64() / total))
@@ -177,8 +177,8 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         results.push(BenchResult {
             model: cfg.spec.name.clone(),
             backend: match (&engine, cfg.reference_kernels) {
-                (crate::classify::Engine::Jit(_), false) => "jit".into(),
-                (crate::classify::Engine::Jit(_), true) => "jit-reference".into(),
+                (crate::backend::Engine::Jit(_), false) => "jit".into(),
+                (crate::backend::Engine::Jit(_), true) => "jit-reference".into(),
                 (_, true) => "interp-reference".into(),
                 _ => "interp".into(),
             },
@@ -198,7 +198,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             jit_runtime_share: split.map(|s| s.0),
             jit_generated_kernel_share: split.map(|s| s.1),
             jit_compile_ms: match &engine {
-                crate::classify::Engine::Jit(j) => Some(ms(j.compile_time)),
+                crate::backend::Engine::Jit(j) => Some(ms(j.compile_time)),
                 _ => None,
             },
         });

@@ -8,9 +8,7 @@ use cnx_runtime::preprocess::{self, PreprocessConfig};
 use cnx_runtime::Tensor;
 use serde::Serialize;
 
-use crate::backend::interp;
-use crate::ir::outputs;
-use crate::{images, Error, LoadedModel, ModelSpec};
+use crate::{images, Error, ModelSpec};
 
 /// One label with its softmax probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,19 +30,15 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 
 /// The `k` most probable labels, most probable first (ties: lower index first).
 pub fn top_k(logits: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
-    let probs = softmax(logits);
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    order
+    cnx_runtime::compiled::ranked(logits, k)
         .into_iter()
-        .take(k)
-        .map(|i| Prediction {
+        .map(|(i, probability)| Prediction {
             index: i,
             label: labels
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("LABEL_{i}")),
-            probability: probs[i],
+            probability,
         })
         .collect()
 }
@@ -126,39 +120,11 @@ pub struct Timing {
     pub inference_s: f64,
 }
 
-/// What runs the forward passes: the interpreter, or the JIT-compiled graph.
-pub enum Engine {
-    Interp(LoadedModel),
-    Jit(crate::backend::jit::JitModel),
-}
-
-impl Engine {
-    /// The model (config, graph, weights).
-    pub fn model(&self) -> &LoadedModel {
-        match self {
-            Engine::Interp(m) => m,
-            Engine::Jit(j) => j.model(),
-        }
-    }
-
-    /// Logits of a batch of pixel values.
-    pub fn logits(&self, x: &Tensor, threads: usize) -> Result<Tensor, Error> {
-        let mut out = match self {
-            Engine::Interp(m) => interp::run_threaded(&m.graph, m, x, &[outputs::LOGITS], threads)?
-                .into_iter()
-                .collect::<std::collections::HashMap<_, _>>(),
-            Engine::Jit(j) => j.run(x, threads)?,
-        };
-        out.remove(outputs::LOGITS)
-            .ok_or_else(|| Error::Usage("the model has no logits".into()))
-    }
-}
-
 /// Classifies `inputs` in batches of `batch`: a worker thread decodes and preprocesses ahead
 /// (at most two batches) while the model runs; `emit` receives every input's outcome, in
 /// input order, as soon as its batch is done.
 pub fn run_batches(
-    engine: &Engine,
+    engine: &crate::backend::Engine,
     cfg: &PreprocessConfig,
     inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
     batch: usize,

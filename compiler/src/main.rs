@@ -579,7 +579,13 @@ fn load_classifier(
     weights: Option<&std::path::Path>,
     pipeline: &Pipeline,
     backend: Backend,
-) -> Result<(classify::Engine, cnx_runtime::preprocess::PreprocessConfig), Error> {
+) -> Result<
+    (
+        cnx_compiler::backend::Engine,
+        cnx_runtime::preprocess::PreprocessConfig,
+    ),
+    Error,
+> {
     let spec = ModelSpec::resolve(model)?;
     if spec.config.num_labels() == 0 {
         return Err(Error::Usage(format!(
@@ -590,8 +596,8 @@ fn load_classifier(
     let cfg = classify::preprocess_config(&spec)?;
     let loaded = LoadedModel::load_with(spec, weights, (cfg.size, cfg.size), pipeline)?;
     let engine = match backend {
-        Backend::Interp => classify::Engine::Interp(loaded),
-        Backend::Jit => classify::Engine::Jit(JitModel::compile(
+        Backend::Interp => cnx_compiler::backend::Engine::Interp(loaded),
+        Backend::Jit => cnx_compiler::backend::Engine::Jit(JitModel::compile(
             loaded,
             &[outputs::LOGITS],
             JitOptions::default(),

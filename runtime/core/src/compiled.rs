@@ -261,24 +261,31 @@ pub struct Prediction {
     pub probability: f32,
 }
 
-/// The `k` most probable labels of each row of `logits` (softmax in f64), best first; ties
-/// go to the lower index, as `torch.topk` on CPU gives them.
+/// The `k` most probable classes of one row of logits: `(index, probability)` (softmax in
+/// f64), best first; ties go to the lower index, as `torch.topk` on CPU gives them.
+pub fn ranked(row: &[f32], k: usize) -> Vec<(usize, f64)> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let total: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, (row[i] as f64 - max).exp() / total))
+        .collect()
+}
+
+/// The `k` most probable labels of each row of `logits`, best first (see [`ranked`]).
 pub fn top_k(logits: &[f32], labels: &'static [&'static str], k: usize) -> Vec<Vec<Prediction>> {
-    let n = labels.len().max(1);
     logits
-        .chunks(n)
+        .chunks(labels.len().max(1))
         .map(|row| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let total: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            order
+            ranked(row, k)
                 .into_iter()
-                .take(k)
-                .map(|i| Prediction {
-                    index: i,
-                    label: labels.get(i).copied().unwrap_or(""),
-                    probability: ((row[i] as f64 - max).exp() / total) as f32,
+                .map(|(index, p)| Prediction {
+                    index,
+                    label: labels.get(index).copied().unwrap_or(""),
+                    probability: p as f32,
                 })
                 .collect()
         })

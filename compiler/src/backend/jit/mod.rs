@@ -5,7 +5,7 @@
 //! offset (per image) in one arena, and the generated entry
 //! `extern "C" fn(ctx, input, output, arena, batch)` runs the ops in order with every shape,
 //! bound and offset an immediate. The memory-bound ops are generated code ([`clif`]: the
-//! depthwise conv with its LayerNorm, GRN's scale, residual adds, layout permutes); the
+//! depthwise conv with its LayerNorm, GRN's scale, elementwise adds, layout permutes); the
 //! linear layers, patch convs and the head call the runtime's ops (the same functions, kernels
 //! and prepared weights as the interpreter) through two registered symbols:
 //! `cnx_jit_node` (one op of the graph) and `cnx_jit_rows` (a generated kernel's rows split
@@ -389,12 +389,13 @@ extern "C" fn cnx_jit_node(
         // `batch` images of each operand's and the output's type (the memory plan's slots,
         // or the entry's input and output, whose sizes `JitModel::run` checked), and, where
         // the op has them, sums buffers of `batch x channels` f64.
-        let operands: Vec<&[f32]> = (0..n as usize)
-            .map(|k| unsafe {
-                let len = batch * graph.node(inputs[k]).ty.numel();
-                std::slice::from_raw_parts(*operands.add(k), len)
-            })
-            .collect();
+        // At most three operands (a linear layer's input, scale and residual): no allocation.
+        let mut slices: [&[f32]; 3] = [&[]; 3];
+        for (k, slot) in slices.iter_mut().enumerate().take(n as usize) {
+            let len = batch * graph.node(inputs[k]).ty.numel();
+            *slot = unsafe { std::slice::from_raw_parts(*operands.add(k), len) };
+        }
+        let operands = &slices[..n as usize];
         let y = unsafe { std::slice::from_raw_parts_mut(out, batch * node_ref.ty.numel()) };
         let producer_sums = match node_ref.op {
             Op::GrnScale { channels, .. } if !producer_sums.is_null() => unsafe {
@@ -408,7 +409,7 @@ extern "C" fn cnx_jit_node(
             }
             _ => None,
         };
-        interp::execute(graph, id, model, batch, &operands, producer_sums, y, sums)
+        interp::execute(graph, id, model, batch, operands, producer_sums, y, sums)
     }));
     let problem = match result {
         Ok(Ok(())) => return 0,
