@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use cnx_runtime::kernels::reference as k;
-use cnx_runtime::kernels::PreparedWeights;
+use cnx_runtime::kernels::{ActivationKernel, PreparedWeights};
 use cnx_runtime::ops::{self, ConvParams, LinearParams};
 use cnx_runtime::{pool, Tensor, WeightSource};
 
@@ -197,13 +197,15 @@ fn eval(
         producer_sums,
         out.data_mut(),
         side.as_deref_mut(),
+        None,
     )?;
     Ok((out, side))
 }
 
 /// Runs node `id` of `graph` on batch-first `operands`, writing its value to `out`; a linear
 /// layer that accumulates sums of squares writes them to `sums_out` (`batch x out_features`),
-/// a GRN scale reading its producer's sums gets them in `producer_sums`. The one op
+/// a GRN scale reading its producer's sums gets them in `producer_sums`; `activation_kernel`
+/// replaces the runtime's kernel for a linear layer's activation. The one op
 /// dispatcher: the interpreter and the JIT's calls into the runtime both use it.
 #[allow(clippy::too_many_arguments)]
 pub fn execute(
@@ -215,6 +217,7 @@ pub fn execute(
     producer_sums: &[f64],
     y: &mut [f32],
     sums_out: Option<&mut [f64]>,
+    activation_kernel: Option<ActivationKernel>,
 ) -> Result<(), RunError> {
     let node = graph.node(id);
     let param = |role: &str| -> Result<&[f32], RunError> {
@@ -268,6 +271,7 @@ pub fn execute(
                     Some(PreparedWeights::Gemm(w)) => Some(w),
                     _ => None,
                 },
+                activation_kernel,
             };
             let scale = l.input_scale.then(|| operands[1]);
             let residual = l.residual.then(|| operands[operands.len() - 1]);

@@ -27,6 +27,7 @@ fn linear(c: &mut Criterion) {
         let mut out = vec![0f32; m * n];
         let epilogue = LinearEpilogue {
             activation: Some(Activation::Gelu),
+            kernel: None,
             residual: None,
         };
         group.throughput(Throughput::Elements((2 * m * k_in * n) as u64));
@@ -43,6 +44,7 @@ fn linear(c: &mut Criterion) {
                         LinearPrologue::default(),
                         epilogue,
                         &mut out,
+                        None,
                     )
                 })
             });
@@ -60,6 +62,7 @@ fn linear(c: &mut Criterion) {
                         LinearPrologue::default(),
                         epilogue,
                         &mut out,
+                        None,
                     )
                 })
             });

@@ -131,6 +131,7 @@ impl Weights {
                 Some(PreparedWeights::Gemm(w)) => Some(w),
                 _ => None,
             },
+            activation_kernel: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! not touch the allocator.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -89,6 +90,54 @@ pub fn for_each_chunk_mut<T: Send>(
         // mutably borrowed for the whole call, so no one else reads or writes it meanwhile.
         let chunk = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), n) };
         task(i, chunk)
+    });
+}
+
+/// A task of [`for_each_region_pair_mut`]: its index and its regions of the two buffers.
+pub type RegionPairTask<'f, A, B> = dyn Fn(usize, &mut [A], &mut [B]) + Sync + 'f;
+
+/// Runs `task(i, &mut a[ra], &mut b[rb])` with `(ra, rb) = regions(i)` for each `i < tasks`,
+/// over the current pool. Each buffer's regions must be in bounds, in increasing order and
+/// disjoint (checked before any task runs; panics otherwise): uneven splits, such as a
+/// GEMM's row blocks with their per-block partial sums.
+///
+/// # Safety
+/// `regions` must be a pure function of `i` (it is called once to check the regions and again
+/// in each task: a closure returning other regions the second time could alias).
+pub unsafe fn for_each_region_pair_mut<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    tasks: usize,
+    regions: &(dyn Fn(usize) -> (Range<usize>, Range<usize>) + Sync),
+    task: &RegionPairTask<'_, A, B>,
+) {
+    let (mut a_end, mut b_end) = (0, 0);
+    for i in 0..tasks {
+        let (ra, rb) = regions(i);
+        assert!(
+            ra.start >= a_end && ra.start <= ra.end && rb.start >= b_end && rb.start <= rb.end,
+            "task {i}'s regions overlap an earlier task's or are reversed"
+        );
+        (a_end, b_end) = (ra.end, rb.end);
+    }
+    assert!(
+        a_end <= a.len() && b_end <= b.len(),
+        "regions out of bounds"
+    );
+    let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
+    parallel_for(tasks, &|i| {
+        let (ra, rb) = regions(i);
+        let (pa, pb) = (&pa, &pb);
+        // SAFETY: checked above: every region lies inside its buffer and no two tasks'
+        // regions overlap (`regions` returns the same here: the caller's contract); each
+        // index runs exactly once; both buffers are mutably borrowed for the whole call.
+        let (sa, sb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.0.add(ra.start), ra.len()),
+                std::slice::from_raw_parts_mut(pb.0.add(rb.start), rb.len()),
+            )
+        };
+        task(i, sa, sb)
     });
 }
 

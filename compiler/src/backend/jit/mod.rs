@@ -409,7 +409,17 @@ extern "C" fn cnx_jit_node(
             }
             _ => None,
         };
-        interp::execute(graph, id, model, batch, operands, producer_sums, y, sums)
+        interp::execute(
+            graph,
+            id,
+            model,
+            batch,
+            operands,
+            producer_sums,
+            y,
+            sums,
+            None,
+        )
     }));
     let problem = match result {
         Ok(Ok(())) => return 0,

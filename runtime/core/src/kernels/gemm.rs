@@ -130,15 +130,19 @@ impl PackedWeights {
 pub struct Epilogue<'a> {
     pub bias: &'a [f32],
     /// Applied after the bias, in place over each output row segment.
-    pub activation: Option<fn(&mut [f32])>,
+    pub activation: Option<super::ActivationKernel>,
     /// Added last: `[rows, N]`, the same rows as the output.
     pub residual: Option<&'a [f32]>,
 }
 
 /// `out[m, n] = epilogue(sum_k a[m, k] w[n, k])` for `rows` rows of `a` (`[rows, K]`).
 pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, out: &mut [f32]) {
-    gemm_panels(a, rows, w, 0..w.panels(), epilogue, out);
+    gemm_panels(a, rows, w, 0..w.panels(), epilogue, out, None);
 }
+
+/// Where a GEMM's epilogue accumulates the squares of its outputs: the region's partials,
+/// and the region row of the GEMM's first row.
+pub type SumsSink<'s, 'a> = (&'s mut super::reference::SquareSums<'a>, usize);
 
 /// [`gemm`] for the output columns of `panels` only (`NR` columns each, the last possibly
 /// fewer): `out` is `[rows, cols]` for those columns; `epilogue.bias` and
@@ -151,6 +155,7 @@ pub fn gemm_panels(
     panels: std::ops::Range<usize>,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
+    mut sums: Option<SumsSink<'_, '_>>,
 ) {
     let (k, n) = (w.k, w.n);
     let (mr, nr) = w.isa.tile();
@@ -189,14 +194,17 @@ pub fn gemm_panels(
                         for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
                             *d = t + b;
                         }
-                        if let Some(act) = epilogue.activation {
-                            act(dst);
+                        if let Some(act) = &epilogue.activation {
+                            act.apply(dst);
                         }
                         if let Some(res) = epilogue.residual {
                             let from = (r0 + i) * n + p * nr;
                             dst.iter_mut()
                                 .zip(&res[from..from + cols])
                                 .for_each(|(d, &r)| *d += r);
+                        }
+                        if let Some((sums, row0)) = sums.as_mut() {
+                            sums.add(*row0 + r0 + i, p * nr - col0, dst);
                         }
                     }
                 }
@@ -208,7 +216,9 @@ pub fn gemm_panels(
 /// The optimised twin of [`reference::linear_fused`](super::reference::linear_fused): the
 /// prologue (LayerNorm normalisation, GRN's per-sample scale) is applied while copying each
 /// [`MC`]-row block of A into a scratch buffer (the "packing" of A), the product runs on the
-/// packed weights, and bias, activation and residual are the GEMM's epilogue.
+/// packed weights, and bias, activation and residual are the GEMM's epilogue (with `sums`,
+/// GRN's sums of squares of the outputs too).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_fused_packed(
     x: &[f32],
     rows: usize,
@@ -217,12 +227,23 @@ pub fn linear_fused_packed(
     prologue: super::reference::LinearPrologue<'_>,
     epilogue: super::reference::LinearEpilogue<'_>,
     out: &mut [f32],
+    sums: Option<&mut super::reference::SquareSums<'_>>,
 ) {
-    linear_fused_packed_panels(x, rows, w, 0..w.panels(), bias, prologue, epilogue, out)
+    linear_fused_packed_panels(
+        x,
+        rows,
+        w,
+        0..w.panels(),
+        bias,
+        prologue,
+        epilogue,
+        out,
+        sums,
+    )
 }
 
 /// [`linear_fused_packed`] for the output columns of `panels` only (see [`gemm_panels`]);
-/// `epilogue.residual` covers all columns.
+/// `epilogue.residual` covers all columns, `sums` only these (`rows` rows).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_fused_packed_panels(
     x: &[f32],
@@ -233,12 +254,15 @@ pub fn linear_fused_packed_panels(
     prologue: super::reference::LinearPrologue<'_>,
     epilogue: super::reference::LinearEpilogue<'_>,
     out: &mut [f32],
+    mut sums: Option<&mut super::reference::SquareSums<'_>>,
 ) {
     let (k, n) = (w.k, w.n);
     let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * width);
-    let activation = epilogue.activation.map(super::Activation::f32_slice_fn);
+    let activation = epilogue
+        .activation
+        .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
     let scratch_len = if prologue.is_identity() {
         0
     } else {
@@ -270,6 +294,7 @@ pub fn linear_fused_packed_panels(
                 panels.clone(),
                 e,
                 &mut out[m0 * width..(m0 + mb) * width],
+                sums.as_deref_mut().map(|s| (s, m0)),
             );
         }
     })
@@ -445,7 +470,7 @@ mod tests {
                 let res = values(m * n, 4);
                 let mut want = vec![0.0; m * n];
                 reference::linear(&a, m, k, &w, Some(&bias), n, &mut want);
-                let relu: fn(&mut [f32]) = |v| v.iter_mut().for_each(|x| *x = x.max(0.0));
+                let relu = crate::kernels::ActivationKernel::of(crate::Activation::Relu);
                 let packed = PackedWeights::pack(&w, n, k, isa);
                 let mut got = vec![0.0; m * n];
                 let epilogue = Epilogue {
@@ -499,12 +524,13 @@ mod tests {
                 };
                 let epilogue = LinearEpilogue {
                     activation: act,
+                    kernel: None,
                     residual: residual.then_some(&res[..]),
                 };
                 let mut want = vec![0.0; m * n];
-                linear_fused(&x, m, k, &w, &bias, n, prologue, epilogue, &mut want);
+                linear_fused(&x, m, k, &w, &bias, n, prologue, epilogue, &mut want, None);
                 let mut got = vec![0.0; m * n];
-                linear_fused_packed(&x, m, &packed, &bias, prologue, epilogue, &mut got);
+                linear_fused_packed(&x, m, &packed, &bias, prologue, epilogue, &mut got, None);
                 let err = want
                     .iter()
                     .zip(&got)
@@ -540,8 +566,8 @@ mod tests {
             let left_cols = split * nr;
             let mut left = vec![0.0; m * left_cols];
             let mut right = vec![0.0; m * (n - left_cols)];
-            gemm_panels(&a, m, &packed, 0..split, e, &mut left);
-            gemm_panels(&a, m, &packed, split..packed.panels(), e, &mut right);
+            gemm_panels(&a, m, &packed, 0..split, e, &mut left, None);
+            gemm_panels(&a, m, &packed, split..packed.panels(), e, &mut right, None);
             for r in 0..m {
                 assert_eq!(
                     &whole[r * n..r * n + left_cols],
@@ -575,6 +601,97 @@ mod tests {
         let portable = run(Isa::Portable);
         for isa in Isa::available() {
             assert_eq!(run(isa), portable, "{isa:?}");
+        }
+    }
+
+    /// GRN's sums of squares accumulated in the epilogue are the bits of the separate pass
+    /// over the output (`sum_squares_into`), for whole calls, row regions split at a block
+    /// boundary, and column ranges; samples (97 rows) straddle the 64-row blocks.
+    #[test]
+    fn epilogue_sums_of_squares_equal_the_separate_pass() {
+        use crate::kernels::reference::{
+            combine_square_sums, sum_squares_into, LinearEpilogue, LinearPrologue, SquareSums,
+        };
+        use crate::kernels::ActivationKernel;
+        use crate::Activation;
+        let (samples, pixels, k, n) = (3, 97, 45, 70);
+        let m = samples * pixels;
+        let (x, w, bias) = (values(m * k, 17), values(n * k, 18), values(n, 19));
+        let segments = SquareSums::segment_count(0, m, pixels);
+        let prologue = LinearPrologue::default();
+        for isa in Isa::available() {
+            let packed = PackedWeights::pack(&w, n, k, isa);
+            for kernel in [None, Some(ActivationKernel::of(Activation::Gelu))] {
+                let epilogue = LinearEpilogue {
+                    activation: Some(Activation::Gelu),
+                    kernel,
+                    residual: None,
+                };
+                let mut out = vec![0.0; m * n];
+                let mut partials = vec![0.0; segments * n];
+                let mut sums = SquareSums::new(&mut partials, 0, m, pixels, n);
+                linear_fused_packed(
+                    &x,
+                    m,
+                    &packed,
+                    &bias,
+                    prologue,
+                    epilogue,
+                    &mut out,
+                    Some(&mut sums),
+                );
+                let mut got = vec![0.0; samples * n];
+                sums.combine_into(&mut got, n, 0);
+                let (mut partial, mut want) = (vec![0.0; n], vec![0.0; samples * n]);
+                sum_squares_into(&out, pixels, n, &mut partial, &mut want);
+                assert_eq!(got, want, "{isa:?} whole");
+
+                // Two row regions, split at row 128 (a block boundary inside sample 1).
+                let mut split_out = vec![0.0; m * n];
+                let mut split_sums = vec![0.0; samples * n];
+                for rows in [0..128, 128..m] {
+                    let count = SquareSums::segment_count(rows.start, rows.len(), pixels);
+                    let mut partials = vec![0.0; count * n];
+                    let mut sums =
+                        SquareSums::new(&mut partials, rows.start, rows.len(), pixels, n);
+                    linear_fused_packed(
+                        &x[rows.start * k..rows.end * k],
+                        rows.len(),
+                        &packed,
+                        &bias,
+                        prologue,
+                        epilogue,
+                        &mut split_out[rows.start * n..rows.end * n],
+                        Some(&mut sums),
+                    );
+                    sums.combine_into(&mut split_sums, n, 0);
+                }
+                assert_eq!(split_out, out);
+                assert_eq!(split_sums, want, "{isa:?} row split");
+
+                // Column ranges: panels 0..1 and 1.., each with its own partials.
+                let nr = packed.panel_width();
+                let mut col_sums = vec![0.0; samples * n];
+                for (panels, col0) in [(0..1, 0), (1..packed.panels(), nr)] {
+                    let width = (panels.end * nr).min(n) - col0;
+                    let mut part = vec![0.0; m * width];
+                    let mut partials = vec![0.0; segments * width];
+                    let mut sums = SquareSums::new(&mut partials, 0, m, pixels, width);
+                    linear_fused_packed_panels(
+                        &x,
+                        m,
+                        &packed,
+                        panels,
+                        &bias,
+                        prologue,
+                        epilogue,
+                        &mut part,
+                        Some(&mut sums),
+                    );
+                    combine_square_sums(&partials, 0, m, pixels, width, &mut col_sums, n, col0);
+                }
+                assert_eq!(col_sums, want, "{isa:?} column split");
+            }
         }
     }
 }

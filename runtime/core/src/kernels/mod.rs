@@ -10,7 +10,7 @@ pub mod conv;
 pub mod gemm;
 pub mod reference;
 
-pub use activation::Activation;
+pub use activation::{Activation, ActivationKernel};
 
 /// Weights rearranged once, at load, for an optimised kernel.
 #[derive(Debug, Clone)]

@@ -409,6 +409,133 @@ pub fn sum_squares_into(
     }
 }
 
+/// The segment (see [`sum_squares_partials`]) of global row `row`, numbered from 0: one per
+/// multiple of [`SUM_SQUARES_BLOCK`] and per sample boundary that is not one of those.
+pub fn sum_squares_segment(row: usize, rows_per_sample: usize) -> usize {
+    let (mut a, mut b) = (rows_per_sample, SUM_SQUARES_BLOCK);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    // Sample boundaries s * P that are block multiples: every (BLOCK / gcd)-th one.
+    let samples = row / rows_per_sample;
+    row / SUM_SQUARES_BLOCK + samples - samples / (SUM_SQUARES_BLOCK / a)
+}
+
+/// Per-segment partial sums of squares that a kernel's epilogue accumulates as it writes
+/// output rows (GRN's statistics, without a second pass over the output), for `rows` rows
+/// from global row `first_row` and `width` columns. Within a segment each column's squares
+/// are added in row order, and [`SquareSums::combine_into`] adds the segments to per-sample
+/// sums in order: the same bits as [`sum_squares_into`], whatever the tiling, provided
+/// regions of a split start at multiples of the block (or split the columns).
+#[derive(Debug)]
+pub struct SquareSums<'a> {
+    /// `[segments, width]`.
+    partials: &'a mut [f64],
+    first_row: usize,
+    rows: usize,
+    first_segment: usize,
+    rows_per_sample: usize,
+    width: usize,
+}
+
+impl<'a> SquareSums<'a> {
+    /// Segments covered by `rows` rows from global row `first_row`.
+    pub fn segment_count(first_row: usize, rows: usize, rows_per_sample: usize) -> usize {
+        if rows == 0 {
+            return 0;
+        }
+        sum_squares_segment(first_row + rows - 1, rows_per_sample)
+            - sum_squares_segment(first_row, rows_per_sample)
+            + 1
+    }
+
+    /// Zeroed partials in `buffer`, which holds exactly
+    /// `segment_count(first_row, rows, rows_per_sample) * width` values.
+    pub fn new(
+        buffer: &'a mut [f64],
+        first_row: usize,
+        rows: usize,
+        rows_per_sample: usize,
+        width: usize,
+    ) -> SquareSums<'a> {
+        assert_eq!(
+            buffer.len(),
+            Self::segment_count(first_row, rows, rows_per_sample) * width
+        );
+        buffer.fill(0.0);
+        SquareSums {
+            partials: buffer,
+            first_row,
+            rows,
+            first_segment: sum_squares_segment(first_row, rows_per_sample),
+            rows_per_sample,
+            width,
+        }
+    }
+
+    /// Adds the squares of `values`: row `row` of the region (global row `first_row + row`),
+    /// columns `col..col + values.len()`.
+    #[inline]
+    pub fn add(&mut self, row: usize, col: usize, values: &[f32]) {
+        assert!(row < self.rows && col + values.len() <= self.width);
+        let segment =
+            sum_squares_segment(self.first_row + row, self.rows_per_sample) - self.first_segment;
+        let at = segment * self.width + col;
+        for (p, &v) in self.partials[at..at + values.len()].iter_mut().zip(values) {
+            *p += v as f64 * v as f64;
+        }
+    }
+
+    /// Adds the partials, segment by segment in order, to `sums` (`[batch, n]`), columns
+    /// `col0..col0 + width`.
+    pub fn combine_into(&self, sums: &mut [f64], n: usize, col0: usize) {
+        combine_square_sums(
+            self.partials,
+            self.first_row,
+            self.rows,
+            self.rows_per_sample,
+            self.width,
+            sums,
+            n,
+            col0,
+        )
+    }
+}
+
+/// [`SquareSums::combine_into`] for partials (`[segments, width]`, as a [`SquareSums`] over
+/// those rows left them) whose borrow has ended.
+#[allow(clippy::too_many_arguments)]
+pub fn combine_square_sums(
+    partials: &[f64],
+    first_row: usize,
+    rows: usize,
+    rows_per_sample: usize,
+    width: usize,
+    sums: &mut [f64],
+    n: usize,
+    col0: usize,
+) {
+    let (per, end) = (rows_per_sample, first_row + rows);
+    assert_eq!(
+        partials.len(),
+        SquareSums::segment_count(first_row, rows, per) * width
+    );
+    let first_segment = sum_squares_segment(first_row, per);
+    let mut r = first_row;
+    while r < end {
+        let sample = r / per;
+        let segment = sum_squares_segment(r, per) - first_segment;
+        let partial = &partials[segment * width..(segment + 1) * width];
+        let at = sample * n + col0;
+        for (s, p) in sums[at..at + width].iter_mut().zip(partial) {
+            *s += p;
+        }
+        r = ((r / SUM_SQUARES_BLOCK + 1) * SUM_SQUARES_BLOCK)
+            .min((sample + 1) * per)
+            .min(end);
+    }
+}
+
 /// Sums partials, in the order given, into `[batch, channels]`.
 pub fn combine_sum_squares(
     partials: &[(usize, Vec<f64>)],
@@ -474,6 +601,8 @@ impl LinearPrologue<'_> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinearEpilogue<'a> {
     pub activation: Option<Activation>,
+    /// The optimised kernels' implementation of `activation` (default: the runtime's).
+    pub kernel: Option<super::ActivationKernel>,
     /// Added last, elementwise: `[rows, out_features]`.
     pub residual: Option<&'a [f32]>,
 }
@@ -490,6 +619,7 @@ pub fn linear_fused(
     prologue: LinearPrologue<'_>,
     epilogue: LinearEpilogue<'_>,
     out: &mut [f32],
+    mut sums: Option<&mut SquareSums<'_>>,
 ) {
     assert_eq!(x.len(), rows * in_features);
     assert_eq!(out.len(), rows * out_features);
@@ -508,6 +638,9 @@ pub fn linear_fused(
                     y += res[r * out_features + o];
                 }
                 out[r * out_features + o] = y;
+            }
+            if let Some(sums) = sums.as_deref_mut() {
+                sums.add(r, 0, &out[r * out_features..(r + 1) * out_features]);
             }
         }
     })
@@ -812,9 +945,10 @@ mod tests {
         };
         let epilogue = LinearEpilogue {
             activation: Some(Activation::Gelu),
+            kernel: None,
             residual: Some(&res),
         };
-        linear_fused(&x, rows, k, &w, &b, n, prologue, epilogue, &mut got);
+        linear_fused(&x, rows, k, &w, &b, n, prologue, epilogue, &mut got, None);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }

@@ -3,7 +3,7 @@
 
 use super::{Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
 use crate::kernels::reference as k;
-use crate::kernels::{conv, gemm, Activation, PreparedWeights};
+use crate::kernels::{conv, gemm, Activation, ActivationKernel, PreparedWeights};
 use crate::{pool, scratch};
 
 /// A convolution's parameters. `prepared`: the weight packed at load for the optimised
@@ -23,6 +23,9 @@ pub struct LinearParams<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     pub packed: Option<&'a gemm::PackedWeights>,
+    /// The packed GEMM's implementation of the layer's activation (default: the runtime's;
+    /// the JIT passes the one it generated).
+    pub activation_kernel: Option<ActivationKernel>,
 }
 
 /// `nn.Conv2d` (with its fused prologue and epilogue) from `input` to `output` typed values.
@@ -138,21 +141,43 @@ pub fn linear(
     };
     let rows = batch * pixels;
     let threads = pool::threads();
-    // Few rows (late stages at small batch): split the output columns over threads instead of
-    // the rows; every element is computed exactly as in the row split.
-    match p.packed {
-        Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
-            job.by_columns(w, rows, threads, out)
+    let n = l.out_features;
+    // GRN's statistics: per-segment partials accumulated by the epilogue (no second pass
+    // over the output), then added to the per-sample sums in segment order.
+    let segments = k::SquareSums::segment_count(0, rows, pixels);
+    let partials_len = if sums.is_some() { segments * n } else { 0 };
+    scratch::with_f64(partials_len, |partials| {
+        // Few rows (late stages at small batch): split the output columns over threads
+        // instead of the rows; every element is computed exactly as in the row split.
+        match p.packed {
+            Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
+                job.by_columns(w, rows, threads, out, sums.is_some().then_some(partials))
+            }
+            _ => job.by_rows(rows, threads, out, sums.is_some().then_some(partials)),
         }
-        _ => job.by_rows(rows, threads, out),
-    }
-    if let Some(sums) = sums {
-        // Fixed segments (64-row blocks and sample boundaries), summed in order: the same
-        // bits whatever the split (see `k::sum_squares_partials`).
-        scratch::with_f64(l.out_features, |partial| {
-            k::sum_squares_into(out, pixels, l.out_features, partial, sums)
-        });
-    }
+        if let Some(sums) = sums {
+            sums.fill(0.0);
+            match p.packed {
+                Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
+                    let part_width = w.panels().div_ceil(threads) * w.panel_width();
+                    for (i, part) in partials.chunks(segments * part_width).enumerate() {
+                        let width = part.len() / segments;
+                        k::combine_square_sums(
+                            part,
+                            0,
+                            rows,
+                            pixels,
+                            width,
+                            sums,
+                            n,
+                            i * part_width,
+                        );
+                    }
+                }
+                _ => k::combine_square_sums(partials, 0, rows, pixels, n, sums, n, 0),
+            }
+        }
+    });
 }
 
 /// One fused linear layer's operands and parameters.
@@ -166,7 +191,7 @@ struct LinearJob<'a> {
     pixels: usize,
 }
 
-impl LinearJob<'_> {
+impl<'a> LinearJob<'a> {
     /// The prologue for a kernel call whose first row is `first_row`.
     fn prologue(&self, first_row: usize) -> k::LinearPrologue<'_> {
         k::LinearPrologue {
@@ -179,52 +204,139 @@ impl LinearJob<'_> {
         }
     }
 
-    /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops).
-    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32]) {
+    fn epilogue(&self, residual: Option<&'a [f32]>) -> k::LinearEpilogue<'a> {
+        k::LinearEpilogue {
+            activation: self.l.activation,
+            kernel: self.p.activation_kernel,
+            residual,
+        }
+    }
+
+    /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops); with
+    /// `partials` (`[segments, N]`), each block's sums-of-squares segments.
+    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32], partials: Option<&mut [f64]>) {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
+        // Whole MC blocks (multiples of the sums' 64-row block): no segment straddles two.
         let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
-        pool::for_each_chunk_mut(out, rows_per_thread * n, &|chunk, y| {
-            let first_row = chunk * rows_per_thread;
+        let pixels = self.pixels;
+        let with_sums = partials.is_some();
+        let rows_of = move |t: usize| t * rows_per_thread..((t + 1) * rows_per_thread).min(rows);
+        let segments_of = move |t: usize| {
+            let r = rows_of(t);
+            if !with_sums || r.is_empty() {
+                return 0..0;
+            }
+            let first = k::sum_squares_segment(r.start, pixels);
+            first * n..(first + k::SquareSums::segment_count(r.start, r.len(), pixels)) * n
+        };
+        let task = |t: usize, y: &mut [f32], partials: &mut [f64]| {
+            let first_row = t * rows_per_thread;
             let x = &self.x[first_row * k_in..][..y.len() / n * k_in];
-            let prologue = self.prologue(first_row);
-            let epilogue = k::LinearEpilogue {
-                activation: self.l.activation,
-                residual: self.residual.map(|r| &r[first_row * n..][..y.len()]),
-            };
             let rows = x.len() / k_in;
+            let prologue = self.prologue(first_row);
+            let epilogue = self.epilogue(self.residual.map(|r| &r[first_row * n..][..y.len()]));
+            let mut sums =
+                with_sums.then(|| k::SquareSums::new(partials, first_row, rows, pixels, n));
             let p = self.p;
             match p.packed {
-                Some(w) => gemm::linear_fused_packed(x, rows, w, p.bias, prologue, epilogue, y),
-                None => k::linear_fused(x, rows, k_in, p.weight, p.bias, n, prologue, epilogue, y),
+                Some(w) => gemm::linear_fused_packed(
+                    x,
+                    rows,
+                    w,
+                    p.bias,
+                    prologue,
+                    epilogue,
+                    y,
+                    sums.as_mut(),
+                ),
+                None => k::linear_fused(
+                    x,
+                    rows,
+                    k_in,
+                    p.weight,
+                    p.bias,
+                    n,
+                    prologue,
+                    epilogue,
+                    y,
+                    sums.as_mut(),
+                ),
             }
-        });
+        };
+        let mut none: [f64; 0] = [];
+        let partials = partials.unwrap_or(&mut none);
+        // SAFETY: both region functions are pure functions of the task index.
+        unsafe {
+            pool::for_each_region_pair_mut(
+                out,
+                partials,
+                rows.div_ceil(rows_per_thread.max(1)),
+                &|t| {
+                    let r = rows_of(t);
+                    ((r.start * n..r.end * n), segments_of(t))
+                },
+                &task,
+            )
+        }
     }
 
     /// Threads over ranges of output-column panels of the packed GEMM: each task writes its
     /// columns, for all rows, to its own contiguous part of a scratch buffer, which is then
-    /// scattered into the row-major output.
-    fn by_columns(&self, w: &gemm::PackedWeights, rows: usize, threads: usize, out: &mut [f32]) {
+    /// scattered into the row-major output; with `partials`, each task's sums-of-squares
+    /// segments for its columns, in its own contiguous part too.
+    fn by_columns(
+        &self,
+        w: &gemm::PackedWeights,
+        rows: usize,
+        threads: usize,
+        out: &mut [f32],
+        partials: Option<&mut [f64]>,
+    ) {
         let n = self.l.out_features;
-        let epilogue = k::LinearEpilogue {
-            activation: self.l.activation,
-            residual: self.residual,
-        };
+        let epilogue = self.epilogue(self.residual);
         let per_thread = w.panels().div_ceil(threads);
         let part_width = per_thread * w.panel_width();
+        let tasks = n.div_ceil(part_width);
+        let segments = k::SquareSums::segment_count(0, rows, self.pixels);
+        let with_sums = partials.is_some();
+        let width_of = move |t: usize| part_width.min(n - t * part_width);
+        let mut none: [f64; 0] = [];
+        let partials = partials.unwrap_or(&mut none);
         scratch::with_f32(rows * n, |parts| {
-            pool::for_each_chunk_mut(parts, rows * part_width, &|i, part| {
-                let panels = i * per_thread..((i + 1) * per_thread).min(w.panels());
-                gemm::linear_fused_packed_panels(
-                    self.x,
-                    rows,
-                    w,
-                    panels,
-                    self.p.bias,
-                    self.prologue(0),
-                    epilogue,
-                    part,
-                );
-            });
+            // SAFETY: both region functions are pure functions of the task index.
+            unsafe {
+                pool::for_each_region_pair_mut(
+                    parts,
+                    partials,
+                    tasks,
+                    &|t| {
+                        let (at, width) = (t * part_width, width_of(t));
+                        let sums = if with_sums {
+                            segments * at..segments * (at + width)
+                        } else {
+                            0..0
+                        };
+                        (rows * at..rows * (at + width), sums)
+                    },
+                    &|t, part, partials| {
+                        let panels = t * per_thread..((t + 1) * per_thread).min(w.panels());
+                        let mut sums = with_sums.then(|| {
+                            k::SquareSums::new(partials, 0, rows, self.pixels, width_of(t))
+                        });
+                        gemm::linear_fused_packed_panels(
+                            self.x,
+                            rows,
+                            w,
+                            panels,
+                            self.p.bias,
+                            self.prologue(0),
+                            epilogue,
+                            part,
+                            sums.as_mut(),
+                        );
+                    },
+                )
+            }
             for (i, part) in parts.chunks(rows * part_width).enumerate() {
                 let (col0, width) = (i * part_width, part.len() / rows);
                 for (r, src) in part.chunks_exact(width).enumerate() {
@@ -328,6 +440,7 @@ pub fn pool_norm_linear(
             prologue,
             k::LinearEpilogue::default(),
             out,
+            None,
         );
     })
 }
