@@ -187,15 +187,27 @@ pub fn gemm_panels(
                         &edge_rows[..]
                     };
                     microkernel(w.isa, a_tile, k, panel, tile);
+                    let bias = &epilogue.bias[p * nr..p * nr + cols];
+                    if let Some(act) = &epilogue.activation {
+                        // Bias, then the activation over the whole tile in one call: its
+                        // rows' vectors are independent, so a long polynomial's latency
+                        // overlaps (one call per 32-float row left it latency-bound). The
+                        // padding columns hold 0 (zero-padded panel) and are not stored.
+                        for row in tile[..rs * nr].chunks_exact_mut(nr) {
+                            row.iter_mut().zip(bias).for_each(|(t, &b)| *t += b);
+                        }
+                        act.apply(&mut tile[..rs * nr]);
+                    }
                     for i in 0..rs {
                         let at = (r0 + i) * width + p * nr - col0;
                         let dst = &mut out[at..at + cols];
-                        let bias = &epilogue.bias[p * nr..p * nr + cols];
-                        for ((d, &t), &b) in dst.iter_mut().zip(&tile[i * nr..]).zip(bias) {
-                            *d = t + b;
-                        }
-                        if let Some(act) = &epilogue.activation {
-                            act.apply(dst);
+                        let row = &tile[i * nr..i * nr + cols];
+                        if epilogue.activation.is_some() {
+                            dst.copy_from_slice(row);
+                        } else {
+                            for ((d, &t), &b) in dst.iter_mut().zip(row).zip(bias) {
+                                *d = t + b;
+                            }
                         }
                         if let Some(res) = epilogue.residual {
                             let from = (r0 + i) * n + p * nr;
