@@ -278,7 +278,13 @@ pub fn execute(
             let sums = if l.sum_squares { sums_out } else { None };
             ops::linear(&l, out_ty.pixels(), batch, p, x, scale, residual, y, sums);
         }
-        Op::Activation(act) => ops::activation(act, x, y),
+        Op::Activation(act) => match activation_kernel {
+            Some(kernel) => {
+                y.copy_from_slice(x);
+                kernel.apply(y);
+            }
+            None => ops::activation(act, x, y),
+        },
         Op::Grn { channels } => ops::grn(
             channels,
             &out_ty,

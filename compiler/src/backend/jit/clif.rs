@@ -88,12 +88,16 @@ pub struct Program {
     pub rows_shim: *const u8,
     /// Run the Cranelift verifier on every function.
     pub verify: bool,
+    /// Generate the exact-GELU kernel (for the runtime's GEMM epilogues to call).
+    pub gelu: bool,
 }
 
 /// JIT-compiled code: the entry point and the module that owns its memory.
 pub struct Compiled {
     _module: JITModule,
     pub entry: *const u8,
+    /// `extern "C" fn(ptr: *mut f32, len: usize)`: exact GELU in place, when asked for.
+    pub gelu: Option<*const u8>,
     /// The Cranelift IR of every function, for reading.
     pub clif: String,
 }
@@ -140,6 +144,7 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
     let rows_sig = sig(&[types::I64; 5], None);
     let kernel_sig = sig(&[types::I64; 4], None);
     let entry_sig = sig(&[types::I64; 5], None);
+    let gelu_sig = sig(&[types::I64; 2], None);
     let node_fn = module
         .declare_function("cnx_jit_node", Linkage::Import, &node_sig)
         .map_err(err)?;
@@ -176,6 +181,29 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
         module.clear_context(&mut ctx);
         kernels.push(Some(id));
     }
+
+    // The activation kernel the runtime's GEMM epilogues call.
+    let gelu_id = if program.gelu {
+        let id = module
+            .declare_function("gelu", Linkage::Local, &gelu_sig)
+            .map_err(err)?;
+        ctx.func.signature = gelu_sig.clone();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            gelu_kernel(&mut b);
+            b.seal_all_blocks();
+            b.finalize(frontend);
+        }
+        clif.push_str(&format!(
+            "; exact GELU, in place (the GEMM epilogues' activation)\n{}\n",
+            ctx.func.display()
+        ));
+        module.define_function(id, &mut ctx).map_err(err)?;
+        module.clear_context(&mut ctx);
+        Some(id)
+    } else {
+        None
+    };
 
     // The entry: the schedule.
     let entry_id = module
@@ -277,9 +305,11 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
     module.clear_context(&mut ctx);
     module.finalize_definitions().map_err(err)?;
     let entry = module.get_finalized_function(entry_id);
+    let gelu = gelu_id.map(|id| module.get_finalized_function(id));
     Ok(Compiled {
         _module: module,
         entry,
+        gelu,
         clif,
     })
 }
@@ -687,6 +717,146 @@ fn grn_scale(
     });
 }
 
+/// `fn(ptr, len)`: exact GELU in place over `len` f32 values, `F32X4` blocks (four per
+/// iteration, independent, so the polynomial's latency overlaps) then single lanes. The
+/// runtime's `gelu_f32` step for step, every multiply-add one `fma`: the same bits.
+fn gelu_kernel(b: &mut FunctionBuilder<'_>) {
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    let p = b.block_params(block).to_vec();
+    let (ptr, len) = (p[0], p[1]);
+    let f = flags();
+    let zero = b.ins().iconst(types::I64, 0);
+    const UNROLL: i64 = 4;
+    let groups = b.ins().udiv_imm_u(len, 4 * UNROLL);
+    for_range(b, zero, groups, 1, |b, g| {
+        let base = b.ins().imul_imm_s(g, 16 * UNROLL);
+        let at = b.ins().iadd(ptr, base);
+        let xs: Vec<Value> = (0..UNROLL)
+            .map(|u| b.ins().load(types::F32X4, f, at, 16 * u as i32))
+            .collect();
+        for (u, x) in xs.into_iter().enumerate() {
+            let y = gelu_value(b, x, types::F32X4);
+            b.ins().store(f, y, at, 16 * u as i32);
+        }
+    });
+    let tail = b.ins().imul_imm_s(groups, 4 * UNROLL);
+    for_range(b, tail, len, 1, |b, i| {
+        let off = b.ins().imul_imm_s(i, 4);
+        let at = b.ins().iadd(ptr, off);
+        let x = b.ins().load(types::F32, f, at, 0);
+        let y = gelu_value(b, x, types::F32);
+        b.ins().store(f, y, at, 0);
+    });
+    b.ins().return_(&[]);
+}
+
+/// An f32 constant as a `ty` value (`F32`, or splat to `F32X4`).
+fn f32_splat(b: &mut FunctionBuilder<'_>, ty: Type, v: f32) -> Value {
+    let c = b.ins().f32const(v);
+    if ty == types::F32 {
+        c
+    } else {
+        b.ins().splat(ty, c)
+    }
+}
+
+/// `runtime::kernels::activation::gelu_f32` on `x` (`F32` or `F32X4`).
+fn gelu_value(b: &mut FunctionBuilder<'_>, x: Value, ty: Type) -> Value {
+    use cnx_runtime::kernels::activation::GELU_ERFC_POLY;
+    let ax = b.ins().fabs(x);
+    let c = f32_splat(b, ty, std::f32::consts::FRAC_1_SQRT_2);
+    let z = b.ins().fmul(ax, c);
+    let half = f32_splat(b, ty, 0.5);
+    let one = f32_splat(b, ty, 1.0);
+    let hz = b.ins().fmul(half, z);
+    let d = b.ins().fadd(one, hz);
+    let t = b.ins().fdiv(one, d);
+    let mut poly = f32_splat(b, ty, GELU_ERFC_POLY[0]);
+    for &coef in &GELU_ERFC_POLY[1..] {
+        let c = f32_splat(b, ty, coef);
+        poly = b.ins().fma(poly, t, c);
+    }
+    let neg_z = b.ins().fneg(z);
+    let arg = b.ins().fma(neg_z, z, poly);
+    let e = exp_value(b, arg, ty);
+    let erfc = b.ins().fmul(t, e);
+    // x >= 0: x (1 - erfc / 2); else x erfc / 2.
+    let he = b.ins().fmul(half, erfc);
+    let om = b.ins().fsub(one, he);
+    let pos = b.ins().fmul(x, om);
+    let hx = b.ins().fmul(half, x);
+    let neg = b.ins().fmul(hx, erfc);
+    let zero = f32_splat(b, ty, 0.0);
+    let ge = b.ins().fcmp(
+        cranelift_codegen::ir::condcodes::FloatCC::GreaterThanOrEqual,
+        x,
+        zero,
+    );
+    if ty == types::F32 {
+        b.ins().select(ge, pos, neg)
+    } else {
+        // A lane mask (all ones where true) in the float type, for a bitwise select.
+        let mask = b.ins().bitcast(ty, lanes_flags(), ge);
+        b.ins().bitselect(mask, pos, neg)
+    }
+}
+
+/// Flags for a bitcast between vector types (lane order: little-endian, x86's).
+fn lanes_flags() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
+/// The runtime's `exp_f32` on `x` (`F32` or `F32X4`): `2^n` from the rounding trick's
+/// mantissa bits, the Taylor polynomial by `fma`.
+fn exp_value(b: &mut FunctionBuilder<'_>, x: Value, ty: Type) -> Value {
+    use cnx_runtime::kernels::activation::{
+        EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND,
+    };
+    let int_ty = if ty == types::F32 {
+        types::I32
+    } else {
+        types::I32X4
+    };
+    let lo = f32_splat(b, ty, EXP_MIN);
+    let hi = f32_splat(b, ty, EXP_MAX);
+    let x = b.ins().fmax(x, lo);
+    let x = b.ins().fmin(x, hi);
+    let log2e = f32_splat(b, ty, LOG2E);
+    let round = f32_splat(b, ty, ROUND);
+    let xl = b.ins().fmul(x, log2e);
+    let shifted = b.ins().fadd(xl, round);
+    let n = b.ins().fsub(shifted, round);
+    let bits = b.ins().bitcast(int_ty, lanes_flags(), shifted);
+    let round_bits = b.ins().iconst(types::I32, ROUND.to_bits() as i64);
+    let bias = b.ins().iconst(types::I32, 127);
+    let (round_bits, bias) = if ty == types::F32 {
+        (round_bits, bias)
+    } else {
+        (
+            b.ins().splat(int_ty, round_bits),
+            b.ins().splat(int_ty, bias),
+        )
+    };
+    let n_int = b.ins().isub(bits, round_bits);
+    let ln2_hi = f32_splat(b, ty, LN2_HI);
+    let ln2_lo = f32_splat(b, ty, LN2_LO);
+    let nh = b.ins().fmul(n, ln2_hi);
+    let r = b.ins().fsub(x, nh);
+    let nl = b.ins().fmul(n, ln2_lo);
+    let r = b.ins().fsub(r, nl);
+    let mut p = f32_splat(b, ty, EXP_POLY[0]);
+    for &coef in &EXP_POLY[1..] {
+        let c = f32_splat(b, ty, coef);
+        p = b.ins().fma(p, r, c);
+    }
+    let e = b.ins().iadd(n_int, bias);
+    let e = b.ins().ishl_imm_u(e, 23);
+    let pow = b.ins().bitcast(ty, lanes_flags(), e);
+    b.ins().fmul(pow, p)
+}
+
 /// `out = a + b` over `total` f32 values.
 fn add(b: &mut FunctionBuilder<'_>, x: Value, y: Value, out: Value, total: Value) {
     let f = flags();
@@ -750,4 +920,56 @@ fn transpose(
             });
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generated GELU gives the runtime's bits (the same steps, each multiply-add one
+    /// fma) on every value class: both tails, zero, the erfc polynomial's range, lengths
+    /// that leave a scalar tail, and an unaligned start.
+    #[test]
+    fn generated_gelu_equals_the_runtimes() {
+        let program = Program {
+            steps: Vec::new(),
+            node_shim: std::ptr::null(),
+            rows_shim: std::ptr::null(),
+            verify: true,
+            gelu: true,
+        };
+        let code = compile(&program).unwrap();
+        // SAFETY: the kernel compiled above, `extern "C" fn(*mut f32, usize)`, which touches
+        // exactly the `len` floats given.
+        let gelu: unsafe extern "C" fn(*mut f32, usize) =
+            unsafe { std::mem::transmute(code.gelu.unwrap()) };
+        let mut values: Vec<f32> = (-30000..30000)
+            .map(|i| i as f32 * 0.00041 + 0.0001)
+            .collect();
+        values.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            100.0,
+            -100.0,
+            1e30,
+            -1e30,
+            f32::MAX,
+            -f32::MAX,
+        ]);
+        for len in [values.len(), 1, 3, 15, 17, 33] {
+            for start in [0, 1] {
+                let slice = &values[start..(start + len).min(values.len())];
+                let mut want = slice.to_vec();
+                cnx_runtime::kernels::activation::gelu_slice(&mut want);
+                let mut got = slice.to_vec();
+                // SAFETY: `got` owns `got.len()` floats.
+                unsafe { gelu(got.as_mut_ptr(), got.len()) };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "x = {}: {g} vs {w}", slice[i]);
+                }
+            }
+        }
+    }
 }

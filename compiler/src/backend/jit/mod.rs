@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cnx_runtime::kernels::PreparedWeights;
+use cnx_runtime::kernels::{Activation, ActivationKernel, PreparedWeights};
 use cnx_runtime::{pool, Tensor, WeightSource};
 
 use super::interp::{self, batch_shape, RunError};
@@ -50,6 +50,8 @@ pub struct JitModel {
 struct NodeContext {
     model: *const LoadedModel,
     nodes: Vec<NodeId>,
+    /// The generated exact GELU, for the runtime ops whose activation it is.
+    gelu: Option<ActivationKernel>,
     /// The first error a shim met (reported after the entry returns).
     error: Mutex<Option<String>>,
     /// Nanoseconds spent in runtime ops and in generated row kernels, since the last
@@ -245,20 +247,34 @@ impl JitModel {
             generated += 1;
             steps.push(step);
         }
-        let context = Box::new(NodeContext {
-            model: &*model,
-            nodes,
-            error: Mutex::new(None),
-            runtime_ns: AtomicU64::new(0),
-            kernels_ns: AtomicU64::new(0),
-        });
+        let gelu = nodes
+            .iter()
+            .any(|&id| generated_activation(&graph.node(id).op).is_some());
         let program = clif::Program {
             steps,
             node_shim: cnx_jit_node as *const u8,
             rows_shim: cnx_jit_rows as *const u8,
             verify: options.verify,
+            gelu,
         };
         let code = clif::compile(&program).map_err(RunError::Graph)?;
+        let context = Box::new(NodeContext {
+            model: &*model,
+            nodes,
+            // SAFETY: the generated GELU is `extern "C" fn(*mut f32, usize)`, touches only
+            // the `len` floats at its pointer (its loops stop at `len`), keeps no state (any
+            // thread may call it), and its code lives in `code`'s module, which the
+            // `JitModel` owns alongside this context.
+            gelu: code.gelu.map(|f| unsafe {
+                ActivationKernel::generated(std::mem::transmute::<
+                    *const u8,
+                    unsafe extern "C" fn(*mut f32, usize),
+                >(f))
+            }),
+            error: Mutex::new(None),
+            runtime_ns: AtomicU64::new(0),
+            kernels_ns: AtomicU64::new(0),
+        });
         let outputs = wanted
             .iter()
             .zip(&wanted_ids)
@@ -409,6 +425,7 @@ extern "C" fn cnx_jit_node(
             }
             _ => None,
         };
+        let activation = generated_activation(&node_ref.op).and(ctx.gelu);
         interp::execute(
             graph,
             id,
@@ -418,7 +435,7 @@ extern "C" fn cnx_jit_node(
             producer_sums,
             y,
             sums,
-            None,
+            activation,
         )
     }));
     let problem = match result {
@@ -429,6 +446,16 @@ extern "C" fn cnx_jit_node(
     let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
     error.get_or_insert(problem);
     1
+}
+
+/// The activation of a runtime op that the generated code provides: exact GELU, in a linear
+/// layer's epilogue or on its own (other activations run the runtime's kernels).
+fn generated_activation(op: &Op) -> Option<Activation> {
+    match op {
+        Op::Linear(l) if l.activation == Some(Activation::Gelu) => Some(Activation::Gelu),
+        Op::Activation(Activation::Gelu) => Some(Activation::Gelu),
+        _ => None,
+    }
 }
 
 /// Runs a generated row kernel `fn(x, out, row0, row1)` over `rows` rows, split into one
