@@ -752,14 +752,15 @@ fn gelu_kernel(b: &mut FunctionBuilder<'_>) {
     b.ins().return_(&[]);
 }
 
-/// An f32 constant as a `ty` value (`F32`, or splat to `F32X4`).
+/// An f32 constant as a `ty` value: `F32`, or an `F32X4` constant-pool vector (one load,
+/// which x64 folds into its user, instead of a scalar move and a shuffle).
 fn f32_splat(b: &mut FunctionBuilder<'_>, ty: Type, v: f32) -> Value {
-    let c = b.ins().f32const(v);
     if ty == types::F32 {
-        c
-    } else {
-        b.ins().splat(ty, c)
+        return b.ins().f32const(v);
     }
+    let bytes: Vec<u8> = std::iter::repeat_n(v.to_le_bytes(), 4).flatten().collect();
+    let handle = b.func.dfg.constants.insert(bytes.into());
+    b.ins().vconst(ty, handle)
 }
 
 /// `runtime::kernels::activation::gelu_f32` on `x` (`F32` or `F32X4`).
@@ -829,14 +830,18 @@ fn exp_value(b: &mut FunctionBuilder<'_>, x: Value, ty: Type) -> Value {
     let shifted = b.ins().fadd(xl, round);
     let n = b.ins().fsub(shifted, round);
     let bits = b.ins().bitcast(int_ty, lanes_flags(), shifted);
-    let round_bits = b.ins().iconst(types::I32, ROUND.to_bits() as i64);
-    let bias = b.ins().iconst(types::I32, 127);
     let (round_bits, bias) = if ty == types::F32 {
-        (round_bits, bias)
-    } else {
         (
-            b.ins().splat(int_ty, round_bits),
-            b.ins().splat(int_ty, bias),
+            b.ins().iconst(types::I32, ROUND.to_bits() as i64),
+            b.ins().iconst(types::I32, 127),
+        )
+    } else {
+        // The same bits as f32 vectors, read as i32 lanes.
+        let r = f32_splat(b, ty, ROUND);
+        let e = f32_splat(b, ty, f32::from_bits(127));
+        (
+            b.ins().bitcast(int_ty, lanes_flags(), r),
+            b.ins().bitcast(int_ty, lanes_flags(), e),
         )
     };
     let n_int = b.ins().isub(bits, round_bits);
