@@ -56,8 +56,8 @@ enum Command {
         /// Worker threads (default: one per core). Results do not depend on it.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         threads: Option<u32>,
-        /// Execution backend.
-        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        /// Execution backend (default: the interpreter, the faster today: BENCHMARKS.md).
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
         #[command(flatten)]
         passes: PassFlags,
@@ -157,7 +157,8 @@ enum Command {
         /// One JSON object per image and line.
         #[arg(long)]
         json: bool,
-        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        /// Execution backend (default: the interpreter, the faster today: BENCHMARKS.md).
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
         #[command(flatten)]
         passes: PassFlags,
