@@ -4,9 +4,10 @@
 //! One entry function per program, `extern "C" fn(ctx, input, output, arena, batch)`: every
 //! shape, loop bound and per-image buffer offset is an immediate; the batch scales offsets at
 //! run time. Memory-bound steps are generated here (the 7x7 depthwise conv with its LayerNorm,
-//! GRN's scale, the residual add, the layout permute), vectorised over channels with `F32X4`
-//! and `fma` (the host's FMA flag is on: `cranelift_native` infers it, so a vector fma is one
-//! instruction, not four libcalls); the matrix products call the runtime through symbols.
+//! GRN's scale, the residual add, the layout permute, exact GELU for the GEMM epilogues),
+//! vectorised with `F32X4` and `fma` (the host's FMA flag is on: `cranelift_native` infers it,
+//! so a vector fma is one instruction, not four libcalls); the matrix products call the
+//! runtime through symbols.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -163,44 +164,29 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
             kernels.push(None);
             continue;
         };
-        let id = module
-            .declare_function(&format!("depthwise_{i}"), Linkage::Local, &kernel_sig)
-            .map_err(err)?;
-        ctx.func.signature = kernel_sig.clone();
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            depthwise_kernel(&mut b, conv);
-            b.seal_all_blocks();
-            b.finalize(frontend);
-        }
-        clif.push_str(&format!(
-            "; step {i}: depthwise conv\n{}\n",
-            ctx.func.display()
-        ));
-        module.define_function(id, &mut ctx).map_err(err)?;
-        module.clear_context(&mut ctx);
+        let id = define_kernel(
+            &mut module,
+            &mut ctx,
+            &mut fctx,
+            &mut clif,
+            (&format!("depthwise_{i}"), &kernel_sig),
+            &format!("step {i}: depthwise conv"),
+            |b| depthwise_kernel(b, conv),
+        )?;
         kernels.push(Some(id));
     }
 
     // The activation kernel the runtime's GEMM epilogues call.
     let gelu_id = if program.gelu {
-        let id = module
-            .declare_function("gelu", Linkage::Local, &gelu_sig)
-            .map_err(err)?;
-        ctx.func.signature = gelu_sig.clone();
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            gelu_kernel(&mut b);
-            b.seal_all_blocks();
-            b.finalize(frontend);
-        }
-        clif.push_str(&format!(
-            "; exact GELU, in place (the GEMM epilogues' activation)\n{}\n",
-            ctx.func.display()
-        ));
-        module.define_function(id, &mut ctx).map_err(err)?;
-        module.clear_context(&mut ctx);
-        Some(id)
+        Some(define_kernel(
+            &mut module,
+            &mut ctx,
+            &mut fctx,
+            &mut clif,
+            ("gelu", &gelu_sig),
+            "exact GELU, in place (the GEMM epilogues' activation)",
+            gelu_kernel,
+        )?)
     } else {
         None
     };
@@ -312,6 +298,33 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
         gelu,
         clif,
     })
+}
+
+/// Declares and defines the local function `name` with signature `sig`, its body built by
+/// `body`, and appends its IR to `clif` under `heading`.
+fn define_kernel(
+    module: &mut JITModule,
+    ctx: &mut cranelift_codegen::Context,
+    fctx: &mut FunctionBuilderContext,
+    clif: &mut String,
+    (name, sig): (&str, &cranelift_codegen::ir::Signature),
+    heading: &str,
+    body: impl FnOnce(&mut FunctionBuilder<'_>),
+) -> Fail<FuncId> {
+    let id = module
+        .declare_function(name, Linkage::Local, sig)
+        .map_err(err)?;
+    ctx.func.signature = sig.clone();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        body(&mut b);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    clif.push_str(&format!("; {heading}\n{}\n", ctx.func.display()));
+    module.define_function(id, ctx).map_err(err)?;
+    module.clear_context(ctx);
+    Ok(id)
 }
 
 /// The entry function's parameters.

@@ -9,7 +9,8 @@
 //! linear layers, patch convs and the head call the runtime's ops (the same functions, kernels
 //! and prepared weights as the interpreter) through two registered symbols:
 //! `cnx_jit_node` (one op of the graph) and `cnx_jit_rows` (a generated kernel's rows split
-//! over the pool).
+//! over the pool). Exact GELU is generated too, and handed to those runtime ops as their
+//! epilogue's activation ([`ActivationKernel`]).
 
 mod clif;
 

@@ -412,13 +412,27 @@ pub fn sum_squares_into(
 /// The segment (see [`sum_squares_partials`]) of global row `row`, numbered from 0: one per
 /// multiple of [`SUM_SQUARES_BLOCK`] and per sample boundary that is not one of those.
 pub fn sum_squares_segment(row: usize, rows_per_sample: usize) -> usize {
+    segment_of(
+        row,
+        rows_per_sample,
+        aligned_boundary_period(rows_per_sample),
+    )
+}
+
+/// Every how many sample boundaries one falls on a block multiple: `BLOCK / gcd(P, BLOCK)`.
+fn aligned_boundary_period(rows_per_sample: usize) -> usize {
     let (mut a, mut b) = (rows_per_sample, SUM_SQUARES_BLOCK);
     while b != 0 {
         (a, b) = (b, a % b);
     }
-    // Sample boundaries s * P that are block multiples: every (BLOCK / gcd)-th one.
+    SUM_SQUARES_BLOCK / a
+}
+
+/// [`sum_squares_segment`] with the period precomputed (called per output row segment).
+#[inline]
+fn segment_of(row: usize, rows_per_sample: usize, period: usize) -> usize {
     let samples = row / rows_per_sample;
-    row / SUM_SQUARES_BLOCK + samples - samples / (SUM_SQUARES_BLOCK / a)
+    row / SUM_SQUARES_BLOCK + samples - samples / period
 }
 
 /// Per-segment partial sums of squares that a kernel's epilogue accumulates as it writes
@@ -435,6 +449,8 @@ pub struct SquareSums<'a> {
     rows: usize,
     first_segment: usize,
     rows_per_sample: usize,
+    /// [`aligned_boundary_period`] of `rows_per_sample`.
+    period: usize,
     width: usize,
 }
 
@@ -469,6 +485,7 @@ impl<'a> SquareSums<'a> {
             rows,
             first_segment: sum_squares_segment(first_row, rows_per_sample),
             rows_per_sample,
+            period: aligned_boundary_period(rows_per_sample),
             width,
         }
     }
@@ -478,8 +495,8 @@ impl<'a> SquareSums<'a> {
     #[inline]
     pub fn add(&mut self, row: usize, col: usize, values: &[f32]) {
         assert!(row < self.rows && col + values.len() <= self.width);
-        let segment =
-            sum_squares_segment(self.first_row + row, self.rows_per_sample) - self.first_segment;
+        let segment = segment_of(self.first_row + row, self.rows_per_sample, self.period)
+            - self.first_segment;
         let at = segment * self.width + col;
         for (p, &v) in self.partials[at..at + values.len()].iter_mut().zip(values) {
             *p += v as f64 * v as f64;

@@ -141,43 +141,28 @@ pub fn linear(
     };
     let rows = batch * pixels;
     let threads = pool::threads();
-    let n = l.out_features;
     // GRN's statistics: per-segment partials accumulated by the epilogue (no second pass
     // over the output), then added to the per-sample sums in segment order.
     let segments = k::SquareSums::segment_count(0, rows, pixels);
-    let partials_len = if sums.is_some() { segments * n } else { 0 };
+    let partials_len = sums.as_ref().map_or(0, |_| segments * l.out_features);
     scratch::with_f64(partials_len, |partials| {
+        let sums = sums.map(|sums| SumsOut { partials, sums });
         // Few rows (late stages at small batch): split the output columns over threads
         // instead of the rows; every element is computed exactly as in the row split.
         match p.packed {
             Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
-                job.by_columns(w, rows, threads, out, sums.is_some().then_some(partials))
+                job.by_columns(w, rows, threads, out, sums)
             }
-            _ => job.by_rows(rows, threads, out, sums.is_some().then_some(partials)),
-        }
-        if let Some(sums) = sums {
-            sums.fill(0.0);
-            match p.packed {
-                Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
-                    let part_width = w.panels().div_ceil(threads) * w.panel_width();
-                    for (i, part) in partials.chunks(segments * part_width).enumerate() {
-                        let width = part.len() / segments;
-                        k::combine_square_sums(
-                            part,
-                            0,
-                            rows,
-                            pixels,
-                            width,
-                            sums,
-                            n,
-                            i * part_width,
-                        );
-                    }
-                }
-                _ => k::combine_square_sums(partials, 0, rows, pixels, n, sums, n, 0),
-            }
+            _ => job.by_rows(rows, threads, out, sums),
         }
     });
+}
+
+/// Where a linear layer's GRN statistics go: scratch for the per-segment partials
+/// (`[segments, N]`, laid out by the thread split) and the per-sample sums (`[batch, N]`).
+struct SumsOut<'a> {
+    partials: &'a mut [f64],
+    sums: &'a mut [f64],
 }
 
 /// One fused linear layer's operands and parameters.
@@ -213,13 +198,13 @@ impl<'a> LinearJob<'a> {
     }
 
     /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops); with
-    /// `partials` (`[segments, N]`), each block's sums-of-squares segments.
-    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32], partials: Option<&mut [f64]>) {
+    /// `sums`, each block accumulates its own segments of the partials (`[segments, N]`).
+    fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32], sums: Option<SumsOut<'_>>) {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
         // Whole MC blocks (multiples of the sums' 64-row block): no segment straddles two.
         let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
         let pixels = self.pixels;
-        let with_sums = partials.is_some();
+        let with_sums = sums.is_some();
         let rows_of = move |t: usize| t * rows_per_thread..((t + 1) * rows_per_thread).min(rows);
         let segments_of = move |t: usize| {
             let r = rows_of(t);
@@ -263,8 +248,14 @@ impl<'a> LinearJob<'a> {
                 ),
             }
         };
-        let mut none: [f64; 0] = [];
-        let partials = partials.unwrap_or(&mut none);
+        let (mut none, mut no_sums): ([f64; 0], [f64; 0]) = ([], []);
+        let SumsOut {
+            partials,
+            sums: sample_sums,
+        } = sums.unwrap_or(SumsOut {
+            partials: &mut none,
+            sums: &mut no_sums,
+        });
         // SAFETY: both region functions are pure functions of the task index.
         unsafe {
             pool::for_each_region_pair_mut(
@@ -278,19 +269,24 @@ impl<'a> LinearJob<'a> {
                 &task,
             )
         }
+        if with_sums {
+            // The blocks' segments are consecutive: one region over all the rows.
+            sample_sums.fill(0.0);
+            k::combine_square_sums(partials, 0, rows, pixels, n, sample_sums, n, 0);
+        }
     }
 
     /// Threads over ranges of output-column panels of the packed GEMM: each task writes its
     /// columns, for all rows, to its own contiguous part of a scratch buffer, which is then
-    /// scattered into the row-major output; with `partials`, each task's sums-of-squares
-    /// segments for its columns, in its own contiguous part too.
+    /// scattered into the row-major output; with `sums`, each task's sums-of-squares
+    /// segments for its columns, in its own contiguous part of the partials too.
     fn by_columns(
         &self,
         w: &gemm::PackedWeights,
         rows: usize,
         threads: usize,
         out: &mut [f32],
-        partials: Option<&mut [f64]>,
+        sums: Option<SumsOut<'_>>,
     ) {
         let n = self.l.out_features;
         let epilogue = self.epilogue(self.residual);
@@ -298,10 +294,16 @@ impl<'a> LinearJob<'a> {
         let part_width = per_thread * w.panel_width();
         let tasks = n.div_ceil(part_width);
         let segments = k::SquareSums::segment_count(0, rows, self.pixels);
-        let with_sums = partials.is_some();
+        let with_sums = sums.is_some();
         let width_of = move |t: usize| part_width.min(n - t * part_width);
-        let mut none: [f64; 0] = [];
-        let partials = partials.unwrap_or(&mut none);
+        let (mut none, mut no_sums): ([f64; 0], [f64; 0]) = ([], []);
+        let SumsOut {
+            partials,
+            sums: sample_sums,
+        } = sums.unwrap_or(SumsOut {
+            partials: &mut none,
+            sums: &mut no_sums,
+        });
         scratch::with_f32(rows * n, |parts| {
             // SAFETY: both region functions are pure functions of the task index.
             unsafe {
@@ -344,6 +346,14 @@ impl<'a> LinearJob<'a> {
                 }
             }
         });
+        if with_sums {
+            // Each task's partials cover its own columns: combined task by task.
+            sample_sums.fill(0.0);
+            for (t, part) in partials.chunks(segments * part_width).enumerate() {
+                let (col0, width) = (t * part_width, width_of(t));
+                k::combine_square_sums(part, 0, rows, self.pixels, width, sample_sums, n, col0);
+            }
+        }
     }
 }
 
