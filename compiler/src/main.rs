@@ -25,12 +25,14 @@ struct Cli {
 }
 
 /// Generated code `cnx compile` can print.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Emit {
     /// The Rust the `convnextv2!` macro expands to.
     Rust,
     /// The Cranelift IR the JIT generates (random weights: their addresses are immediates).
     Clif,
+    /// The x86-64 (or host) machine code the JIT generates from that IR, as Cranelift lists it.
+    Asm,
 }
 
 #[derive(Subcommand)]
@@ -322,7 +324,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
                     .map_err(Error::Usage)?;
                     print!("{source}");
                 }
-                Emit::Clif => {
+                Emit::Clif | Emit::Asm => {
                     let pipeline = if no_fuse {
                         Pipeline::empty()
                     } else {
@@ -333,9 +335,19 @@ fn dispatch(command: Command) -> Result<(), Error> {
                         &graph, 0,
                     ))?;
                     let loaded = LoadedModel::with_weights(spec, store, input_hw, &pipeline)?;
-                    let jit =
-                        JitModel::compile(loaded, &[outputs::LOGITS], JitOptions { verify: true })?;
-                    print!("{}", jit.clif());
+                    let options = JitOptions {
+                        verify: true,
+                        disassemble: emit == Emit::Asm,
+                    };
+                    let jit = JitModel::compile(loaded, &[outputs::LOGITS], options)?;
+                    print!(
+                        "{}",
+                        if emit == Emit::Asm {
+                            jit.asm()
+                        } else {
+                            jit.clif()
+                        }
+                    );
                     eprintln!(
                         "cnx: {} generated steps, {} runtime calls, compiled in {:.0} ms",
                         jit.generated_steps,

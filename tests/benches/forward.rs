@@ -44,7 +44,10 @@ fn forward(c: &mut Criterion) {
             )
             .unwrap(),
             &["logits"],
-            JitOptions { verify: false },
+            JitOptions {
+                verify: false,
+                disassemble: false,
+            },
         )
         .unwrap();
         let generated: Forward = match preset {

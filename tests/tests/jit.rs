@@ -19,7 +19,10 @@ use cnx_compiler::{random, LoadedModel, ModelSpec};
 use cnx_runtime::{Tensor, WeightStore};
 use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
 
-const VERIFY: JitOptions = JitOptions { verify: true };
+const VERIFY: JitOptions = JitOptions {
+    verify: true,
+    disassemble: false,
+};
 
 /// max |a - b| relative to max |b|.
 fn relative_gap(a: &Tensor, b: &Tensor) -> f64 {

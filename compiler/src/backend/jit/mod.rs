@@ -66,12 +66,15 @@ struct NodeContext {
 pub struct JitOptions {
     /// Run Cranelift's verifier on the generated functions (always on in tests).
     pub verify: bool,
+    /// Keep the machine code of every function as text (`cnx compile --emit asm`).
+    pub disassemble: bool,
 }
 
 impl Default for JitOptions {
     fn default() -> Self {
         JitOptions {
             verify: cfg!(debug_assertions),
+            disassemble: false,
         }
     }
 }
@@ -256,6 +259,7 @@ impl JitModel {
             node_shim: cnx_jit_node as *const u8,
             rows_shim: cnx_jit_rows as *const u8,
             verify: options.verify,
+            disassemble: options.disassemble,
             gelu,
         };
         let code = clif::compile(&program).map_err(RunError::Graph)?;
@@ -313,6 +317,12 @@ impl JitModel {
     /// The generated Cranelift IR.
     pub fn clif(&self) -> &str {
         &self.code.clif
+    }
+
+    /// The generated machine code, as Cranelift's listing (empty unless compiled with
+    /// [`JitOptions::disassemble`]).
+    pub fn asm(&self) -> &str {
+        &self.code.asm
     }
 
     /// Runs the compiled code on `pixel_values` (NCHW) with `threads` threads; returns the
