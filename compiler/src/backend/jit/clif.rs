@@ -72,6 +72,20 @@ pub enum Step {
         b: Loc,
         out: Loc,
     },
+    /// The head: the mean over `pixels` of NHWC `x` (f64 sums), LayerNorm without affine (f64
+    /// statistics) into `features` (`[batch, channels]`), generated; then the classifier
+    /// (`[classes, channels]` weight, bias) by the runtime, through `cnx_jit_classifier`.
+    Head {
+        channels: usize,
+        classes: usize,
+        pixels: usize,
+        eps: f64,
+        weight: *const f32,
+        bias: *const f32,
+        x: Loc,
+        features: Loc,
+        out: Loc,
+    },
     /// Generated: `[batch, a, b]` to `[batch, b, a]` (NCHW to NHWC with `a = C`, `b = H*W`).
     Transpose {
         a: usize,
@@ -87,6 +101,7 @@ pub struct Program {
     /// Addresses of the runtime functions the code calls.
     pub node_shim: *const u8,
     pub rows_shim: *const u8,
+    pub classifier_shim: *const u8,
     /// Run the Cranelift verifier on every function.
     pub verify: bool,
     /// Keep each function's machine code listing in [`Compiled::asm`].
@@ -132,6 +147,7 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
     let mut jit = JITBuilder::with_isa(isa, default_libcall_names());
     jit.symbol("cnx_jit_node", program.node_shim);
     jit.symbol("cnx_jit_rows", program.rows_shim);
+    jit.symbol("cnx_jit_classifier", program.classifier_shim);
     let mut module = JITModule::new(jit);
     let frontend = module.target_config();
     let ptr = frontend.pointer_type();
@@ -150,11 +166,15 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
     let kernel_sig = sig(&[types::I64; 4], None);
     let entry_sig = sig(&[types::I64; 5], None);
     let gelu_sig = sig(&[types::I64; 2], None);
+    let classifier_sig = sig(&[types::I64; 8], None);
     let node_fn = module
         .declare_function("cnx_jit_node", Linkage::Import, &node_sig)
         .map_err(err)?;
     let rows_fn = module
         .declare_function("cnx_jit_rows", Linkage::Import, &rows_sig)
+        .map_err(err)?;
+    let classifier_fn = module
+        .declare_function("cnx_jit_classifier", Linkage::Import, &classifier_sig)
         .map_err(err)?;
 
     let mut fctx = FunctionBuilderContext::new();
@@ -218,6 +238,7 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
         };
         let node_ref = module.declare_func_in_func(node_fn, b.func);
         let rows_ref = module.declare_func_in_func(rows_fn, b.func);
+        let classifier_ref = module.declare_func_in_func(classifier_fn, b.func);
         for (i, step) in program.steps.iter().enumerate() {
             match step {
                 Step::Call {
@@ -254,6 +275,32 @@ pub fn compile(program: &Program) -> Fail<Compiled> {
                     let out = e.addr(&mut b, *out);
                     let rows = b.ins().imul_imm_s(e.batch, conv.height as i64);
                     b.ins().call(rows_ref, &[e.ctx, kaddr, x, out, rows]);
+                }
+                Step::Head {
+                    channels,
+                    classes,
+                    pixels,
+                    eps,
+                    weight,
+                    bias,
+                    x,
+                    features,
+                    out,
+                } => {
+                    let x = e.addr(&mut b, *x);
+                    let features = e.addr(&mut b, *features);
+                    pool_norm(&mut b, *channels, *pixels, *eps, x, features, e.batch);
+                    let out = e.addr(&mut b, *out);
+                    let weight = ptr_const(&mut b, *weight);
+                    let bias = ptr_const(&mut b, *bias);
+                    let channels = b.ins().iconst(types::I64, *channels as i64);
+                    let classes = b.ins().iconst(types::I64, *classes as i64);
+                    b.ins().call(
+                        classifier_ref,
+                        &[
+                            e.ctx, weight, bias, features, out, e.batch, channels, classes,
+                        ],
+                    );
                 }
                 Step::GrnScale {
                     channels,
@@ -774,6 +821,94 @@ fn grn_scale(
             let s = b.ins().fadd(one, gq);
             let s = b.ins().fdemote(types::F32, s);
             b.ins().store(f, s, o_at, 0);
+        });
+    });
+}
+
+/// The head's pool and norm, per sample: `pooled[c] = (sum_p x[p][c] / P)` (f64 sums, in
+/// pixel order), then `features = (pooled - mean) / sqrt(var + eps)` with f64 statistics:
+/// the runtime's `global_avg_pool` and `LinearPrologue` norm, operation for operation.
+fn pool_norm(
+    b: &mut FunctionBuilder<'_>,
+    channels: usize,
+    pixels: usize,
+    eps: f64,
+    x: Value,
+    out: Value,
+    batch: Value,
+) {
+    let f = flags();
+    let c = channels as i64;
+    let zero = b.ins().iconst(types::I64, 0);
+    // Sum of `term(pooled[ch])` over the channels of row `o_row`, in f64.
+    let sum_over = |b: &mut FunctionBuilder<'_>,
+                    o_row: Value,
+                    term: &dyn Fn(&mut FunctionBuilder<'_>, Value) -> Value|
+     -> Value {
+        let acc = b.declare_var(types::F64);
+        let z = b.ins().f64const(0.0);
+        b.def_var(acc, z);
+        for_n(b, c, |b, ch| {
+            let at = b.ins().imul_imm_s(ch, 4);
+            let at = b.ins().iadd(o_row, at);
+            let v = b.ins().load(types::F32, f, at, 0);
+            let v = b.ins().fpromote(types::F64, v);
+            let t = term(b, v);
+            let a = b.use_var(acc);
+            let a = b.ins().fadd(a, t);
+            b.def_var(acc, a);
+        });
+        b.use_var(acc)
+    };
+    for_range(b, zero, batch, 1, |b, n| {
+        let x_bytes = b.ins().imul_imm_s(n, 4 * c * pixels as i64);
+        let x_img = b.ins().iadd(x, x_bytes);
+        let o_bytes = b.ins().imul_imm_s(n, 4 * c);
+        let o_row = b.ins().iadd(out, o_bytes);
+        for_n(b, c, |b, ch| {
+            let acc = b.declare_var(types::F64);
+            let z = b.ins().f64const(0.0);
+            b.def_var(acc, z);
+            let ch_bytes = b.ins().imul_imm_s(ch, 4);
+            let src = b.ins().iadd(x_img, ch_bytes);
+            for_n(b, pixels as i64, |b, p| {
+                let at = b.ins().imul_imm_s(p, 4 * c);
+                let at = b.ins().iadd(src, at);
+                let v = b.ins().load(types::F32, f, at, 0);
+                let v = b.ins().fpromote(types::F64, v);
+                let a = b.use_var(acc);
+                let a = b.ins().fadd(a, v);
+                b.def_var(acc, a);
+            });
+            let a = b.use_var(acc);
+            let count = b.ins().f64const(pixels as f64);
+            let mean = b.ins().fdiv(a, count);
+            let mean = b.ins().fdemote(types::F32, mean);
+            let dst = b.ins().iadd(o_row, ch_bytes);
+            b.ins().store(f, mean, dst, 0);
+        });
+        let count = b.ins().f64const(channels as f64);
+        let total = sum_over(b, o_row, &|_, v| v);
+        let mean = b.ins().fdiv(total, count);
+        let squares = sum_over(b, o_row, &|b, v| {
+            let d = b.ins().fsub(v, mean);
+            b.ins().fmul(d, d)
+        });
+        let var = b.ins().fdiv(squares, count);
+        let eps = b.ins().f64const(eps);
+        let var = b.ins().fadd(var, eps);
+        let std = b.ins().sqrt(var);
+        let one = b.ins().f64const(1.0);
+        let inv_std = b.ins().fdiv(one, std);
+        for_n(b, c, |b, ch| {
+            let at = b.ins().imul_imm_s(ch, 4);
+            let at = b.ins().iadd(o_row, at);
+            let v = b.ins().load(types::F32, f, at, 0);
+            let v = b.ins().fpromote(types::F64, v);
+            let d = b.ins().fsub(v, mean);
+            let y = b.ins().fmul(d, inv_std);
+            let y = b.ins().fdemote(types::F32, y);
+            b.ins().store(f, y, at, 0);
         });
     });
 }

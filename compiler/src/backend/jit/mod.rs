@@ -23,7 +23,7 @@ use cnx_runtime::kernels::{Activation, ActivationKernel, PreparedWeights};
 use cnx_runtime::{pool, Tensor, WeightSource};
 
 use super::interp::{self, batch_shape, RunError};
-use crate::ir::{GrnSource, NodeId, Op, Permute};
+use crate::ir::{GrnSource, Layout, NodeId, Op, Permute};
 use crate::memory_plan::MemoryPlan;
 use crate::LoadedModel;
 use clif::{Depthwise, Loc, Step};
@@ -196,6 +196,42 @@ impl JitModel {
                         out,
                     }
                 }
+                Op::PoolNormLinear {
+                    channels,
+                    classes,
+                    eps,
+                } if matches!(
+                    graph.node(inputs[0]).ty.layout,
+                    Layout::Nhwc | Layout::Features
+                ) =>
+                {
+                    let (w, bias) = (weight(id, "weight")?, weight(id, "bias")?);
+                    let lens = ["weight", "bias"].map(|role| {
+                        node.param(role)
+                            .and_then(|p| model.tensor(&p.name))
+                            .map_or(0, |t| t.len())
+                    });
+                    if lens != [channels * classes, classes] {
+                        return Err(RunError::Graph(format!(
+                            "`{}`: classifier weights of {lens:?} values",
+                            node.name
+                        )));
+                    }
+                    // The pooled, normalised features: an arena region of their own.
+                    let features = Loc::Arena(total);
+                    total += channels.next_multiple_of(16);
+                    Step::Head {
+                        channels,
+                        classes,
+                        pixels: graph.node(inputs[0]).ty.pixels(),
+                        eps,
+                        weight: w,
+                        bias,
+                        x: loc(inputs[0]),
+                        features,
+                        out,
+                    }
+                }
                 Op::GrnScale {
                     channels,
                     source: GrnSource::ProducerSums,
@@ -258,6 +294,7 @@ impl JitModel {
             steps,
             node_shim: cnx_jit_node as *const u8,
             rows_shim: cnx_jit_rows as *const u8,
+            classifier_shim: cnx_jit_classifier as *const u8,
             verify: options.verify,
             disassemble: options.disassemble,
             gelu,
@@ -457,6 +494,44 @@ extern "C" fn cnx_jit_node(
     let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
     error.get_or_insert(problem);
     1
+}
+
+/// The head's classifier, run by the runtime on the features the generated code pooled and
+/// normalised: `features` `[batch, channels]` to `out` `[batch, classes]`.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn cnx_jit_classifier(
+    ctx: *const NodeContext,
+    weight: *const f32,
+    bias: *const f32,
+    features: *const f32,
+    out: *mut f32,
+    batch: u64,
+    channels: u64,
+    classes: u64,
+) {
+    // SAFETY: as in `cnx_jit_node`: the context of the running model.
+    let ctx = unsafe { &*ctx };
+    let _timer = AddElapsed(&ctx.runtime_ns, Instant::now());
+    let (batch, channels, classes) = (batch as usize, channels as usize, classes as usize);
+    // SAFETY: `weight` and `bias` are the model's classifier tensors, whose lengths
+    // `JitModel::compile` checked against `channels` and `classes`; `features` is the arena
+    // region planned for `batch x channels` values and `out` the logits buffer for `batch`
+    // images, disjoint from it.
+    let (weight, bias, features, out) = unsafe {
+        (
+            std::slice::from_raw_parts(weight, channels * classes),
+            std::slice::from_raw_parts(bias, classes),
+            std::slice::from_raw_parts(features, batch * channels),
+            std::slice::from_raw_parts_mut(out, batch * classes),
+        )
+    };
+    let run =
+        || cnx_runtime::ops::classifier(channels, classes, batch, weight, bias, features, out);
+    // A panic must not unwind into generated code: recorded as the run's error instead.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+        let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
+        error.get_or_insert_with(|| "the classifier panicked".to_string());
+    }
 }
 
 /// The activation of a runtime op that the generated code provides: exact GELU, in a linear

@@ -436,23 +436,40 @@ pub fn pool_norm_linear(
 ) {
     scratch::with_f32(batch * channels, |pooled| {
         global_avg_pool(t, batch, x, pooled);
-        let prologue = k::LinearPrologue {
+        let norm = k::LinearPrologue {
             norm_eps: Some(eps),
             scale: None,
         };
-        k::linear_fused(
-            pooled,
-            batch,
-            channels,
-            weight,
-            bias,
-            classes,
-            prologue,
-            k::LinearEpilogue::default(),
-            out,
-            None,
-        );
+        for (r, row) in pooled.chunks_exact_mut(channels).enumerate() {
+            norm.apply(r, row);
+        }
+        classifier(channels, classes, batch, weight, bias, pooled, out);
     })
+}
+
+/// The head's product on pooled, normalised features: `[batch, channels]` to
+/// `[batch, classes]` (what the JIT calls after generating the pool and the norm).
+pub fn classifier(
+    channels: usize,
+    classes: usize,
+    batch: usize,
+    weight: &[f32],
+    bias: &[f32],
+    features: &[f32],
+    out: &mut [f32],
+) {
+    k::linear_fused(
+        features,
+        batch,
+        channels,
+        weight,
+        bias,
+        classes,
+        k::LinearPrologue::default(),
+        k::LinearEpilogue::default(),
+        out,
+        None,
+    );
 }
 
 /// Between the two image layouts; `output` is the permuted value's type.
