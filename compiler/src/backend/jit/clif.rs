@@ -1104,6 +1104,7 @@ mod tests {
             steps: Vec::new(),
             node_shim: std::ptr::null(),
             rows_shim: std::ptr::null(),
+            classifier_shim: std::ptr::null(),
             verify: true,
             disassemble: false,
             gelu: true,
