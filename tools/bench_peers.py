@@ -90,6 +90,7 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=3, help="warm-up runs (torch.compile: after compiling)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="subset of " + ",".join(ENGINES))
     ap.add_argument("--cnx", default=os.path.join(ROOT, "target", "release", "cnx"), help="the cnx binary")
+    ap.add_argument("--cnx-backend", default="jit", choices=["jit", "interp"], help="cnx bench --backend (default: jit, cnx run's)")
     ap.add_argument("--cold-compile", action="store_true",
                     help="disable inductor's on-disk caches, so the compile time is a cold one")
     ap.add_argument("--json", action="store_true", help="one JSON object per (engine, batch) on stdout")
@@ -144,7 +145,7 @@ def run_cnx(b, args):
         b.errors["cnx"] = msg
         return
     cmd = [args.cnx, "bench", args.model, "--batch", ",".join(map(str, args.batches)),
-           "--threads", str(args.threads), "--runs", str(args.runs), "--json"]
+           "--threads", str(args.threads), "--runs", str(args.runs), "--json", "--backend", args.cnx_backend]
     b.notes.append("cnx: " + shlex.join(cmd))
     log("cnx: " + shlex.join(cmd))
     try:
