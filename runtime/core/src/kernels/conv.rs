@@ -91,14 +91,11 @@ pub fn depthwise_nhwc(
             // and destination row have the sizes `depthwise_row` needs (asserted above and
             // by construction), and `y < oh = in_h`.
             unsafe { x86::depthwise_row::<7>(&taps, y, dst) };
-        }
-        if let Some(nm) = norm {
-            crate::scratch::with_f32(c, |pixel| {
-                for dst in out.chunks_exact_mut(c) {
-                    pixel.copy_from_slice(dst);
-                    reference::layer_norm_last_axis(pixel, c, nm.affine, nm.eps, dst);
-                }
-            });
+            if let Some(nm) = norm {
+                // While the row is in L1. SAFETY: AVX-512F (checked); `dst` holds whole
+                // pixels of `c` values, the affine parts `c` each.
+                unsafe { x86::layer_norm_pixels(dst, c, nm.eps as f32, nm.affine) };
+            }
         }
         return;
     }
@@ -207,6 +204,66 @@ mod x86 {
                 x0 += 4;
             }
             c0 += 16;
+        }
+    }
+
+    /// LayerNorm of each pixel (`c` values) of `row`, in place, 16 channels a vector: mean,
+    /// then the biased variance from the deviations (two passes, f32 lanes, as PyTorch's CPU
+    /// LayerNorm and the JIT's generated one), then `(x - mean) / sqrt(var + eps)`, affine
+    /// if given.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `row.len()` is a multiple of `c`, and the affine parts hold
+    /// `c` values each.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn layer_norm_pixels(
+        row: &mut [f32],
+        c: usize,
+        eps: f32,
+        affine: Option<super::Affine<'_>>,
+    ) {
+        assert!(row.len().is_multiple_of(c));
+        if let Some(a) = affine {
+            assert!(a.gamma.len() == c && a.beta.len() == c);
+        }
+        let mask_at = |c0: usize| -> __mmask16 {
+            let lanes = (c - c0).min(16);
+            if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            }
+        };
+        for px in row.chunks_exact_mut(c) {
+            let p = px.as_mut_ptr();
+            // SAFETY (all accesses): channels c0..c0 + lanes < c under each mask.
+            unsafe {
+                let mut sum = _mm512_setzero_ps();
+                for c0 in (0..c).step_by(16) {
+                    sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask_at(c0), p.add(c0)));
+                }
+                let mean = _mm512_reduce_add_ps(sum) / c as f32;
+                let mean_v = _mm512_set1_ps(mean);
+                let mut squares = _mm512_setzero_ps();
+                for c0 in (0..c).step_by(16) {
+                    let m = mask_at(c0);
+                    let d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, p.add(c0)), mean_v);
+                    squares = _mm512_fmadd_ps(d, d, squares);
+                }
+                let var = _mm512_reduce_add_ps(squares) / c as f32;
+                let inv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+                for c0 in (0..c).step_by(16) {
+                    let m = mask_at(c0);
+                    let x = _mm512_maskz_loadu_ps(m, p.add(c0));
+                    let mut y = _mm512_mul_ps(_mm512_sub_ps(x, mean_v), inv);
+                    if let Some(a) = affine {
+                        let g = _mm512_maskz_loadu_ps(m, a.gamma.as_ptr().add(c0));
+                        let b = _mm512_maskz_loadu_ps(m, a.beta.as_ptr().add(c0));
+                        y = _mm512_fmadd_ps(y, g, b);
+                    }
+                    _mm512_mask_storeu_ps(p.add(c0), m, y);
+                }
+            }
         }
     }
 
