@@ -324,6 +324,43 @@ fn graph_lists_nodes_and_totals() {
 }
 
 #[test]
+fn compile_prints_each_backends_code() {
+    let case = fixture("custom-square");
+    let text = |emit: &str| {
+        let out = cnx(&["compile", s(&case), "--emit", emit]);
+        assert!(
+            out.status.success(),
+            "{emit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rust = text("rust");
+    assert!(rust.contains("pub struct ConvNextV2"), "{rust}");
+    // The JIT's IR: a depthwise kernel, the GELU the GEMM epilogues call, the schedule with
+    // the head's pool and norm (f64 arithmetic) and its calls into the runtime.
+    let clif = text("clif");
+    for needle in [
+        "; step ",
+        "depthwise conv",
+        "exact GELU",
+        "; the schedule",
+        "fma",
+        "fdemote",
+    ] {
+        assert!(clif.contains(needle), "clif lacks `{needle}`");
+    }
+    // The machine code of the same functions, under the same headings.
+    let asm = text("asm");
+    assert!(asm.contains("; the schedule") && asm.contains("; exact GELU"));
+    if cfg!(target_arch = "x86_64") {
+        assert!(asm.contains("vfmadd") && asm.contains("ret"), "{asm}");
+    }
+    let out = cnx(&["compile", s(&case), "--emit", "wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn bench_reports_the_contracted_json_keys() {
     let case = fixture("custom-square");
     let out = cnx(&[
