@@ -62,44 +62,61 @@ pub fn depthwise_nhwc(
     let c = w.channels;
     assert!(g.groups == c && g.in_channels == c && g.out_channels == c);
     assert!(g.stride_h == 1 && g.stride_w == 1);
-    let (oh, ow) = (g.out_h(), g.out_w());
-    assert_eq!(out.len(), rows.len() * ow * c);
+    assert_eq!(out.len(), rows.len() * g.out_w() * c);
     assert!(x.len() >= g.batch * g.in_h * g.in_w * c && bias.len() == c);
     #[cfg(target_arch = "x86_64")]
-    if w.kw == 7
-        && (oh, ow) == (g.in_h, g.in_w)
-        && g.pad_h < w.kh
-        && g.pad_w < w.kw
-        && is_x86_feature_detected!("avx512f")
-    {
-        let image_len = g.in_h * g.in_w * c;
-        for (r, row) in rows.enumerate() {
-            let (n, y) = (row / oh, row % oh);
-            let dst = &mut out[r * ow * c..(r + 1) * ow * c];
-            let taps = x86::Rows {
-                image: &x[n * image_len..(n + 1) * image_len],
-                taps: &w.data,
-                bias,
-                h: g.in_h,
-                w: g.in_w,
-                c,
-                kh: w.kh,
-                ph: g.pad_h,
-                pw: g.pad_w,
-            };
-            // SAFETY: AVX-512F is available (checked); the image, taps (kh x 7 x c), bias
-            // and destination row have the sizes `depthwise_row` needs (asserted above and
-            // by construction), and `y < oh = in_h`.
-            unsafe { x86::depthwise_row::<7>(&taps, y, dst) };
-            if let Some(nm) = norm {
-                // While the row is in L1. SAFETY: AVX-512F (checked); `dst` holds whole
-                // pixels of `c` values, the affine parts `c` each.
-                unsafe { x86::layer_norm_pixels(dst, c, nm.eps as f32, nm.affine) };
-            }
+    if let Some(isa) = x86::Isa::detect() {
+        if depthwise_nhwc_x86(isa, g, x, w, bias, norm, rows.clone(), out) {
+            return;
         }
-        return;
     }
     depthwise_nhwc_portable(g, x, w, bias, norm, rows, out)
+}
+
+/// [`depthwise_nhwc`] on `isa`'s vectors, for 7-wide kernels that keep the image's size
+/// (ConvNeXt's); `false` (nothing written) for any other geometry.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn depthwise_nhwc_x86(
+    isa: x86::Isa,
+    g: &Conv2dGeometry,
+    x: &[f32],
+    w: &DepthwiseWeights,
+    bias: &[f32],
+    norm: Option<PixelNorm<'_>>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) -> bool {
+    let (c, oh, ow) = (w.channels, g.out_h(), g.out_w());
+    if w.kw != 7 || (oh, ow) != (g.in_h, g.in_w) || g.pad_h >= w.kh || g.pad_w >= w.kw {
+        return false;
+    }
+    let image_len = g.in_h * g.in_w * c;
+    for (r, row) in rows.enumerate() {
+        let (n, y) = (row / oh, row % oh);
+        let dst = &mut out[r * ow * c..(r + 1) * ow * c];
+        let taps = x86::Rows {
+            image: &x[n * image_len..(n + 1) * image_len],
+            taps: &w.data,
+            bias,
+            h: g.in_h,
+            w: g.in_w,
+            c,
+            kh: w.kh,
+            ph: g.pad_h,
+            pw: g.pad_w,
+        };
+        if let Some(nm) = norm {
+            if let Some(a) = nm.affine {
+                assert!(a.gamma.len() == c && a.beta.len() == c);
+            }
+        }
+        // SAFETY: `isa` was detected on this CPU; the image, taps (kh x 7 x c), bias and
+        // destination row have the sizes `depthwise_row_7` needs (asserted by the caller and
+        // by construction), `y < oh = in_h`, and the affine parts hold `c` values (above).
+        unsafe { x86::depthwise_row_7(isa, &taps, y, dst, norm) };
+    }
+    true
 }
 
 /// [`depthwise_nhwc`] without SIMD intrinsics (what the compiler vectorises for the baseline
@@ -150,10 +167,37 @@ fn depthwise_nhwc_portable(
     })
 }
 
-/// The AVX-512 depthwise rows: the JIT's schedule with 16-channel vectors.
+/// The vectorised depthwise rows: the JIT's schedule with 16-channel (AVX-512) or 8-channel
+/// (AVX2 + FMA) vectors, one generic kernel over a [`x86::Lanes`] implementation each.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// The vector ISA the depthwise kernel runs on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Isa {
+        Avx512,
+        Avx2,
+    }
+
+    impl Isa {
+        /// The widest this CPU has.
+        pub fn detect() -> Option<Isa> {
+            Isa::available().first().copied()
+        }
+
+        /// Every one this CPU has, widest first.
+        pub fn available() -> Vec<Isa> {
+            let mut isas = Vec::new();
+            if is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            isas
+        }
+    }
 
     /// What one output row needs: the sample's input image `[H, W, C]`, the tap-major weights
     /// and the bias, the geometry (padding `ph`, `pw`; a `kh x KW` kernel).
@@ -169,54 +213,270 @@ mod x86 {
         pub pw: usize,
     }
 
-    /// Output row `y` of one sample, into `dst` (`[W, C]`): for each block of 16 channels,
-    /// the row's pixels in blocks of four with their accumulators in registers across all
-    /// taps; per kernel row, the `KW` tap vectors are loaded once and each input column once,
-    /// feeding every output it reaches (17 loads for 28 fmas with a 7x7 kernel, where a pixel
-    /// at a time needs 98). Channels past a multiple of 16 go through masked loads and stores.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F; `r.image` holds `h * w * c` values, `r.taps` `kh * KW * c`,
-    /// `r.bias` `c`, `dst` `w * c`, and `y < h`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn depthwise_row<const KW: usize>(r: &Rows<'_>, y: usize, dst: &mut [f32]) {
-        let ky_lo = r.ph.saturating_sub(y);
-        let ky_hi = r.kh.min(r.h + r.ph - y);
-        let mut c0 = 0;
-        while c0 < r.c {
-            let lanes = (r.c - c0).min(16);
-            let mask: __mmask16 = if lanes == 16 {
+    /// One vector of `LANES` f32 and its masked memory access. Every method is `unsafe`:
+    /// the CPU must have the ISA, and a masked access touches only the lanes below `lanes`.
+    pub trait Lanes: Copy {
+        const LANES: usize;
+        type Mask: Copy;
+        unsafe fn mask(lanes: usize) -> Self::Mask;
+        unsafe fn zero() -> Self;
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn load(m: Self::Mask, p: *const f32) -> Self;
+        unsafe fn store(m: Self::Mask, p: *mut f32, v: Self);
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn sub(a: Self, b: Self) -> Self;
+        unsafe fn mul(a: Self, b: Self) -> Self;
+        /// `a * b + c`, one rounding.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn sum(a: Self) -> f32;
+        /// `v` with the lanes outside `m` zeroed.
+        unsafe fn keep(m: Self::Mask, v: Self) -> Self;
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct V512(__m512);
+
+    impl Lanes for V512 {
+        const LANES: usize = 16;
+        type Mask = __mmask16;
+        #[inline(always)]
+        unsafe fn mask(lanes: usize) -> __mmask16 {
+            if lanes >= 16 {
                 0xffff
             } else {
                 (1u16 << lanes) - 1
-            };
-            let mut x0 = 0;
-            while x0 < r.w {
-                // SAFETY: this function's contract; blocks stay inside the row.
-                unsafe {
-                    match r.w - x0 {
-                        1 => block::<KW, 1>(r, y, (ky_lo, ky_hi), c0, mask, x0, dst),
-                        2 => block::<KW, 2>(r, y, (ky_lo, ky_hi), c0, mask, x0, dst),
-                        3 => block::<KW, 3>(r, y, (ky_lo, ky_hi), c0, mask, x0, dst),
-                        _ => block::<KW, 4>(r, y, (ky_lo, ky_hi), c0, mask, x0, dst),
-                    }
-                }
-                x0 += 4;
             }
-            c0 += 16;
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            V512(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            V512(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(m: __mmask16, p: *const f32) -> Self {
+            // SAFETY: the trait's contract (masked-off lanes are not read).
+            V512(unsafe { _mm512_maskz_loadu_ps(m, p) })
+        }
+        #[inline(always)]
+        unsafe fn store(m: __mmask16, p: *mut f32, v: Self) {
+            // SAFETY: as `load`.
+            unsafe { _mm512_mask_storeu_ps(p, m, v.0) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            V512(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            V512(_mm512_sub_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            V512(_mm512_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            V512(_mm512_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(a: Self) -> f32 {
+            _mm512_reduce_add_ps(a.0)
+        }
+        #[inline(always)]
+        unsafe fn keep(m: __mmask16, v: Self) -> Self {
+            V512(_mm512_maskz_mov_ps(m, v.0))
         }
     }
 
-    /// LayerNorm of each pixel (`c` values) of `row`, in place, 16 channels a vector: mean,
-    /// then the biased variance from the deviations (two passes, f32 lanes, as PyTorch's CPU
-    /// LayerNorm and the JIT's generated one), then `(x - mean) / sqrt(var + eps)`, affine
-    /// if given.
+    #[derive(Clone, Copy)]
+    pub struct V256(__m256);
+
+    impl Lanes for V256 {
+        const LANES: usize = 8;
+        type Mask = __m256i;
+        #[inline(always)]
+        unsafe fn mask(lanes: usize) -> __m256i {
+            // Lane i is on when i < lanes (the sign bit of each 32-bit lane).
+            let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), index)
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            V256(_mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            V256(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(m: __m256i, p: *const f32) -> Self {
+            // SAFETY: the trait's contract (masked-off lanes are not read).
+            V256(unsafe { _mm256_maskload_ps(p, m) })
+        }
+        #[inline(always)]
+        unsafe fn store(m: __m256i, p: *mut f32, v: Self) {
+            // SAFETY: as `load`.
+            unsafe { _mm256_maskstore_ps(p, m, v.0) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            V256(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            V256(_mm256_sub_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            V256(_mm256_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            V256(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(a: Self) -> f32 {
+            let quad = _mm_add_ps(_mm256_castps256_ps128(a.0), _mm256_extractf128_ps(a.0, 1));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+            _mm_cvtss_f32(one)
+        }
+        #[inline(always)]
+        unsafe fn keep(m: __m256i, v: Self) -> Self {
+            V256(_mm256_and_ps(v.0, _mm256_castsi256_ps(m)))
+        }
+    }
+
+    /// Output row `y` of one sample into `dst` (`[W, C]`), then each pixel's LayerNorm if
+    /// `norm` is given, while the row is in L1.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; `row.len()` is a multiple of `c`, and the affine parts hold
-    /// `c` values each.
+    /// The CPU has `isa` (from [`Isa::detect`]); `r.image` holds `h * w * c` values, `r.taps`
+    /// `kh * 7 * c`, `r.bias` `c`, `dst` `w * c`; `y < h`; the affine parts `c` values each.
+    pub unsafe fn depthwise_row_7(
+        isa: Isa,
+        r: &Rows<'_>,
+        y: usize,
+        dst: &mut [f32],
+        norm: Option<super::PixelNorm<'_>>,
+    ) {
+        // SAFETY: this function's contract, passed on.
+        unsafe {
+            match isa {
+                Isa::Avx512 => row_avx512(r, y, dst, norm),
+                Isa::Avx2 => row_avx2(r, y, dst, norm),
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn layer_norm_pixels(
+    unsafe fn row_avx512(
+        r: &Rows<'_>,
+        y: usize,
+        dst: &mut [f32],
+        norm: Option<super::PixelNorm<'_>>,
+    ) {
+        // SAFETY: `depthwise_row_7`'s contract.
+        unsafe { row::<V512, 7>(r, y, dst, norm) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_avx2(
+        r: &Rows<'_>,
+        y: usize,
+        dst: &mut [f32],
+        norm: Option<super::PixelNorm<'_>>,
+    ) {
+        // SAFETY: `depthwise_row_7`'s contract.
+        unsafe { row::<V256, 7>(r, y, dst, norm) }
+    }
+
+    /// The row: for each block of `V::LANES` channels, the row's pixels in blocks of four with
+    /// their accumulators in registers across all taps; per kernel row, the `KW` tap vectors
+    /// are loaded once and each input column once, feeding every output it reaches (17 loads
+    /// for 28 fmas with a 7x7 kernel, where a pixel at a time needs 98). Channels past a
+    /// multiple of the width go through masked loads and stores.
+    #[inline(always)]
+    unsafe fn row<V: Lanes, const KW: usize>(
+        r: &Rows<'_>,
+        y: usize,
+        dst: &mut [f32],
+        norm: Option<super::PixelNorm<'_>>,
+    ) {
+        let ky = (r.ph.saturating_sub(y), r.kh.min(r.h + r.ph - y));
+        for c0 in (0..r.c).step_by(V::LANES) {
+            // SAFETY (both calls): `depthwise_row_7`'s contract; blocks stay inside the row.
+            unsafe {
+                let mask = V::mask(r.c - c0);
+                let mut x0 = 0;
+                while x0 < r.w {
+                    match r.w - x0 {
+                        1 => block::<V, KW, 1>(r, y, ky, c0, mask, x0, dst),
+                        2 => block::<V, KW, 2>(r, y, ky, c0, mask, x0, dst),
+                        3 => block::<V, KW, 3>(r, y, ky, c0, mask, x0, dst),
+                        _ => block::<V, KW, 4>(r, y, ky, c0, mask, x0, dst),
+                    }
+                    x0 += 4;
+                }
+            }
+        }
+        if let Some(nm) = norm {
+            // SAFETY: as above; `dst` holds whole pixels.
+            unsafe { layer_norm_pixels::<V>(dst, r.c, nm.eps as f32, nm.affine) }
+        }
+    }
+
+    /// Output pixels `x0..x0 + N`, channels `c0..` under `mask`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<V: Lanes, const KW: usize, const N: usize>(
+        r: &Rows<'_>,
+        y: usize,
+        (ky_lo, ky_hi): (usize, usize),
+        c0: usize,
+        mask: V::Mask,
+        x0: usize,
+        dst: &mut [f32],
+    ) {
+        let c = r.c;
+        // SAFETY (all pointer arithmetic below): rows `y + ky - ph` for ky in ky_lo..ky_hi
+        // are inside the image, columns are checked against `w`, tap rows are < kh, and every
+        // access covers channels `c0..` below `c` (the mask).
+        unsafe {
+            let bias = V::load(mask, r.bias.as_ptr().add(c0));
+            let mut acc = [bias; N];
+            for ky in ky_lo..ky_hi {
+                let row = r.image.as_ptr().add((y + ky - r.ph) * r.w * c + c0);
+                let taps = r.taps.as_ptr().add(ky * KW * c + c0);
+                let wv: [V; KW] = std::array::from_fn(|kx| V::load(mask, taps.add(kx * c)));
+                for i in 0..N + KW - 1 {
+                    // Input column x0 - pw + i; output x0 + j reads it through tap i - j.
+                    let Some(ix) = (x0 + i).checked_sub(r.pw).filter(|&ix| ix < r.w) else {
+                        continue;
+                    };
+                    let v = V::load(mask, row.add(ix * c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        if let Some(kx) = i.checked_sub(j).filter(|&kx| kx < KW) {
+                            *a = V::fma(v, wv[kx], *a);
+                        }
+                    }
+                }
+            }
+            let out = dst.as_mut_ptr().add(x0 * c + c0);
+            for (j, a) in acc.iter().enumerate() {
+                V::store(mask, out.add(j * c), *a);
+            }
+        }
+    }
+
+    /// LayerNorm of each pixel (`c` values) of `row`, in place: mean, then the biased
+    /// variance from the deviations (two passes, f32 lanes, as PyTorch's CPU LayerNorm and
+    /// the JIT's generated one), then `(x - mean) / sqrt(var + eps)`, affine if given.
+    #[inline(always)]
+    unsafe fn layer_norm_pixels<V: Lanes>(
         row: &mut [f32],
         c: usize,
         eps: f32,
@@ -226,91 +486,37 @@ mod x86 {
         if let Some(a) = affine {
             assert!(a.gamma.len() == c && a.beta.len() == c);
         }
-        let mask_at = |c0: usize| -> __mmask16 {
-            let lanes = (c - c0).min(16);
-            if lanes == 16 {
-                0xffff
-            } else {
-                (1u16 << lanes) - 1
-            }
-        };
         for px in row.chunks_exact_mut(c) {
             let p = px.as_mut_ptr();
-            // SAFETY (all accesses): channels c0..c0 + lanes < c under each mask.
+            // SAFETY (all accesses): channels c0.. below c under each mask; masked-off lanes
+            // load as zero, so they add nothing to the sum.
             unsafe {
-                let mut sum = _mm512_setzero_ps();
-                for c0 in (0..c).step_by(16) {
-                    sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask_at(c0), p.add(c0)));
+                let mut sum = V::zero();
+                for c0 in (0..c).step_by(V::LANES) {
+                    sum = V::add(sum, V::load(V::mask(c - c0), p.add(c0)));
                 }
-                let mean = _mm512_reduce_add_ps(sum) / c as f32;
-                let mean_v = _mm512_set1_ps(mean);
-                let mut squares = _mm512_setzero_ps();
-                for c0 in (0..c).step_by(16) {
-                    let m = mask_at(c0);
-                    let d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, p.add(c0)), mean_v);
-                    squares = _mm512_fmadd_ps(d, d, squares);
+                let mean = V::sum(sum) / c as f32;
+                let mean_v = V::splat(mean);
+                let mut squares = V::zero();
+                for c0 in (0..c).step_by(V::LANES) {
+                    let m = V::mask(c - c0);
+                    // Masked-off lanes would hold 0 - mean: zeroed.
+                    let d = V::keep(m, V::sub(V::load(m, p.add(c0)), mean_v));
+                    squares = V::fma(d, d, squares);
                 }
-                let var = _mm512_reduce_add_ps(squares) / c as f32;
-                let inv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
-                for c0 in (0..c).step_by(16) {
-                    let m = mask_at(c0);
-                    let x = _mm512_maskz_loadu_ps(m, p.add(c0));
-                    let mut y = _mm512_mul_ps(_mm512_sub_ps(x, mean_v), inv);
+                let var = V::sum(squares) / c as f32;
+                let inv = V::splat(1.0 / (var + eps).sqrt());
+                for c0 in (0..c).step_by(V::LANES) {
+                    let m = V::mask(c - c0);
+                    let x = V::load(m, p.add(c0));
+                    let mut y = V::mul(V::sub(x, mean_v), inv);
                     if let Some(a) = affine {
-                        let g = _mm512_maskz_loadu_ps(m, a.gamma.as_ptr().add(c0));
-                        let b = _mm512_maskz_loadu_ps(m, a.beta.as_ptr().add(c0));
-                        y = _mm512_fmadd_ps(y, g, b);
+                        let g = V::load(m, a.gamma.as_ptr().add(c0));
+                        let b = V::load(m, a.beta.as_ptr().add(c0));
+                        y = V::fma(y, g, b);
                     }
-                    _mm512_mask_storeu_ps(p.add(c0), m, y);
+                    V::store(m, p.add(c0), y);
                 }
-            }
-        }
-    }
-
-    /// Output pixels `x0..x0 + N`, channels `c0..` under `mask`.
-    ///
-    /// # Safety
-    /// As [`depthwise_row`], and `x0 + N <= w`, `c0 < c` with `mask` covering only channels
-    /// below `c`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block<const KW: usize, const N: usize>(
-        r: &Rows<'_>,
-        y: usize,
-        (ky_lo, ky_hi): (usize, usize),
-        c0: usize,
-        mask: __mmask16,
-        x0: usize,
-        dst: &mut [f32],
-    ) {
-        let c = r.c;
-        // SAFETY (all pointer arithmetic below): rows `y + ky - ph` for ky in ky_lo..ky_hi
-        // are inside the image, columns are checked against `w`, taps rows are < kh, and
-        // every access covers channels `c0..c0 + lanes` within `c` (the mask).
-        unsafe {
-            let bias = _mm512_maskz_loadu_ps(mask, r.bias.as_ptr().add(c0));
-            let mut acc = [bias; N];
-            for ky in ky_lo..ky_hi {
-                let row = r.image.as_ptr().add((y + ky - r.ph) * r.w * c + c0);
-                let taps = r.taps.as_ptr().add(ky * KW * c + c0);
-                let wv: [__m512; KW] =
-                    std::array::from_fn(|kx| _mm512_maskz_loadu_ps(mask, taps.add(kx * c)));
-                for i in 0..N + KW - 1 {
-                    // Input column x0 - pw + i; output x0 + j reads it through tap i - j.
-                    let Some(ix) = (x0 + i).checked_sub(r.pw).filter(|&ix| ix < r.w) else {
-                        continue;
-                    };
-                    let v = _mm512_maskz_loadu_ps(mask, row.add(ix * c));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        if let Some(kx) = i.checked_sub(j).filter(|&kx| kx < KW) {
-                            *a = _mm512_fmadd_ps(v, wv[kx], *a);
-                        }
-                    }
-                }
-            }
-            let out = dst.as_mut_ptr().add(x0 * c + c0);
-            for (j, a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add(j * c), mask, *a);
             }
         }
     }
@@ -492,14 +698,36 @@ mod tests {
                 // Two calls over row ranges, as two threads would make them.
                 let split = (b * h) / 2 + 1;
                 let per_row = w * c;
-                for kernel in [depthwise_nhwc, depthwise_nhwc_portable] {
+                // The dispatcher, the portable loop, and each vector ISA this CPU has.
+                #[cfg(target_arch = "x86_64")]
+                let isas = x86::Isa::available();
+                #[cfg(not(target_arch = "x86_64"))]
+                let isas: Vec<()> = Vec::new();
+                for variant in 0..2 + isas.len() {
                     got.fill(f32::NAN);
                     let (lo, hi) = got.split_at_mut(split * per_row);
-                    kernel(&g, &x, &packed, &bias, norm, 0..split, lo);
-                    kernel(&g, &x, &packed, &bias, norm, split..b * h, hi);
+                    for (range, dst) in [(0..split, lo), (split..b * h, hi)] {
+                        match variant {
+                            0 => depthwise_nhwc(&g, &x, &packed, &bias, norm, range, dst),
+                            1 => depthwise_nhwc_portable(&g, &x, &packed, &bias, norm, range, dst),
+                            #[cfg(target_arch = "x86_64")]
+                            v => assert!(depthwise_nhwc_x86(
+                                isas[v - 2],
+                                &g,
+                                &x,
+                                &packed,
+                                &bias,
+                                norm,
+                                range,
+                                dst
+                            )),
+                            #[cfg(not(target_arch = "x86_64"))]
+                            _ => unreachable!(),
+                        }
+                    }
                     let err = max_err(&want, &got);
                     // 49 f32 FMAs vs the reference's f64 sum; normalised outputs are O(1).
-                    assert!(err < 2e-5, "{b}x{h}x{w}x{c}: {err}");
+                    assert!(err < 2e-5, "{b}x{h}x{w}x{c} variant {variant}: {err}");
                 }
             }
         }
