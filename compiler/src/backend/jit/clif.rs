@@ -4,7 +4,8 @@
 //! One entry function per program, `extern "C" fn(ctx, input, output, arena, batch)`: every
 //! shape, loop bound and per-image buffer offset is an immediate; the batch scales offsets at
 //! run time. Memory-bound steps are generated here (the 7x7 depthwise conv with its LayerNorm,
-//! GRN's scale, the residual add, the layout permute, exact GELU for the GEMM epilogues),
+//! GRN's scale, the head's pool and LayerNorm, the residual add, the layout permute, exact GELU
+//! for the GEMM epilogues),
 //! vectorised with `F32X4` and `fma` (the host's FMA flag is on: `cranelift_native` infers it,
 //! so a vector fma is one instruction, not four libcalls); the matrix products call the
 //! runtime through symbols.
@@ -1096,7 +1097,7 @@ mod tests {
     use super::*;
 
     /// The generated GELU gives the runtime's bits (the same steps, each multiply-add one
-    /// fma) on every value class: both tails, zero, the erfc polynomial's range, lengths
+    /// fma) on every value class: both tails, zero, the rational's range and its clamp, lengths
     /// that leave a scalar tail, and an unaligned start.
     #[test]
     fn generated_gelu_equals_the_runtimes() {

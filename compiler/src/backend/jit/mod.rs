@@ -5,12 +5,12 @@
 //! offset (per image) in one arena, and the generated entry
 //! `extern "C" fn(ctx, input, output, arena, batch)` runs the ops in order with every shape,
 //! bound and offset an immediate. The memory-bound ops are generated code ([`clif`]: the
-//! depthwise conv with its LayerNorm, GRN's scale, elementwise adds, layout permutes); the
-//! linear layers, patch convs and the head call the runtime's ops (the same functions, kernels
-//! and prepared weights as the interpreter) through two registered symbols:
-//! `cnx_jit_node` (one op of the graph) and `cnx_jit_rows` (a generated kernel's rows split
-//! over the pool). Exact GELU is generated too, and handed to those runtime ops as their
-//! epilogue's activation ([`ActivationKernel`]).
+//! depthwise conv with its LayerNorm, GRN's scale, the head's pool and LayerNorm, elementwise
+//! adds, layout permutes); the linear layers, patch convs and the classifier product call the
+//! runtime's ops (the same functions, kernels and prepared weights as the interpreter) through
+//! three registered symbols: `cnx_jit_node` (one op of the graph), `cnx_jit_rows` (a generated
+//! kernel's rows split over the pool) and `cnx_jit_classifier`. Exact GELU is generated too,
+//! and handed to those runtime ops as their epilogue's activation ([`ActivationKernel`]).
 
 mod clif;
 
