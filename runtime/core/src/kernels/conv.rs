@@ -181,21 +181,27 @@ mod x86 {
     }
 
     impl Isa {
-        /// The widest this CPU has.
+        /// The widest this CPU has (no allocation: called on every forward pass).
         pub fn detect() -> Option<Isa> {
-            Isa::available().first().copied()
+            [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .find(|isa| isa.supported())
+        }
+
+        fn supported(self) -> bool {
+            match self {
+                Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            }
         }
 
         /// Every one this CPU has, widest first.
+        #[cfg(test)]
         pub fn available() -> Vec<Isa> {
-            let mut isas = Vec::new();
-            if is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-            isas
+            [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .filter(|isa| isa.supported())
+                .collect()
         }
     }
 
