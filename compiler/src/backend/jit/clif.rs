@@ -498,10 +498,12 @@ fn over_channels(
 /// NHWC depthwise conv, then each pixel's LayerNorm.
 ///
 /// The schedule, per output row: for each block of four channels (one `F32X4`), the row's
-/// pixels go in blocks of four, each block's four accumulators in registers across all taps.
-/// Per kernel row `ky`, the block loads the `kw` tap weights once and each input pixel under
-/// it once (`4 + kw - 1` loads), and every input feeds the accumulators of all the outputs
-/// it reaches: 17 loads for 28 fmas with a 7x7 kernel, where a pixel at a time needs 98.
+/// pixels go in blocks of [`DEPTHWISE_BLOCK`] (eight), each block's accumulators in registers
+/// across all taps. Per kernel row `ky`, the block loads the `kw` tap weights once and each
+/// input pixel under it once (`8 + kw - 1` loads), and every input feeds the accumulators of
+/// all the outputs it reaches: 21 loads for 56 fmas with a 7x7 kernel, where a pixel at a time
+/// needs 196. Eight independent accumulators also cover the fma latency (with four, each
+/// kernel row was a chain of seven dependent fmas per accumulator).
 /// Width is an immediate, so the blocks at the left and right borders are unrolled with
 /// exactly their in-bounds taps (no checks at run time), and the interior is one loop with
 /// every tap at an immediate offset; the vertical tap range is computed per row.
@@ -576,8 +578,10 @@ struct RowTaps {
     bias: Value,
 }
 
-/// Pixels per block of a depthwise output row (accumulators held in registers).
-const DEPTHWISE_BLOCK: usize = 4;
+/// Pixels per block of a depthwise output row (accumulators held in registers): eight, where
+/// four left the JIT's depthwise time 18% higher (its share of the forward, 9.0-9.8% vs
+/// 7.4-7.9%, `cnx bench tiny-1k-224 --batch 1,8 --backend jit`).
+const DEPTHWISE_BLOCK: usize = 8;
 
 /// One output row of one channel block (`ty` = `F32X4`: four channels at byte offset `off`;
 /// `F32`: one): the left border blocks, the interior loop, the right border blocks.
