@@ -239,6 +239,36 @@ mod x86 {
         unsafe fn keep(m: Self::Mask, v: Self) -> Self;
     }
 
+    /// The lane-wise methods every [`Lanes`] vector maps one to one onto an intrinsic.
+    macro_rules! arithmetic {
+        ($v:ident, $zero:ident, $splat:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident) => {
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                $v($zero())
+            }
+            #[inline(always)]
+            unsafe fn splat(v: f32) -> Self {
+                $v($splat(v))
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self, b: Self) -> Self {
+                $v($add(a.0, b.0))
+            }
+            #[inline(always)]
+            unsafe fn sub(a: Self, b: Self) -> Self {
+                $v($sub(a.0, b.0))
+            }
+            #[inline(always)]
+            unsafe fn mul(a: Self, b: Self) -> Self {
+                $v($mul(a.0, b.0))
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                $v($fma(a.0, b.0, c.0))
+            }
+        };
+    }
+
     #[derive(Clone, Copy)]
     pub struct V512(__m512);
 
@@ -254,14 +284,6 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn zero() -> Self {
-            V512(_mm512_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            V512(_mm512_set1_ps(v))
-        }
-        #[inline(always)]
         unsafe fn load(m: __mmask16, p: *const f32) -> Self {
             // SAFETY: the trait's contract (masked-off lanes are not read).
             V512(unsafe { _mm512_maskz_loadu_ps(m, p) })
@@ -271,22 +293,15 @@ mod x86 {
             // SAFETY: as `load`.
             unsafe { _mm512_mask_storeu_ps(p, m, v.0) }
         }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            V512(_mm512_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            V512(_mm512_sub_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            V512(_mm512_mul_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            V512(_mm512_fmadd_ps(a.0, b.0, c.0))
-        }
+        arithmetic!(
+            V512,
+            _mm512_setzero_ps,
+            _mm512_set1_ps,
+            _mm512_add_ps,
+            _mm512_sub_ps,
+            _mm512_mul_ps,
+            _mm512_fmadd_ps
+        );
         #[inline(always)]
         unsafe fn sum(a: Self) -> f32 {
             _mm512_reduce_add_ps(a.0)
@@ -310,14 +325,6 @@ mod x86 {
             _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), index)
         }
         #[inline(always)]
-        unsafe fn zero() -> Self {
-            V256(_mm256_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            V256(_mm256_set1_ps(v))
-        }
-        #[inline(always)]
         unsafe fn load(m: __m256i, p: *const f32) -> Self {
             // SAFETY: the trait's contract (masked-off lanes are not read).
             V256(unsafe { _mm256_maskload_ps(p, m) })
@@ -327,22 +334,15 @@ mod x86 {
             // SAFETY: as `load`.
             unsafe { _mm256_maskstore_ps(p, m, v.0) }
         }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            V256(_mm256_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            V256(_mm256_sub_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            V256(_mm256_mul_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            V256(_mm256_fmadd_ps(a.0, b.0, c.0))
-        }
+        arithmetic!(
+            V256,
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_add_ps,
+            _mm256_sub_ps,
+            _mm256_mul_ps,
+            _mm256_fmadd_ps
+        );
         #[inline(always)]
         unsafe fn sum(a: Self) -> f32 {
             let quad = _mm_add_ps(_mm256_castps256_ps128(a.0), _mm256_extractf128_ps(a.0, 1));
