@@ -93,7 +93,7 @@ fn depthwise(c: &mut Criterion) {
     let x = values(h * w * ch, 4);
     let weight = values(ch * 49, 5);
     let bias = values(ch, 6);
-    let packed = DepthwiseWeights::pack(&weight, ch, 7, 7);
+    let packed = DepthwiseWeights::pack(&weight, ch, 7, 7, Isa::detect());
     let mut out = vec![0f32; h * w * ch];
     group.bench_function("optimised", |b| {
         b.iter(|| {

@@ -138,16 +138,16 @@ impl JitModel {
                     ))
                 })
         };
-        let weight = |id: NodeId, role: &str| -> Result<*const f32, RunError> {
+        let tensor = |id: NodeId, role: &str| {
             let node = graph.node(id);
             let p = node
                 .param(role)
                 .ok_or_else(|| RunError::Graph(format!("`{}` has no {role}", node.name)))?;
             model
                 .tensor(&p.name)
-                .map(|t| t.as_ptr())
                 .ok_or_else(|| RunError::MissingWeight(p.name.clone()))
         };
+        let weight = |id: NodeId, role: &str| tensor(id, role).map(|t| t.as_ptr());
 
         let mut steps = Vec::new();
         let mut nodes = Vec::new();
@@ -205,16 +205,13 @@ impl JitModel {
                     Layout::Nhwc | Layout::Features
                 ) =>
                 {
-                    let (w, bias) = (weight(id, "weight")?, weight(id, "bias")?);
-                    let lens = ["weight", "bias"].map(|role| {
-                        node.param(role)
-                            .and_then(|p| model.tensor(&p.name))
-                            .map_or(0, |t| t.len())
-                    });
-                    if lens != [channels * classes, classes] {
+                    let (w, bias) = (tensor(id, "weight")?, tensor(id, "bias")?);
+                    if (w.len(), bias.len()) != (channels * classes, classes) {
                         return Err(RunError::Graph(format!(
-                            "`{}`: classifier weights of {lens:?} values",
-                            node.name
+                            "`{}`: classifier weights of {} and {} values",
+                            node.name,
+                            w.len(),
+                            bias.len()
                         )));
                     }
                     // The pooled, normalised features: an arena region of their own.
@@ -225,8 +222,8 @@ impl JitModel {
                         classes,
                         pixels: graph.node(inputs[0]).ty.pixels(),
                         eps,
-                        weight: w,
-                        bias,
+                        weight: w.as_ptr(),
+                        bias: bias.as_ptr(),
                         x: loc(inputs[0]),
                         features,
                         out,

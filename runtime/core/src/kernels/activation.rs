@@ -212,14 +212,18 @@ pub const GELU_ERF_CLAMP: f32 = 5.1898;
 pub fn gelu_f32(x: f32) -> f32 {
     let c = x.clamp(-GELU_ERF_CLAMP, GELU_ERF_CLAMP);
     let c2 = c * c;
-    let [p0, p1, p2, p3, p4, p5] = GELU_ERF_NUMERATOR;
-    let p = p5.mul_add(c2, p4).mul_add(c2, p3).mul_add(c2, p2);
-    let p = c * p.mul_add(c2, p1).mul_add(c2, p0);
-    let [q0, q1, q2, q3, q4, q5] = GELU_ERF_DENOMINATOR;
-    let q = q5.mul_add(c2, q4).mul_add(c2, q3).mul_add(c2, q2);
-    let q = q.mul_add(c2, q1).mul_add(c2, q0);
-    let erf = p / q;
+    let erf = c * horner(&GELU_ERF_NUMERATOR, c2) / horner(&GELU_ERF_DENOMINATOR, c2);
     (0.5 * x) * (erf + 1.0)
+}
+
+/// `sum_k coefs[k] t^k` by Horner from the highest coefficient, each step one fused
+/// multiply-add (the generated code's `fma`, step for step).
+#[inline(always)]
+fn horner(coefs: &[f32; 6], t: f32) -> f32 {
+    coefs[..5]
+        .iter()
+        .rev()
+        .fold(coefs[5], |acc, &k| acc.mul_add(t, k))
 }
 
 #[inline(always)]

@@ -14,12 +14,14 @@ pub struct PixelNorm<'a> {
     pub affine: Option<Affine<'a>>,
 }
 
-/// Depthwise weights repacked `[kh][kw][C]`, so that one tap is a contiguous channel vector.
+/// Depthwise weights repacked `[kh][kw][C]`, so that one tap is a contiguous channel vector,
+/// for the kernel of one [`Isa`] (as [`PackedWeights`] are).
 #[derive(Debug, Clone)]
 pub struct DepthwiseWeights {
     pub kh: usize,
     pub kw: usize,
     pub channels: usize,
+    pub isa: Isa,
     data: Vec<f32>,
 }
 
@@ -29,8 +31,14 @@ impl DepthwiseWeights {
         &self.data
     }
 
-    /// From PyTorch's `[C, 1, kh, kw]`.
-    pub fn pack(weight: &[f32], channels: usize, kh: usize, kw: usize) -> DepthwiseWeights {
+    /// From PyTorch's `[C, 1, kh, kw]`, for `isa`'s kernel.
+    pub fn pack(
+        weight: &[f32],
+        channels: usize,
+        kh: usize,
+        kw: usize,
+        isa: Isa,
+    ) -> DepthwiseWeights {
         assert_eq!(weight.len(), channels * kh * kw);
         let mut data = vec![0f32; weight.len()];
         for c in 0..channels {
@@ -42,6 +50,7 @@ impl DepthwiseWeights {
             kh,
             kw,
             channels,
+            isa,
             data,
         }
     }
@@ -64,21 +73,23 @@ pub fn depthwise_nhwc(
     assert!(g.stride_h == 1 && g.stride_w == 1);
     assert_eq!(out.len(), rows.len() * g.out_w() * c);
     assert!(x.len() >= g.batch * g.in_h * g.in_w * c && bias.len() == c);
-    #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = x86::Isa::detect() {
-        if depthwise_nhwc_x86(isa, g, x, w, bias, norm, rows.clone(), out) {
-            return;
-        }
+    if let Some(a) = norm.and_then(|nm| nm.affine) {
+        assert!(a.gamma.len() == c && a.beta.len() == c);
     }
-    depthwise_nhwc_portable(g, x, w, bias, norm, rows, out)
+    // The vector kernels cover 7-wide kernels that keep the image's size (ConvNeXt's).
+    let vectorised =
+        w.kw == 7 && (g.out_h(), g.out_w()) == (g.in_h, g.in_w) && g.pad_h < w.kh && g.pad_w < w.kw;
+    match w.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 if vectorised => depthwise_nhwc_x86(g, x, w, bias, norm, rows, out),
+        _ => depthwise_nhwc_portable(g, x, w, bias, norm, rows, out),
+    }
 }
 
-/// [`depthwise_nhwc`] on `isa`'s vectors, for 7-wide kernels that keep the image's size
-/// (ConvNeXt's); `false` (nothing written) for any other geometry.
+/// [`depthwise_nhwc`] on the vectors of `w.isa` (AVX-512 or AVX2), for the geometries it
+/// checked.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 fn depthwise_nhwc_x86(
-    isa: x86::Isa,
     g: &Conv2dGeometry,
     x: &[f32],
     w: &DepthwiseWeights,
@@ -86,11 +97,8 @@ fn depthwise_nhwc_x86(
     norm: Option<PixelNorm<'_>>,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
-) -> bool {
+) {
     let (c, oh, ow) = (w.channels, g.out_h(), g.out_w());
-    if w.kw != 7 || (oh, ow) != (g.in_h, g.in_w) || g.pad_h >= w.kh || g.pad_w >= w.kw {
-        return false;
-    }
     let image_len = g.in_h * g.in_w * c;
     for (r, row) in rows.enumerate() {
         let (n, y) = (row / oh, row % oh);
@@ -106,17 +114,12 @@ fn depthwise_nhwc_x86(
             ph: g.pad_h,
             pw: g.pad_w,
         };
-        if let Some(nm) = norm {
-            if let Some(a) = nm.affine {
-                assert!(a.gamma.len() == c && a.beta.len() == c);
-            }
-        }
-        // SAFETY: `isa` was detected on this CPU; the image, taps (kh x 7 x c), bias and
-        // destination row have the sizes `depthwise_row_7` needs (asserted by the caller and
-        // by construction), `y < oh = in_h`, and the affine parts hold `c` values (above).
-        unsafe { x86::depthwise_row_7(isa, &taps, y, dst, norm) };
+        // SAFETY: weights are only packed for an ISA this CPU has (`Isa::detect`,
+        // `Isa::available`); the image, taps (kh x 7 x c), bias and destination row have the
+        // sizes `depthwise_row_7` needs, and the affine parts `c` values (asserted by the
+        // caller and by construction); `y < oh = in_h`.
+        unsafe { x86::depthwise_row_7(w.isa, &taps, y, dst, norm) };
     }
-    true
 }
 
 /// [`depthwise_nhwc`] without SIMD intrinsics (what the compiler vectorises for the baseline
@@ -172,38 +175,6 @@ fn depthwise_nhwc_portable(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-
-    /// The vector ISA the depthwise kernel runs on.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Isa {
-        Avx512,
-        Avx2,
-    }
-
-    impl Isa {
-        /// The widest this CPU has (no allocation: called on every forward pass).
-        pub fn detect() -> Option<Isa> {
-            [Isa::Avx512, Isa::Avx2]
-                .into_iter()
-                .find(|isa| isa.supported())
-        }
-
-        fn supported(self) -> bool {
-            match self {
-                Isa::Avx512 => is_x86_feature_detected!("avx512f"),
-                Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            }
-        }
-
-        /// Every one this CPU has, widest first.
-        #[cfg(test)]
-        pub fn available() -> Vec<Isa> {
-            [Isa::Avx512, Isa::Avx2]
-                .into_iter()
-                .filter(|isa| isa.supported())
-                .collect()
-        }
-    }
 
     /// What one output row needs: the sample's input image `[H, W, C]`, the tap-major weights
     /// and the bias, the geometry (padding `ph`, `pw`; a `kh x KW` kernel).
@@ -360,10 +331,11 @@ mod x86 {
     /// `norm` is given, while the row is in L1.
     ///
     /// # Safety
-    /// The CPU has `isa` (from [`Isa::detect`]); `r.image` holds `h * w * c` values, `r.taps`
-    /// `kh * 7 * c`, `r.bias` `c`, `dst` `w * c`; `y < h`; the affine parts `c` values each.
+    /// The CPU has `isa`, which is AVX-512 or AVX2 + FMA; `r.image` holds `h * w * c` values,
+    /// `r.taps` `kh * 7 * c`, `r.bias` `c`, `dst` `w * c`; `y < h`; the affine parts `c` values
+    /// each.
     pub unsafe fn depthwise_row_7(
-        isa: Isa,
+        isa: super::Isa,
         r: &Rows<'_>,
         y: usize,
         dst: &mut [f32],
@@ -372,8 +344,9 @@ mod x86 {
         // SAFETY: this function's contract, passed on.
         unsafe {
             match isa {
-                Isa::Avx512 => row_avx512(r, y, dst, norm),
-                Isa::Avx2 => row_avx2(r, y, dst, norm),
+                super::Isa::Avx512 => row_avx512(r, y, dst, norm),
+                super::Isa::Avx2 => row_avx2(r, y, dst, norm),
+                super::Isa::Portable => unreachable!("no vector kernel for the portable ISA"),
             }
         }
     }
@@ -684,7 +657,6 @@ mod tests {
             let wt = values(c * 49, 2);
             let bias = values(c, 3);
             let (gamma, beta) = (values(c, 4), values(c, 5));
-            let packed = DepthwiseWeights::pack(&wt, c, 7, 7);
             for norm in [
                 None,
                 Some(PixelNorm {
@@ -704,36 +676,16 @@ mod tests {
                 // Two calls over row ranges, as two threads would make them.
                 let split = (b * h) / 2 + 1;
                 let per_row = w * c;
-                // The dispatcher, the portable loop, and each vector ISA this CPU has.
-                #[cfg(target_arch = "x86_64")]
-                let isas = x86::Isa::available();
-                #[cfg(not(target_arch = "x86_64"))]
-                let isas: Vec<()> = Vec::new();
-                for variant in 0..2 + isas.len() {
+                // Every kernel this CPU has (the portable loop included).
+                for isa in Isa::available() {
+                    let packed = DepthwiseWeights::pack(&wt, c, 7, 7, isa);
                     got.fill(f32::NAN);
                     let (lo, hi) = got.split_at_mut(split * per_row);
-                    for (range, dst) in [(0..split, lo), (split..b * h, hi)] {
-                        match variant {
-                            0 => depthwise_nhwc(&g, &x, &packed, &bias, norm, range, dst),
-                            1 => depthwise_nhwc_portable(&g, &x, &packed, &bias, norm, range, dst),
-                            #[cfg(target_arch = "x86_64")]
-                            v => assert!(depthwise_nhwc_x86(
-                                isas[v - 2],
-                                &g,
-                                &x,
-                                &packed,
-                                &bias,
-                                norm,
-                                range,
-                                dst
-                            )),
-                            #[cfg(not(target_arch = "x86_64"))]
-                            _ => unreachable!(),
-                        }
-                    }
+                    depthwise_nhwc(&g, &x, &packed, &bias, norm, 0..split, lo);
+                    depthwise_nhwc(&g, &x, &packed, &bias, norm, split..b * h, hi);
                     let err = max_err(&want, &got);
                     // 49 f32 FMAs vs the reference's f64 sum; normalised outputs are O(1).
-                    assert!(err < 2e-5, "{b}x{h}x{w}x{c} variant {variant}: {err}");
+                    assert!(err < 2e-5, "{b}x{h}x{w}x{c} {isa:?}: {err}");
                 }
             }
         }

@@ -508,7 +508,7 @@ pub fn prepare_conv(c: &Conv2d, weight: &[f32], isa: gemm::Isa) -> Option<Prepar
     if c.is_depthwise() && c.stride == [1, 1] && c.input_norm.is_none() {
         let (ch, kh, kw) = (c.out_channels, c.kernel[0], c.kernel[1]);
         return Some(PreparedWeights::Depthwise(conv::DepthwiseWeights::pack(
-            weight, ch, kh, kw,
+            weight, ch, kh, kw, isa,
         )));
     }
     if c.groups == 1 && c.kernel == c.stride && c.padding == [0, 0] {
