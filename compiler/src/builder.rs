@@ -6,7 +6,7 @@
 
 use crate::config::{ConvNextV2Config, BLOCK_LAYER_NORM_EPS};
 use crate::ir::{
-    outputs, Conv2d, Graph, LayerNorm, Linear, NodeId, NormAxis, Op, Param, Permute, ValueType,
+    outputs, Conv2d, Graph, GraphError, LayerNorm, Linear, NodeId, NormAxis, Op, Param, Permute, ValueType,
 };
 
 /// The input does not fit the model (e.g. an image smaller than the patch or a downsample).
@@ -15,7 +15,7 @@ use crate::ir::{
 pub struct BuildError {
     pub height: usize,
     pub width: usize,
-    pub reason: String,
+    pub reason: GraphError,
 }
 
 /// Options that change which modules exist.
@@ -66,7 +66,7 @@ struct Builder<'a> {
     config: &'a ConvNextV2Config,
 }
 
-type Built = Result<NodeId, String>;
+type Built = Result<NodeId, GraphError>;
 
 impl Builder<'_> {
     /// Adds module `name` with its `weight` and `bias` named `{name}.weight` / `{name}.bias`.
@@ -112,7 +112,7 @@ impl Builder<'_> {
     }
 
     /// `ConvNextV2ForImageClassification.forward`.
-    fn image_classification(&mut self, options: BuildOptions) -> Result<(), String> {
+    fn image_classification(&mut self, options: BuildOptions) -> Result<(), GraphError> {
         let pixel_values = self.graph.input();
         let pooled = self.model("convnextv2", pixel_values)?;
         let logits = if options.classifier && self.config.num_labels() > 0 {

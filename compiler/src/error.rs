@@ -1,72 +1,91 @@
-//! The compiler's error type. Library code returns it; the `cnx` binary prints it.
+//! The compiler's errors. Library code returns them; the `cnx` binary prints them, with an exit
+//! code that follows from the variant ([`Error::is_user_error`]).
 
-use std::path::PathBuf;
-
-use crate::backend::interp::RunError;
 use crate::builder::BuildError;
 use crate::config::ConfigError;
+use crate::ir::GraphError;
+use crate::lower::LowerError;
 use crate::verify::VerifyError;
 
+/// Errors of the compiler crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
     Io {
-        path: PathBuf,
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// A `config.json` that is not a valid `ConvNextV2Config` (named by `path`).
     #[error("{path}: {source}")]
     Config {
         path: String,
         #[source]
         source: ConfigError,
     },
-    #[error("unknown model `{name}`: not a file, a directory or a preset{}", did_you_mean(.suggestions))]
-    UnknownModel {
-        name: String,
-        suggestions: Vec<&'static str>,
-    },
-    #[error("{model} has no weights: it is a preset without a checkpoint; pass --weights <model.safetensors>")]
-    NoWeights { model: String },
+    /// The input size does not fit the model.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The checkpoint: unreadable, invalid, or not the model's.
     #[error(transparent)]
     Weights(#[from] cnx_runtime::Error),
-    #[error("{path}: {reason}")]
-    Npy { path: String, reason: String },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
-    Verify(#[from] VerifyError),
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
-    #[error(transparent)]
-    Hub(#[from] crate::hub::HubError),
-    /// An image that cannot be decoded.
-    #[error("{path}: {reason}")]
-    Image { path: String, reason: String },
-    #[error(transparent)]
-    Derive(#[from] crate::passes::derive::DeriveError),
-}
-
-fn did_you_mean(suggestions: &[&str]) -> String {
-    if suggestions.is_empty() {
-        String::new()
-    } else {
-        format!(" (did you mean {}?)", suggestions.join(", "))
-    }
+    #[error("this is a bug in cnx: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("this is a bug in cnx: {0}")]
+    Lower(#[from] LowerError),
+    #[error("this is a bug in cnx: {0}")]
+    Graph(#[from] GraphError),
+    #[error("this is a bug in cnx: {0}")]
+    Emit(#[from] crate::backend::rust::EmitError),
 }
 
 impl Error {
     /// Whether the error is the user's input (exit code 2) rather than a bug in cnx (1).
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Verify(_) | Error::Derive(_) => false,
+            Error::Io { .. } | Error::Config { .. } | Error::Build(_) | Error::Weights(_) => true,
             Error::Pass(e) => matches!(e, crate::passes::PassError::UnknownPass { .. }),
-            Error::Run(e) => matches!(e, RunError::InputShape { .. } | RunError::EmptyBatch),
-            _ => true,
+            Error::Run(e) => e.is_user_error(),
+            Error::Verify(_) | Error::Lower(_) | Error::Graph(_) | Error::Emit(_) => false,
         }
+    }
+}
+
+/// Why a forward pass could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `pixel_values` of the wrong shape, or an empty batch.
+    #[error(transparent)]
+    Input(#[from] cnx_runtime::Error),
+    #[error("output `{0}` does not exist in this graph")]
+    UnknownOutput(String),
+    #[error("this is a bug in cnx: {0}")]
+    Lower(LowerError),
+    #[error("this is a bug in cnx: the program has {program} weight slots, the model {loaded}")]
+    WeightTable { program: usize, loaded: usize },
+    #[error("this is a bug in cnx: output `{name}` does not fill its shape")]
+    OutputSize { name: String },
+    /// A step failed inside generated code's call into the runtime (a panic caught there).
+    #[error("this is a bug in cnx: step `{step}` failed: {reason}")]
+    Step { step: String, reason: String },
+}
+
+impl From<LowerError> for RunError {
+    fn from(e: LowerError) -> Self {
+        match e {
+            LowerError::UnknownOutput(name) => RunError::UnknownOutput(name),
+            e => RunError::Lower(e),
+        }
+    }
+}
+
+impl RunError {
+    /// Bad input (exit code 2) rather than a bug (1).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, RunError::Input(_) | RunError::UnknownOutput(_))
     }
 }

@@ -18,6 +18,22 @@ pub use cnx_runtime::ops::{
 };
 pub use cnx_runtime::weights::derive::DeriveRule;
 
+/// Why a graph cannot be built or ordered. Raised while building (operands that do not fit an
+/// op, e.g. an input smaller than a kernel) and by any pass or lowering that meets a cycle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// Operands whose types do not fit the op.
+    #[error("{node}: {reason}")]
+    Operands { node: String, reason: OperandError },
+    #[error("the graph has a cycle through `{0}`")]
+    Cycle(String),
+}
+
+/// Operand types that do not fit an op: what the op expected and what it got.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OperandError(pub String);
+
 /// An operation. Parameters live on the node (see [`Node::params`]), named as HF names them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -124,7 +140,11 @@ impl Op {
     }
 
     /// Output type from operand types, or why the operands do not fit.
-    pub fn infer(&self, inputs: &[ValueType]) -> Result<ValueType, String> {
+    pub fn infer(&self, inputs: &[ValueType]) -> Result<ValueType, OperandError> {
+        self.infer_types(inputs).map_err(OperandError)
+    }
+
+    fn infer_types(&self, inputs: &[ValueType]) -> Result<ValueType, String> {
         if inputs.len() != self.arity() {
             return Err(format!(
                 "{} takes {} operand(s), got {}",
@@ -507,10 +527,13 @@ impl Graph {
         op: Op,
         inputs: &[NodeId],
         params: Vec<Param>,
-    ) -> Result<NodeId, String> {
+    ) -> Result<NodeId, GraphError> {
         let name = name.into();
         let types: Vec<ValueType> = inputs.iter().map(|&i| self.g[i].ty).collect();
-        let ty = op.infer(&types).map_err(|e| format!("{name}: {e}"))?;
+        let ty = match op.infer(&types) {
+            Ok(ty) => ty,
+            Err(reason) => return Err(GraphError::Operands { node: name, reason }),
+        };
         let id = self.g.add_node(Node {
             name,
             op,
@@ -590,13 +613,9 @@ impl Graph {
 
     /// Nodes in an order where every operand comes before its users (ties by insertion
     /// order, so the order is deterministic).
-    pub fn topo_order(&self) -> Result<Vec<NodeId>, String> {
-        petgraph::algo::toposort(&self.g, None).map_err(|cycle| {
-            format!(
-                "the graph has a cycle through `{}`",
-                self.g[cycle.node_id()].name
-            )
-        })
+    pub fn topo_order(&self) -> Result<Vec<NodeId>, GraphError> {
+        petgraph::algo::toposort(&self.g, None)
+            .map_err(|cycle| GraphError::Cycle(self.g[cycle.node_id()].name.clone()))
     }
 
     /// All parameters, in topological order.

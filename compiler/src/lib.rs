@@ -3,31 +3,33 @@
 //! - [`config`]: `ConvNextV2Config`, read from a Hugging Face `config.json`.
 //! - [`ir`]: the graph of typed ops, one node per Hugging Face module.
 //! - [`builder`]: `build_graph`, mirroring `ConvNextV2ForImageClassification`.
-//! - [`verify`]: the graph verifier.
-//! - [`backend`]: executors; [`backend::interp`] is the reference interpreter.
-//! - [`model`]: resolving a model name and loading it with its checkpoint.
-//! - [`io`]: `.npy` / `.npz` files.
+//! - [`passes`]: the fusion passes, one rewrite per file; [`verify`]: the graph verifier.
+//! - [`memory_plan`] and [`lower`]: an optimised graph becomes a `Program`, the flat list of
+//!   steps every backend runs.
+//! - [`backend`]: [`backend::interp`] steps through a program; [`backend::rust`] emits it as
+//!   Rust for the `convnextv2!` macro (the Cranelift JIT is the `cnx-jit` crate).
+//! - [`model`]: a model loaded with its weights.
+//!
+//! It depends on the runtime, petgraph, serde and the token crates the emitter needs; nothing
+//! of the `cnx` application (images, hub, command line) nor Cranelift.
 
 pub mod backend;
 pub mod builder;
 pub mod config;
 pub mod error;
-pub mod io;
 pub mod ir;
 pub mod listing;
+pub mod lower;
 pub mod memory_plan;
 pub mod model;
+pub mod passes;
 pub mod presets;
+#[cfg(any(test, feature = "random"))]
+pub mod random;
 pub mod verify;
 
 pub use builder::{build_graph, build_graph_with, BuildOptions};
 pub use config::ConvNextV2Config;
-pub use error::Error;
+pub use error::{Error, RunError};
 pub use ir::Graph;
-pub use model::{LoadedModel, ModelSpec};
-pub mod bench;
-pub mod classify;
-pub mod hub;
-pub mod images;
-pub mod passes;
-pub mod random;
+pub use model::LoadedModel;

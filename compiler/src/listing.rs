@@ -20,8 +20,12 @@ pub fn totals(graph: &Graph) -> Totals {
     }
 }
 
-/// One line per node in topological order: name, op, output type, parameters, MACs; then totals.
-pub fn node_table(graph: &Graph) -> String {
+/// One line per node of `graph` in topological order: name, op, output type, parameters,
+/// MACs; then totals. The parameter total is the checkpoint's, as transformers'
+/// `num_parameters()` counts it (the parameters of `unfused`, the graph as Hugging Face
+/// defines it), with what the optimised `graph` holds beside it (folded weights are derived
+/// tensors, and folding changes the count).
+pub fn node_table(unfused: &Graph, graph: &Graph) -> String {
     let order = graph.topo_order().unwrap_or_default();
     let width = order
         .iter()
@@ -47,12 +51,14 @@ pub fn node_table(graph: &Graph) -> String {
         );
     }
     let t = totals(graph);
+    let checkpoint: usize = unfused.checkpoint_params().iter().map(|p| p.numel()).sum();
     let _ = writeln!(
         out,
-        "total: {} nodes, {} parameters ({:.2} M), {} MACs per image ({:.3} G)",
+        "total: {} nodes, {} parameters ({:.2} M; the optimised graph holds {}), {} MACs per image ({:.3} G)",
         t.nodes,
+        checkpoint,
+        checkpoint as f64 / 1e6,
         t.params,
-        t.params as f64 / 1e6,
         t.macs,
         t.macs as f64 / 1e9
     );

@@ -9,13 +9,15 @@
 
 use std::collections::HashMap;
 
-use crate::ir::{Graph, GrnSource, NodeId, Op};
+use crate::ir::{Graph, GraphError, GrnSource, NodeId, Op};
 
 /// Slots for the values of a graph evaluated in `order`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// Evaluation order (every node the plan covers).
     pub order: Vec<NodeId>,
+    /// The values planned for (live to the end).
+    pub wanted: Vec<NodeId>,
     /// Each value's slot.
     pub slot: HashMap<NodeId, usize>,
     /// Elements per image of each slot (its largest value).
@@ -27,7 +29,7 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// Plans the nodes `wanted` values depend on (`wanted` stay live to the end).
-    pub fn new(graph: &Graph, wanted: &[NodeId]) -> Result<MemoryPlan, String> {
+    pub fn new(graph: &Graph, wanted: &[NodeId]) -> Result<MemoryPlan, GraphError> {
         let needed = graph.needed_for(wanted);
         let order: Vec<NodeId> = graph
             .topo_order()?
@@ -48,6 +50,7 @@ impl MemoryPlan {
         }
         let mut plan = MemoryPlan {
             order: order.clone(),
+            wanted: wanted.to_vec(),
             slot: HashMap::new(),
             slot_sizes: Vec::new(),
             sums_slot: HashMap::new(),
@@ -70,14 +73,17 @@ impl MemoryPlan {
             for i in graph.inputs(id) {
                 if last_use.get(&i) == Some(&pos) {
                     free[plan.slot[&i]] = true;
-                    if let Op::GrnScale {
-                        source: GrnSource::ProducerSums,
-                        ..
-                    } = graph.node(id).op
-                    {
-                        if let Some(&s) = plan.sums_slot.get(&i) {
-                            sums_free[s] = true;
-                        }
+                }
+            }
+            // A producer's sums have one reader, its GRN scale: free once it has run.
+            if let Op::GrnScale {
+                source: GrnSource::ProducerSums,
+                ..
+            } = graph.node(id).op
+            {
+                for i in graph.inputs(id) {
+                    if let Some(&s) = plan.sums_slot.get(&i) {
+                        sums_free[s] = true;
                     }
                 }
             }

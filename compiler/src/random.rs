@@ -1,20 +1,15 @@
-//! Random-weight models: a complete model directory (config.json, model.safetensors,
-//! pixel_values.npy) from a config, for demos, benchmarks and tests with no hub access.
+//! Random weights and inputs for a graph, for demos, benchmarks and tests with no hub access
+//! (the `cnx random-model` command writes them as a model directory).
 //!
 //! Every parameter is drawn from a seeded generator, including the ones transformers
 //! initialises to constants (GRN to zero, LayerNorm to the identity), so that a model made
 //! here exercises every term of every op.
 
-use std::io::Write as _;
-use std::path::Path;
-
 use cnx_runtime::Tensor;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use safetensors::tensor::TensorView;
 
 use crate::ir::{Graph, Op};
-use crate::Error;
 
 /// Random values for every parameter of `graph`, in topological order:
 /// conv and linear weights ~ N(0, 1/fan_in), their biases ~ 0.1 N(0, 1), LayerNorm
@@ -53,31 +48,4 @@ pub fn random_pixel_values(graph: &Graph, batch: usize, seed: u64) -> Tensor {
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
     Tensor::from_vec(&shape, data).expect("sized from the shape")
-}
-
-/// Writes parameters as a safetensors file (f32, Hugging Face names).
-pub fn write_safetensors(
-    path: &Path,
-    params: &[(String, Vec<usize>, Vec<f32>)],
-) -> Result<(), Error> {
-    let bytes: Vec<Vec<u8>> = params
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(&str, TensorView<'_>)> = params
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            let view = TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .expect("byte count matches the shape");
-            (name.as_str(), view)
-        })
-        .collect();
-    let mut metadata = std::collections::HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    crate::io::write_atomically(path, |mut file| file.write_all(&bytes))
 }

@@ -13,7 +13,7 @@ pub struct VerifyError(pub String);
 /// Checks every invariant of [`Graph`]; returns the first violation.
 pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
     let fail = |msg: String| Err(VerifyError(msg));
-    let order = graph.topo_order().map_err(VerifyError)?;
+    let order = graph.topo_order().map_err(|e| VerifyError(e.to_string()))?;
     let mut weight_users: HashMap<&str, &str> = HashMap::new();
     for &id in &order {
         let node = graph.node(id);

@@ -12,7 +12,8 @@ use proc_macro::TokenStream;
 ///
 /// Options: `config` (a preset such as `"tiny-1k-224"`, `"facebook/convnextv2-tiny-1k-224"`,
 /// or a path to a `config.json` relative to the crate's `Cargo.toml`), `name = TypeName`
-/// (default `ConvNextV2`), `image_size = 384` (default: the config's), `fuse = false` (the
+/// (default `ConvNextV2`), `image_size = 384` or `image_size = (97, 75)` (height, width;
+/// default: the config's), `fuse = false` (the
 /// unfused graph), `weights = "path/model.safetensors"` (compiled into the binary, loaded by
 /// `TypeName::embedded()`).
 #[proc_macro]

@@ -9,9 +9,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cnx_compiler::backend::interp;
-use cnx_compiler::backend::jit::{JitModel, JitOptions};
+use cnx_jit::{JitModel, JitOptions};
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{random, LoadedModel, ModelSpec};
+use cnx_cli::{random, ModelSpec};
 
 convnextv2::convnextv2!(config = "atto-1k-224", name = Atto);
 convnextv2::convnextv2!(config = "tiny-1k-224", name = Tiny);
@@ -32,13 +32,11 @@ fn forward(c: &mut Criterion) {
         let path = dir.path().join(format!("{preset}.safetensors"));
         random::write_safetensors(&path, &random::random_parameters(&graph, 1)).unwrap();
         let interp_model =
-            LoadedModel::load_with(spec, Some(&path), (224, 224), &Pipeline::default_pipeline())
+            spec.load_with(Some(&path), (224, 224), &Pipeline::default_pipeline())
                 .unwrap();
         type Forward = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
         let jit = JitModel::compile(
-            LoadedModel::load_with(
-                ModelSpec::resolve(preset).unwrap(),
-                Some(&path),
+            ModelSpec::resolve(preset).unwrap().load_with(Some(&path),
                 (224, 224),
                 &Pipeline::default_pipeline(),
             )
@@ -68,10 +66,7 @@ fn forward(c: &mut Criterion) {
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(BenchmarkId::new("interpreter", batch), |b| {
                 b.iter(|| {
-                    interp::run_threaded(
-                        &interp_model.graph,
-                        &interp_model,
-                        &pixel_values,
+                    interp::run_threaded(&interp_model, &pixel_values,
                         &["logits"],
                         threads,
                     )

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cnx_compiler::io::{read_npz, Array};
+use cnx_cli::io::{read_npz, Array};
 
 /// `tests/fixtures`.
 pub fn fixtures_dir() -> PathBuf {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use cnx_compiler::{Error, LoadedModel, ModelSpec};
+use cnx_cli::ModelSpec;
+use cnx_compiler::passes::Pipeline;
+use cnx_compiler::{Error, LoadedModel};
 use convnextv2::{Error as RtError, WeightStore};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -46,7 +48,9 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// Loads the custom-square model with `weights`, 64x64 input.
 fn load(weights: &Path) -> Result<LoadedModel, Error> {
     let spec = ModelSpec::resolve(case_dir().to_str().unwrap()).unwrap();
-    LoadedModel::load(spec, Some(weights), (64, 64))
+    let store = WeightStore::open(weights)?;
+    let pipeline = Pipeline::default_pipeline();
+    LoadedModel::new(spec.name, spec.config, store, (64, 64), &pipeline)
 }
 
 /// Rewrites the checkpoint's tensors through `edit` (name -> (dtype, shape, bytes)).

@@ -2,10 +2,10 @@
 //! same loading path as `cnx run` (config.json + the checkpoint beside it).
 
 use cnx_compiler::backend::interp;
-use cnx_compiler::io::read_npy;
+use cnx_cli::io::read_npy;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{LoadedModel, ModelSpec};
+use cnx_cli::ModelSpec;
 use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
 
 #[test]
@@ -51,16 +51,16 @@ fn check_every_fixture(label: &str, pipeline: &Pipeline, kernels: Kernels) {
         let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
         let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
         let shape = pixel_values.shape().to_vec();
-        let model = LoadedModel::load_with(spec, None, (shape[2], shape[3]), pipeline)
+        let model = spec.load_with(None, (shape[2], shape[3]), pipeline)
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name()));
         let model = match kernels {
             Kernels::Reference => model.use_reference_kernels(),
             Kernels::Optimised => model,
         };
-        let num_stages = model.spec.config.num_stages;
+        let num_stages = model.config.num_stages;
         let names = outputs::all(num_stages);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let got = interp::run(&model.graph, &model, &pixel_values, &refs).unwrap();
+        let got = interp::run(&model, &pixel_values, &refs).unwrap();
         for name in &names {
             let expected = &fx.expected[name];
             let ours: Vec<f64> = got[name].data().iter().map(|&v| v as f64).collect();
@@ -110,8 +110,8 @@ fn eps_sensitive_fixtures_detect_a_wrong_eps() {
         spec.config.layer_norm_eps = 1e-12;
         let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
         let shape = pixel_values.shape().to_vec();
-        let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
-        let got = interp::run(&model.graph, &model, &pixel_values, &["logits"]).unwrap();
+        let model = spec.load(None, (shape[2], shape[3])).unwrap();
+        let got = interp::run(&model, &pixel_values, &["logits"]).unwrap();
         let ours: Vec<f64> = got["logits"].data().iter().map(|&v| v as f64).collect();
         let err = max_abs_diff(&ours, &fx.expected["logits"].data);
         let tol = tolerance(fx.hf_gap("logits"), fx.scale("logits"));
@@ -129,12 +129,12 @@ fn results_do_not_depend_on_the_thread_count() {
     let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
     let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
     let shape = pixel_values.shape().to_vec();
-    let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
+    let model = spec.load(None, (shape[2], shape[3])).unwrap();
     let names = ["logits", "hidden_states_1", "hidden_states_3"];
-    let one = interp::run_threaded(&model.graph, &model, &pixel_values, &names, 1).unwrap();
+    let one = interp::run_threaded(&model, &pixel_values, &names, 1).unwrap();
     for threads in [2, 3, 7] {
         let many =
-            interp::run_threaded(&model.graph, &model, &pixel_values, &names, threads).unwrap();
+            interp::run_threaded(&model, &pixel_values, &names, threads).unwrap();
         assert_eq!(one, many, "{threads} threads");
     }
 }
@@ -145,11 +145,11 @@ fn results_do_not_depend_on_the_thread_count() {
 fn loading_keeps_only_live_weights() {
     let dir = cnx_tests::fixtures_dir().join("custom-square");
     let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
-    let model = LoadedModel::load(spec, None, (64, 64)).unwrap();
+    let model = spec.load(None, (64, 64)).unwrap();
     use convnextv2::WeightSource;
     let folded = "convnextv2.encoder.stages.0.layers.0.pwconv1.weight";
     assert!(
-        model.checkpoint.get(folded).is_none(),
+        model.checkpoint().get(folded).is_none(),
         "{folded} was folded and should be dropped"
     );
     for p in model.graph.params() {
@@ -161,7 +161,7 @@ fn loading_keeps_only_live_weights() {
     }
     // The pooler's own LayerNorm parameters stay (pooler_output needs them).
     assert!(model
-        .checkpoint
+        .checkpoint()
         .get("convnextv2.layernorm.weight")
         .is_some());
 }

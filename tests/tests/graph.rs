@@ -1,9 +1,8 @@
 //! The graph against the ConvNeXt V2 paper's table and transformers' module tree.
 
 use cnx_compiler::ir::{outputs, Layout, NormAxis, Op};
-use cnx_compiler::{
-    build_graph, build_graph_with, verify, BuildOptions, ConvNextV2Config, ModelSpec,
-};
+use cnx_cli::ModelSpec;
+use cnx_compiler::{build_graph, build_graph_with, verify, BuildOptions, ConvNextV2Config};
 
 /// The paper (Woo et al. 2023, table of model sizes) counts FLOPs with fvcore: the MACs of
 /// convolutions and linear layers, plus 5 per element for every `F.layer_norm` (the channels-last
@@ -158,7 +157,7 @@ fn any_input_size_floors_like_pytorch() {
     // Too small for the last downsample: a clear error, not a panic.
     let err = build_graph(&custom(), (20, 20)).unwrap_err();
     assert!(
-        err.reason.contains("smaller than the 2-wide kernel"),
+        err.reason.to_string().contains("smaller than the 2-wide kernel"),
         "{err}"
     );
 }

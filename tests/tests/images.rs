@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cnx_compiler::classify::{self, top_k};
-use cnx_compiler::io::read_npy;
-use cnx_compiler::{images, LoadedModel, ModelSpec};
+use cnx_cli::classify::{self, top_k};
+use cnx_cli::io::read_npy;
+use cnx_cli::{images, ModelSpec};
 use convnextv2::preprocess::{self, PreprocessConfig};
 
 fn images_dir() -> PathBuf {
@@ -102,12 +102,12 @@ fn classification_equals_transformers() {
         let expected = json(file);
         let spec = ModelSpec::resolve(atto().to_str().unwrap()).unwrap();
         let labels = spec.config.id2label.clone();
-        let model = LoadedModel::load(spec, None, (size, size)).unwrap();
+        let model = spec.load(None, (size, size)).unwrap();
         let cfg = PreprocessConfig::for_size(size);
         for (name, want) in expected.as_object().unwrap() {
             let x = classify::pixel_values(&images_dir().join(name), &cfg).unwrap();
             let out =
-                cnx_compiler::backend::interp::run(&model.graph, &model, &x, &["logits"]).unwrap();
+                cnx_compiler::backend::interp::run(&model, &x, &["logits"]).unwrap();
             let logits = out["logits"].data();
             let top = top_k(logits, &labels, 5);
             let want_idx: Vec<u64> = want["top"]
@@ -154,7 +154,8 @@ fn bad_images_are_errors_naming_the_problem() {
     ] {
         let err = images::decode(&images_dir().join(name))
             .err()
-            .unwrap_or_else(|| panic!("{name} decoded"));
+            .unwrap_or_else(|| panic!("{name} decoded"))
+            .to_string();
         assert!(err.contains(needle), "{name}: {err}");
         println!("{name}: {err}");
     }

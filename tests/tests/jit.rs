@@ -11,11 +11,11 @@
 //! backend: `cnx_tests::tolerance` (3x transformers' own float32 error, + 2 ulp).
 
 use cnx_compiler::backend::interp;
-use cnx_compiler::backend::jit::{JitModel, JitOptions};
-use cnx_compiler::io::read_npy;
+use cnx_jit::{JitModel, JitOptions};
+use cnx_cli::io::read_npy;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{random, LoadedModel, ModelSpec};
+use cnx_cli::{random, ModelSpec};
 use cnx_runtime::{Tensor, WeightStore};
 use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
 
@@ -43,8 +43,8 @@ fn jit_reproduces_every_fixture() {
         let shape = x.shape().to_vec();
         let names = outputs::all(spec.config.num_stages);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let model = LoadedModel::load(spec, None, (shape[2], shape[3])).unwrap();
-        let want = interp::run(&model.graph, &model, &x, &refs).unwrap();
+        let model = spec.load(None, (shape[2], shape[3])).unwrap();
+        let want = interp::run(&model, &x, &refs).unwrap();
         let jit = JitModel::compile(model, &refs, VERIFY).unwrap();
         let got = jit.run(&x, 2).unwrap();
         for name in &names {
@@ -85,9 +85,9 @@ fn jit_matches_the_interpreter_on_every_preset_size() {
             random::write_safetensors(&path, &params).unwrap();
             let store = WeightStore::open(&path).unwrap();
             let model =
-                LoadedModel::with_weights(spec, store, hw, &Pipeline::default_pipeline()).unwrap();
+                spec.with_weights(store, hw, &Pipeline::default_pipeline()).unwrap();
             let x = random::random_pixel_values(&model.graph, batch, 3);
-            let want = interp::run(&model.graph, &model, &x, &["logits", "pooler_output"]).unwrap();
+            let want = interp::run(&model, &x, &["logits", "pooler_output"]).unwrap();
             let jit = JitModel::compile(model, &["logits", "pooler_output"], VERIFY).unwrap();
             for threads in [1, 2] {
                 let got = jit.run(&x, threads).unwrap();
@@ -106,9 +106,9 @@ fn jit_runs_and_checks_its_input() {
     let graph = cnx_compiler::build_graph(&spec.config, (64, 64)).unwrap();
     let store = WeightStore::from_tensors(random::random_parameters(&graph, 1)).unwrap();
     let model =
-        LoadedModel::with_weights(spec, store, (64, 64), &Pipeline::default_pipeline()).unwrap();
+        spec.with_weights(store, (64, 64), &Pipeline::default_pipeline()).unwrap();
     let x = random::random_pixel_values(&model.graph, 2, 9);
-    let want = interp::run(&model.graph, &model, &x, &["logits"]).unwrap();
+    let want = interp::run(&model, &x, &["logits"]).unwrap();
     let jit = JitModel::compile(model, &["logits"], VERIFY).unwrap();
     // A valid run (this test is the one CI runs under valgrind's memcheck).
     let got = jit.run(&x, 2).unwrap();
@@ -136,10 +136,10 @@ fn jit_handles_channels_not_a_multiple_of_four() {
     let hw = (61, 45);
     let graph = cnx_compiler::build_graph(&spec.config, hw).unwrap();
     let store = WeightStore::from_tensors(random::random_parameters(&graph, 5)).unwrap();
-    let model = LoadedModel::with_weights(spec, store, hw, &Pipeline::default_pipeline()).unwrap();
+    let model = spec.with_weights(store, hw, &Pipeline::default_pipeline()).unwrap();
     let x = random::random_pixel_values(&model.graph, 3, 4);
     let names = ["logits", "pooler_output", "last_hidden_state"];
-    let want = interp::run(&model.graph, &model, &x, &names).unwrap();
+    let want = interp::run(&model, &x, &names).unwrap();
     let jit = JitModel::compile(model, &names, VERIFY).unwrap();
     let got = jit.run(&x, 2).unwrap();
     for name in names {

@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use cnx_compiler::backend::interp;
-use cnx_compiler::io::read_npy;
+use cnx_cli::io::read_npy;
 use cnx_compiler::passes::Pipeline;
-use cnx_compiler::{random, LoadedModel, ModelSpec};
+use cnx_cli::{random, ModelSpec};
 use cnx_runtime::{Tensor, WeightStore};
 use cnx_tests::{fixtures_dir, max_abs_diff, tolerance, Fixture};
 
@@ -45,8 +45,8 @@ fn interpreter_logits(
         Pipeline::empty()
     };
     let model =
-        LoadedModel::load_with(spec, Some(weights), (shape[2], shape[3]), &pipeline).unwrap();
-    let out = interp::run(&model.graph, &model, pixel_values, &["logits"]).unwrap();
+        spec.load_with(Some(weights), (shape[2], shape[3]), &pipeline).unwrap();
+    let out = interp::run(&model, pixel_values, &["logits"]).unwrap();
     out["logits"].data().to_vec()
 }
 

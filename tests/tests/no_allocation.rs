@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cnx_compiler::{random, ModelSpec};
+use cnx_cli::{random, ModelSpec};
 
 struct Counting;
 

@@ -1,13 +1,13 @@
-//! The Rust code generator behind `convnextv2!`: the optimised graph of one model, for one
+//! The Rust code generator behind `convnextv2!`: the lowered program of one model, for one
 //! input size, as Rust that calls the runtime's ops with every shape a constant.
 //!
-//! The graph (pruned to what the logits need) is cut into the Hugging Face modules it came
-//! from: `embeddings`, each stage's `downsampling_layer`, each `layers.M` block, the head.
-//! Blocks whose code is identical once their workspace and weight slots are read from a table
-//! (every block of a stage) share one function, called in a loop over a constant table of
-//! slots: the emitted code grows with the number of stages, not of blocks. Values live in the
-//! slots of the static [`MemoryPlan`]; weights in the slots of a parameter table whose entries
-//! carry their Hugging Face name, shape, derivation recipe and kernel preparation.
+//! The program (lowered for the logits, [`crate::lower`]) is cut into the Hugging Face modules
+//! its steps came from: `embeddings`, each stage's `downsampling_layer`, each `layers.M`
+//! block, the head. Blocks whose code is identical once their workspace and weight slots are
+//! read from a table (every block of a stage) share one function, called in a loop over a
+//! constant table of slots: the emitted code grows with the number of stages, not of blocks.
+//! Each step becomes the call [`cnx_runtime::program::execute`] makes for it at run time, with
+//! its bindings (taken from the step, never re-derived here) as constants and table slots.
 //!
 //! [`expand`] is the whole macro (arguments in, items or a spanned `compile_error!` out), so
 //! the proc-macro crate is a shim and everything here is testable without a proc-macro context.
@@ -21,17 +21,35 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{LitBool, LitInt, LitStr, Token};
 
-use crate::builder::{build_graph_with, BuildOptions};
+use crate::builder::{build_graph_with, BuildError, BuildOptions};
 use crate::config::ConvNextV2Config;
-use crate::ir::{
-    outputs, Conv2d, Graph, GrnSource, LayerNorm, Layout, Linear, NodeId, NormAxis, Op, Param,
-    Permute, ValueType,
-};
-use crate::memory_plan::MemoryPlan;
-use crate::passes::Pipeline;
+use crate::ir::{outputs, Conv2d, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
+use crate::lower::{lower_outputs, LowerError};
+use crate::passes::{PassError, Pipeline};
+use crate::verify::VerifyError;
 use crate::{presets, verify};
-use cnx_runtime::weights::derive::DeriveRule;
+use cnx_runtime::compiled::Prepare;
+use cnx_runtime::program::{Program, Step, StepOp};
+use cnx_runtime::weights::derive::{DeriveRule, ParamSpec};
 use cnx_runtime::Activation;
+
+/// Why a model could not be emitted. The macro turns it into a `compile_error!`.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The input size does not fit the model (a user error).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    #[error("the graph has no logits")]
+    NoLogits,
+    #[error("emitted invalid Rust: {0}")]
+    InvalidRust(String),
+}
 
 /// What to compile: a model config, an input size, fused or not, and what to call it.
 #[derive(Debug, Clone)]
@@ -56,16 +74,17 @@ pub fn expand(args: TokenStream, manifest_dir: &Path) -> TokenStream {
     match syn::parse2::<MacroArgs>(args).and_then(|a| a.into_spec(manifest_dir)) {
         Ok(spec) => match emit(&spec) {
             Ok(tokens) => tokens,
-            Err(message) => syn::Error::new(Span::call_site(), message).to_compile_error(),
+            Err(e) => syn::Error::new(Span::call_site(), e.to_string()).to_compile_error(),
         },
         Err(e) => e.to_compile_error(),
     }
 }
 
 /// The model's items as formatted Rust source (what `cnx compile --emit rust` prints).
-pub fn emit_source(spec: &EmitSpec) -> Result<String, String> {
+pub fn emit_source(spec: &EmitSpec) -> Result<String, EmitError> {
     let tokens = emit(spec)?;
-    let file: syn::File = syn::parse2(tokens).map_err(|e| format!("emitted invalid Rust: {e}"))?;
+    let file: syn::File =
+        syn::parse2(tokens).map_err(|e| EmitError::InvalidRust(e.to_string()))?;
     Ok(prettyplease::unparse(&file))
 }
 
@@ -73,7 +92,7 @@ pub fn emit_source(spec: &EmitSpec) -> Result<String, String> {
 struct MacroArgs {
     config: Option<LitStr>,
     name: Option<Ident>,
-    image_size: Option<LitInt>,
+    image_size: Option<TokenStream>,
     fuse: Option<LitBool>,
     weights: Option<LitStr>,
     call_site: Span,
@@ -132,12 +151,7 @@ impl Parse for MacroArgs {
                 }
                 "image_size" => {
                     dup(args.image_size.is_some())?;
-                    args.image_size = Some(syn::parse2(value).map_err(|e| {
-                        syn::Error::new(
-                            e.span(),
-                            "`image_size` takes an integer, e.g. `image_size = 384`",
-                        )
-                    })?);
+                    args.image_size = Some(value);
                 }
                 "fuse" => {
                     dup(args.fuse.is_some())?;
@@ -206,21 +220,9 @@ impl MacroArgs {
                 "unknown preset `{model}` (and no such config.json){hint}"
             )));
         };
-        let size = match &self.image_size {
-            Some(lit) => {
-                let n: usize = lit.base10_parse()?;
-                if n < config.patch_size || n > 4096 {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        format!(
-                            "image_size {n} is out of range ({}..=4096)",
-                            config.patch_size
-                        ),
-                    ));
-                }
-                n
-            }
-            None => config.image_size,
+        let input_hw = match self.image_size {
+            Some(tokens) => image_size(tokens, config.patch_size)?,
+            None => (config.image_size, config.image_size),
         };
         let embedded_weights = match &self.weights {
             Some(lit) => {
@@ -241,7 +243,7 @@ impl MacroArgs {
                 .map_or_else(|| "ConvNextV2".to_string(), |n| n.to_string()),
             model,
             config,
-            input_hw: (size, size),
+            input_hw,
             fuse: self.fuse.is_none_or(|b| b.value),
             embedded_weights,
             config_path,
@@ -249,11 +251,48 @@ impl MacroArgs {
     }
 }
 
+/// `image_size = 384` (square) or `image_size = (97, 75)` (height, width), each side within
+/// `patch_size..=4096`.
+fn image_size(tokens: TokenStream, patch_size: usize) -> syn::Result<(usize, usize)> {
+    let usage = "`image_size` takes an integer or (height, width), e.g. `image_size = 384` or `image_size = (97, 75)`";
+    let side = |lit: &LitInt| -> syn::Result<usize> {
+        let n: usize = lit.base10_parse()?;
+        if n < patch_size || n > 4096 {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("image_size {n} is out of range ({patch_size}..=4096)"),
+            ));
+        }
+        Ok(n)
+    };
+    if let Ok(lit) = syn::parse2::<LitInt>(tokens.clone()) {
+        let n = side(&lit)?;
+        return Ok((n, n));
+    }
+    let tuple: syn::ExprTuple =
+        syn::parse2(tokens).map_err(|e| syn::Error::new(e.span(), usage))?;
+    let sides: Vec<&LitInt> = tuple
+        .elems
+        .iter()
+        .filter_map(|e| match e {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(i),
+                ..
+            }) => Some(i),
+            _ => None,
+        })
+        .collect();
+    match sides[..] {
+        [h, w] if tuple.elems.len() == 2 => Ok((side(h)?, side(w)?)),
+        _ => Err(syn::Error::new_spanned(&tuple, usage)),
+    }
+}
+
 fn looks_like_path(s: &str) -> bool {
     s.ends_with(".json") || s.starts_with('.') || s.starts_with('/') || s.contains('/')
 }
 
-/// The segment of the HF module tree a node belongs to.
+/// The segment of the HF module tree a step belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Embeddings,
@@ -281,7 +320,7 @@ impl Segment {
         }
     }
 
-    /// The name prefix its nodes share.
+    /// The name prefix its steps share.
     fn prefix(&self) -> String {
         match self {
             Segment::Embeddings | Segment::Head => "convnextv2.".into(),
@@ -311,7 +350,7 @@ impl Segment {
     }
 }
 
-/// One run of consecutive nodes of a segment, with its slots.
+/// One run of consecutive steps of a segment, with its slots.
 struct Instance {
     segment: Segment,
     values: Vec<usize>,
@@ -320,41 +359,26 @@ struct Instance {
     body: TokenStream,
 }
 
-/// The parameter table: one slot per distinct parameter, in first-use order.
+/// The macro's weight table: the program's slots that its steps read, in first-use order (a
+/// program's table covers the whole graph; the macro loads only what the logits need).
 #[derive(Default)]
 struct ParamTable {
-    slots: Vec<(Param, TokenStream)>,
-    index: HashMap<String, usize>,
+    /// Program weight index of each macro slot.
+    slots: Vec<usize>,
+    index: HashMap<usize, usize>,
 }
 
 impl ParamTable {
-    fn slot(&mut self, graph: &Graph, id: NodeId, role: &str) -> Result<usize, String> {
-        let node = graph.node(id);
-        let p = node
-            .param(role)
-            .ok_or_else(|| format!("`{}` has no {role}", node.name))?;
-        if let Some(&i) = self.index.get(&p.name) {
-            return Ok(i);
-        }
-        let prepare = match (role, &node.op) {
-            ("weight", Op::Linear(l)) => {
-                let l = linear_tokens(l);
-                quote!(Prepare::Linear(#l))
-            }
-            ("weight", Op::Conv2d(c)) => {
-                let c = conv_tokens(c);
-                quote!(Prepare::Conv(#c))
-            }
-            _ => quote!(Prepare::Plain),
-        };
-        self.index.insert(p.name.clone(), self.slots.len());
-        self.slots.push((p.clone(), prepare));
-        Ok(self.slots.len() - 1)
+    fn slot(&mut self, program_index: usize) -> usize {
+        *self.index.entry(program_index).or_insert_with(|| {
+            self.slots.push(program_index);
+            self.slots.len() - 1
+        })
     }
 }
 
 /// Emits the items of one compiled model.
-pub fn emit(spec: &EmitSpec) -> Result<TokenStream, String> {
+pub fn emit(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
     emit_suffixed(spec).map(unsuffix)
 }
 
@@ -385,177 +409,72 @@ fn unsuffix(tokens: TokenStream) -> TokenStream {
         .collect()
 }
 
-fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, String> {
+/// The model's program (logits only) and the checkpoint tensors it is validated against.
+pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Vec<(String, Vec<usize>)>), EmitError> {
     let mut graph = build_graph_with(
         &spec.config,
         spec.input_hw,
         BuildOptions { classifier: true },
-    )
-    .map_err(|e| e.to_string())?;
-    verify::verify(&graph).map_err(|e| e.to_string())?;
+    )?;
+    verify::verify(&graph)?;
     let checkpoint: Vec<(String, Vec<usize>)> = graph
         .checkpoint_params()
         .into_iter()
         .map(|p| (p.name.clone(), p.shape.clone()))
         .collect();
     if spec.fuse {
-        Pipeline::default_pipeline()
-            .run(&mut graph)
-            .map_err(|e| e.to_string())?;
-        verify::verify(&graph).map_err(|e| e.to_string())?;
+        Pipeline::default_pipeline().run(&mut graph)?;
+        verify::verify(&graph)?;
     }
-    let logits = graph
-        .output(outputs::LOGITS)
-        .ok_or("the graph has no logits")?;
-    let plan = MemoryPlan::new(&graph, &[logits])?;
+    Ok((lower_outputs(&graph, &[outputs::LOGITS])?, checkpoint))
+}
 
-    // Cut the evaluation order into segment instances and emit each one's body.
+fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
+    let (program, checkpoint) = lower_spec(spec)?;
     let mut params = ParamTable::default();
-    let mut instances: Vec<Instance> = Vec::new();
-    let mut run: Vec<NodeId> = Vec::new();
-    let nodes: Vec<NodeId> = plan
-        .order
-        .iter()
-        .copied()
-        .filter(|&id| !matches!(graph.node(id).op, Op::Input))
-        .collect();
-    for (i, &id) in nodes.iter().enumerate() {
-        run.push(id);
-        let segment = Segment::of(&graph.node(id).name);
-        let next = nodes.get(i + 1).map(|&n| Segment::of(&graph.node(n).name));
-        if next.as_ref() != Some(&segment) {
-            instances.push(instance(&graph, &plan, &mut params, segment, &run)?);
-            run.clear();
-        }
-    }
-
-    // Identical bodies share a function; consecutive instances of one function, a loop.
-    // (name, body, first instance)
-    let mut functions: Vec<(String, TokenStream, usize)> = Vec::new();
-    let mut function_of: Vec<usize> = Vec::new();
-    for (n, inst) in instances.iter().enumerate() {
-        let key = inst.body.to_string();
-        let f = match functions.iter().position(|(_, b, _)| b.to_string() == key) {
-            Some(f) => f,
-            None => {
-                let base = inst.segment.function();
-                let taken = functions
-                    .iter()
-                    .filter(|(name, _, _)| name.starts_with(&base))
-                    .count();
-                let name = if taken == 0 {
-                    base
-                } else {
-                    format!("{base}_{taken}")
-                };
-                functions.push((name, inst.body.clone(), n));
-                functions.len() - 1
-            }
-        };
-        function_of.push(f);
-    }
-    let mut fn_items = Vec::new();
-    for (name, body, first) in &functions {
-        let f = format_ident!("{}", name);
-        let inst = &instances[*first];
-        let (v, p, s) = (inst.values.len(), inst.params.len(), inst.sums.len());
-        let doc = format!(" `{}*`", inst.segment.prefix());
-        fn_items.push(quote! {
-            #[doc = #doc]
-            fn #f(w: &Weights, ws: &mut Workspace, batch: usize, s: &Slots<#v, #p, #s>) {
-                #body
-            }
-        });
-    }
-    let mut tables = Vec::new();
-    let mut calls = Vec::new();
-    let mut table_names: HashMap<String, usize> = HashMap::new();
-    let mut i = 0;
-    while i < instances.len() {
-        let f = function_of[i];
-        let mut j = i + 1;
-        while j < instances.len() && function_of[j] == f {
-            j += 1;
-        }
-        let mut table = instances[i].segment.table();
-        let seen = table_names.entry(table.clone()).or_insert(0);
-        *seen += 1;
-        if *seen > 1 {
-            table = format!("{table}_{}", *seen - 1);
-        }
-        let table = format_ident!("{}", table);
-        let func = format_ident!("{}", functions[f].0);
-        let entries: Vec<TokenStream> = instances[i..j].iter().map(slots_tokens).collect();
-        let (v, p, s) = (
-            instances[i].values.len(),
-            instances[i].params.len(),
-            instances[i].sums.len(),
-        );
-        let n = j - i;
-        if n == 1 {
-            let entry = &entries[0];
-            tables.push(quote!(const #table: Slots<#v, #p, #s> = #entry;));
-            calls.push(quote!(#func(w, ws, batch, &#table);));
-        } else {
-            tables.push(quote!(const #table: [Slots<#v, #p, #s>; #n] = [#(#entries),*];));
-            calls.push(quote!(for s in &#table { #func(w, ws, batch, s); }));
-        }
-        i = j;
-    }
-
+    let instances = instances(&program, &mut params);
+    let (fn_items, tables, calls) = functions(&instances);
     let checkpoint_entries = checkpoint
         .iter()
         .map(|(name, shape)| quote!((#name, &[#(#shape),*])));
-    let weight_slots = params.slots.iter().map(|(p, prepare)| {
-        let p = param_tokens(p);
+    let weight_slots = params.slots.iter().map(|&i| {
+        let slot = &program.weights[i];
+        let p = param_tokens(&slot.param);
+        let prepare = match slot.prepare {
+            Prepare::Plain => quote!(Prepare::Plain),
+            Prepare::Linear(l) => {
+                let l = linear_tokens(&l);
+                quote!(Prepare::Linear(#l))
+            }
+            Prepare::Conv(c) => {
+                let c = conv_tokens(&c);
+                quote!(Prepare::Conv(#c))
+            }
+        };
         quote!(WeightSlot { param: #p, prepare: #prepare })
     });
     let n_weights = params.slots.len();
-    let labels = &spec.config.id2label;
-    let n_labels = labels.len();
-    let input = graph.input_type();
-    let (c, h, w) = (input.channels, input.height, input.width);
-    let input_slot = plan.slot[&graph.input()];
-    let logits_slot = plan.slot[&logits];
-    let n_slots = plan.slots();
-    let hidden = &spec.config.hidden_sizes;
-    let depths = &spec.config.depths;
-    let n_stages = hidden.len();
-    let name = format_ident!("{}", spec.name);
+    let input_slot = program.input_value.slot;
+    let logits = program
+        .output(outputs::LOGITS)
+        .ok_or(EmitError::NoLogits)?
+        .value
+        .slot;
+    let (slot_sizes, sums_sizes) = (&program.slot_sizes, &program.sums_sizes);
+    let (n_slots, n_sums) = (slot_sizes.len(), sums_sizes.len());
     let module = format_ident!("__cnx_{}", to_snake(&spec.name));
-    let fused = spec.fuse;
-    let model = &spec.model;
-    let doc = format!(
-        " ConvNeXt V2 classifier `{model}` compiled by cnx for {h}x{w} input ({} graph: {} ops, {} weight slots, {} workspace slots).",
-        if fused { "fused" } else { "unfused" },
-        nodes.len(),
-        n_weights,
-        n_slots
-    );
+    let model_type = model_type(spec, &program, n_weights, &module);
     let track_config = spec.config_path.as_ref().map(|p| {
         let p = p.display().to_string();
         quote!(
             const _: &[u8] = include_bytes!(#p);
         )
     });
-    let embedded = spec.embedded_weights.as_ref().map(|p| {
-        let p = p.display().to_string();
-        quote! {
-            /// The model with the checkpoint compiled into the binary.
-            pub fn embedded() -> ::core::result::Result<Self, ::convnextv2::Error> {
-                // 64-byte aligned, so the checkpoint's f32 tensors are used in place.
-                #[repr(C, align(64))]
-                struct Aligned<B: ?Sized>(B);
-                static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!(#p));
-                Self::from_store(::convnextv2::WeightStore::from_static_bytes(&BYTES.0)?)
-            }
-        }
-    });
-
     Ok(quote! {
         #[doc(hidden)]
         #[allow(unused_imports, clippy::all, clippy::pedantic)]
         mod #module {
+            use ::std::borrow::Cow;
             use ::convnextv2::compiled::{Prepare, Slots, WeightSlot, Weights, Workspace};
             use ::convnextv2::ops::{
                 self, Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute,
@@ -571,8 +490,10 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, String> {
             /// Every parameter the code reads: checkpoint tensors and derived ones.
             pub(super) static WEIGHTS: [WeightSlot; #n_weights] = [#(#weight_slots),*];
             pub(super) const INPUT_SLOT: usize = #input_slot;
-            pub(super) const LOGITS_SLOT: usize = #logits_slot;
-            pub(super) const WORKSPACE_SLOTS: usize = #n_slots;
+            pub(super) const LOGITS_SLOT: usize = #logits;
+            /// f32 per image of each workspace slot, and f64 per image of each sums slot.
+            pub(super) const SLOT_SIZES: [usize; #n_slots] = [#(#slot_sizes),*];
+            pub(super) const SUMS_SIZES: [usize; #n_sums] = [#(#sums_sizes),*];
 
             /// The forward pass: `pixel_values` in the input slot, logits in the logits slot.
             pub(super) fn forward(w: &Weights, ws: &mut Workspace, batch: usize) {
@@ -583,6 +504,423 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, String> {
             #(#fn_items)*
         }
 
+        #model_type
+    })
+}
+
+/// Cuts the program's steps into segment instances and emits each one's body.
+fn instances(program: &Program, params: &mut ParamTable) -> Vec<Instance> {
+    // The step that wrote each value a step reads (`None`: the input).
+    let mut writer: HashMap<usize, Option<usize>> = HashMap::new();
+    writer.insert(program.input_value.slot, None);
+    let mut producers: Vec<Vec<Option<usize>>> = Vec::new();
+    for (i, step) in program.steps.iter().enumerate() {
+        producers.push(step.operands().iter().map(|v| writer[&v.slot]).collect());
+        writer.insert(step.out.slot, Some(i));
+    }
+    let mut instances = Vec::new();
+    let mut start = 0;
+    for i in 0..program.steps.len() {
+        let segment = Segment::of(&program.steps[i].name);
+        let next = program.steps.get(i + 1).map(|s| Segment::of(&s.name));
+        if next.as_ref() != Some(&segment) {
+            instances.push(instance(program, &producers, params, segment, start..i + 1));
+            start = i + 1;
+        }
+    }
+    instances
+}
+
+/// Identical bodies share a function; consecutive instances of one function, a loop over a
+/// table of their slots. Returns the functions, the tables and the calls of `forward`.
+fn functions(instances: &[Instance]) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<TokenStream>) {
+    // (name, body, first instance)
+    let mut functions: Vec<(String, String, usize)> = Vec::new();
+    let mut function_of: Vec<usize> = Vec::new();
+    for (n, inst) in instances.iter().enumerate() {
+        let key = inst.body.to_string();
+        let f = match functions.iter().position(|(_, b, _)| *b == key) {
+            Some(f) => f,
+            None => {
+                let base = inst.segment.function();
+                let taken = functions
+                    .iter()
+                    .filter(|(name, _, _)| name.starts_with(&base))
+                    .count();
+                let name = if taken == 0 {
+                    base
+                } else {
+                    format!("{base}_{taken}")
+                };
+                functions.push((name, key, n));
+                functions.len() - 1
+            }
+        };
+        function_of.push(f);
+    }
+    let fn_items = functions
+        .iter()
+        .map(|(name, _, first)| {
+            let f = format_ident!("{}", name);
+            let inst = &instances[*first];
+            let (v, p, s) = (inst.values.len(), inst.params.len(), inst.sums.len());
+            let doc = format!(" `{}*`", inst.segment.prefix());
+            let body = &inst.body;
+            quote! {
+                #[doc = #doc]
+                fn #f(w: &Weights, ws: &mut Workspace, batch: usize, s: &Slots<#v, #p, #s>) {
+                    #body
+                }
+            }
+        })
+        .collect();
+    let (mut tables, mut calls) = (Vec::new(), Vec::new());
+    let mut table_names: HashMap<String, usize> = HashMap::new();
+    let mut i = 0;
+    while i < instances.len() {
+        let f = function_of[i];
+        let j = (i..instances.len())
+            .find(|&j| function_of[j] != f)
+            .unwrap_or(instances.len());
+        let mut table = instances[i].segment.table();
+        let seen = table_names.entry(table.clone()).or_insert(0);
+        *seen += 1;
+        if *seen > 1 {
+            table = format!("{table}_{}", *seen - 1);
+        }
+        let table = format_ident!("{}", table);
+        let func = format_ident!("{}", functions[f].0);
+        let entries: Vec<TokenStream> = instances[i..j].iter().map(slots_tokens).collect();
+        let inst = &instances[i];
+        let (v, p, s) = (inst.values.len(), inst.params.len(), inst.sums.len());
+        let n = j - i;
+        if n == 1 {
+            let entry = &entries[0];
+            tables.push(quote!(const #table: Slots<#v, #p, #s> = #entry;));
+            calls.push(quote!(#func(w, ws, batch, &#table);));
+        } else {
+            tables.push(quote!(const #table: [Slots<#v, #p, #s>; #n] = [#(#entries),*];));
+            calls.push(quote!(for s in &#table { #func(w, ws, batch, s); }));
+        }
+        i = j;
+    }
+    (fn_items, tables, calls)
+}
+
+/// An instance's slots as the block function reads them: `s.values[i]`, `s.params[i]`,
+/// `s.sums[i]` (local numbering: operands from outside first, in order of first use, then the
+/// instance's own values).
+struct Locals<'a> {
+    /// The producing step of each local value (`None`: the input).
+    values: Vec<Option<usize>>,
+    slots: Vec<usize>,
+    params: Vec<usize>,
+    sums: Vec<usize>,
+    table: &'a mut ParamTable,
+}
+
+impl Locals<'_> {
+    fn value(&self, producer: Option<usize>) -> TokenStream {
+        let i = self
+            .values
+            .iter()
+            .position(|&p| p == producer)
+            .expect("numbered");
+        quote!(s.values[#i])
+    }
+
+    fn param(&mut self, program_index: usize) -> TokenStream {
+        let i = self.params.len();
+        self.params.push(self.table.slot(program_index));
+        quote!(s.params[#i])
+    }
+
+    fn sums(&mut self, slot: usize) -> TokenStream {
+        let i = match self.sums.iter().position(|&s| s == slot) {
+            Some(i) => i,
+            None => {
+                self.sums.push(slot);
+                self.sums.len() - 1
+            }
+        };
+        quote!(s.sums[#i])
+    }
+}
+
+/// One segment instance (steps `range` of the program): its slots and its body.
+fn instance(
+    program: &Program,
+    producers: &[Vec<Option<usize>>],
+    table: &mut ParamTable,
+    segment: Segment,
+    range: std::ops::Range<usize>,
+) -> Instance {
+    let mut locals = Locals {
+        values: Vec::new(),
+        slots: Vec::new(),
+        params: Vec::new(),
+        sums: Vec::new(),
+        table,
+    };
+    for i in range.clone() {
+        for (p, v) in producers[i].iter().zip(program.steps[i].operands().iter()) {
+            let outside = p.is_none_or(|p| !range.contains(&p));
+            if outside && !locals.values.contains(p) {
+                locals.values.push(*p);
+                locals.slots.push(v.slot);
+            }
+        }
+    }
+    for i in range.clone() {
+        locals.values.push(Some(i));
+        locals.slots.push(program.steps[i].out.slot);
+    }
+    let prefix = segment.prefix();
+    let mut body = TokenStream::new();
+    for i in range {
+        body.extend(statement(&program.steps[i], i, &producers[i], &prefix, &mut locals));
+    }
+    Instance {
+        segment,
+        values: locals.slots,
+        params: locals.params,
+        sums: locals.sums,
+        body,
+    }
+}
+
+/// The constant naming a step's op: its module path under the segment (`PWCONV1`).
+fn op_const(step: &Step, prefix: &str) -> Ident {
+    let rel = step.name.strip_prefix(prefix).unwrap_or(&step.name);
+    let mut name: String = rel
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        name = format!("{}_{name}", step.kind().to_uppercase());
+    }
+    format_ident!("{}", name)
+}
+
+/// One step as a call of its runtime op on the workspace (what [`cnx_runtime::program::execute`]
+/// does at run time, with every constant written out).
+fn statement(
+    step: &Step,
+    index: usize,
+    producers: &[Option<usize>],
+    prefix: &str,
+    locals: &mut Locals<'_>,
+) -> TokenStream {
+    let op_const = op_const(step, prefix);
+    let out = locals.value(Some(index));
+    let len = step.out.len;
+    let len = quote!(batch * #len);
+    let out_ty = value_type_tokens(&step.out_ty);
+    let operands: Vec<TokenStream> = producers.iter().map(|&p| locals.value(p)).collect();
+    let x = &operands[0];
+    match &step.op {
+        StepOp::Conv2d {
+            conv,
+            input,
+            weight,
+            bias,
+            norm,
+            ..
+        } => {
+            let (wt, b) = (locals.param(*weight), locals.param(*bias));
+            let norm = match norm {
+                Some(a) => {
+                    let (g, be) = (locals.param(a.gamma), locals.param(a.beta));
+                    quote!(Some((#g, #be)))
+                }
+                None => quote!(None),
+            };
+            let (attrs, in_ty) = (conv_tokens(conv), value_type_tokens(input));
+            quote! {
+                const #op_const: Conv2d = #attrs;
+                ws.run([#x], #out, #len, |[x], y, _| {
+                    ops::conv2d(&#op_const, &#in_ty, &#out_ty, batch, w.conv(#wt, #b, #norm), x, y)
+                });
+            }
+        }
+        StepOp::LayerNorm { norm, affine, .. } => {
+            let affine = match affine {
+                Some(a) => {
+                    let (g, b) = (locals.param(a.gamma), locals.param(a.beta));
+                    quote!(Some(w.affine(#g, #b)))
+                }
+                None => quote!(None),
+            };
+            let attrs = layer_norm_tokens(norm);
+            quote! {
+                const #op_const: LayerNorm = #attrs;
+                ws.run([#x], #out, #len, |[x], y, _| {
+                    ops::layer_norm(&#op_const, &#out_ty, batch, #affine, x, y)
+                });
+            }
+        }
+        StepOp::Linear {
+            linear,
+            scale,
+            residual,
+            weight,
+            bias,
+            sums,
+            ..
+        } => {
+            let (wt, b) = (locals.param(*weight), locals.param(*bias));
+            let attrs = linear_tokens(linear);
+            let pixels = step.out_ty.pixels();
+            let mut names = vec![quote!(x)];
+            let scale = scale.map_or(quote!(None), |_| {
+                names.push(quote!(scale));
+                quote!(Some(scale))
+            });
+            let residual = residual.map_or(quote!(None), |_| {
+                names.push(quote!(residual));
+                quote!(Some(residual))
+            });
+            let (sums_arg, sums_name) = match sums {
+                Some(slot) => {
+                    let slot = locals.sums(*slot);
+                    let n = linear.out_features;
+                    (quote!(Some(sums.write(#slot, batch * #n))), quote!(sums))
+                }
+                None => (quote!(None), quote!(_)),
+            };
+            quote! {
+                const #op_const: Linear = #attrs;
+                ws.run([#(#operands),*], #out, #len, |[#(#names),*], y, #sums_name| {
+                    ops::linear(&#op_const, #pixels, batch, w.linear(#wt, #b), x, #scale, #residual, y, #sums_arg)
+                });
+            }
+        }
+        StepOp::Activation { activation, .. } => {
+            let act = activation_tokens(*activation);
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, _| ops::activation(#act, x, y));
+            }
+        }
+        StepOp::Grn {
+            channels,
+            gamma,
+            beta,
+            ..
+        } => {
+            let (g, b) = (locals.param(*gamma), locals.param(*beta));
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, _| {
+                    ops::grn(#channels, &#out_ty, batch, w.get(#g), w.get(#b), x, y)
+                });
+            }
+        }
+        StepOp::GrnScale {
+            channels,
+            input,
+            gamma,
+            sums,
+            ..
+        } => {
+            let g = locals.param(*gamma);
+            let in_ty = value_type_tokens(input);
+            let (source, read, sums_name) = match sums {
+                None => (quote!(GrnSource::Values), quote!(&[]), quote!(_)),
+                Some(slot) => {
+                    let slot = locals.sums(*slot);
+                    (
+                        quote!(GrnSource::ProducerSums),
+                        quote!(sums.read(#slot, batch * #channels)),
+                        quote!(sums),
+                    )
+                }
+            };
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, #sums_name| {
+                    ops::grn_scale(#channels, #source, &#in_ty, batch, w.get(#g), x, #read, y)
+                });
+            }
+        }
+        StepOp::Add { .. } => {
+            let b = &operands[1];
+            quote! {
+                ws.run([#x, #b], #out, #len, |[a, b], y, _| ops::add(a, b, y));
+            }
+        }
+        StepOp::GlobalAvgPool { input, .. } => {
+            let in_ty = value_type_tokens(input);
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, _| ops::global_avg_pool(&#in_ty, batch, x, y));
+            }
+        }
+        StepOp::PoolNormLinear {
+            channels,
+            classes,
+            eps,
+            input,
+            weight,
+            bias,
+            ..
+        } => {
+            let (wt, b) = (locals.param(*weight), locals.param(*bias));
+            let (eps, in_ty) = (Literal::f64_suffixed(*eps), value_type_tokens(input));
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, _| {
+                    ops::pool_norm_linear(#channels, #classes, #eps, &#in_ty, batch, w.get(#wt), w.get(#b), x, y)
+                });
+            }
+        }
+        StepOp::Permute { permute, .. } => {
+            let p = match permute {
+                Permute::NchwToNhwc => quote!(Permute::NchwToNhwc),
+                Permute::NhwcToNchw => quote!(Permute::NhwcToNchw),
+            };
+            quote! {
+                ws.run([#x], #out, #len, |[x], y, _| ops::permute(#p, &#out_ty, batch, x, y));
+            }
+        }
+    }
+}
+
+/// The public type: constants, loading, forward, classify.
+fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ident) -> TokenStream {
+    let labels = &spec.config.id2label;
+    let n_labels = labels.len();
+    let input = program.input;
+    let (c, h, w) = (input.channels, input.height, input.width);
+    let hidden = &spec.config.hidden_sizes;
+    let depths = &spec.config.depths;
+    let n_stages = hidden.len();
+    let name = format_ident!("{}", spec.name);
+    let fused = spec.fuse;
+    let model = &spec.model;
+    let doc = format!(
+        " ConvNeXt V2 classifier `{model}` compiled by cnx for {h}x{w} input ({} graph: {} steps, {} weight slots, {} workspace slots).",
+        if fused { "fused" } else { "unfused" },
+        program.steps.len(),
+        n_weights,
+        program.slot_sizes.len()
+    );
+    let embedded = spec.embedded_weights.as_ref().map(|p| {
+        let p = p.display().to_string();
+        quote! {
+            /// The model with the checkpoint compiled into the binary.
+            pub fn embedded() -> ::core::result::Result<Self, ::convnextv2::Error> {
+                // 64-byte aligned, so the checkpoint's f32 tensors are used in place.
+                #[repr(C, align(64))]
+                struct Aligned<B: ?Sized>(B);
+                static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!(#p));
+                Self::from_store(::convnextv2::WeightStore::from_static_bytes(&BYTES.0)?)
+            }
+        }
+    });
+    let methods = model_methods(&name, module, (c, h, w), n_labels);
+    quote! {
         #[doc = #doc]
         pub struct #name {
             weights: ::convnextv2::compiled::Weights,
@@ -607,292 +945,82 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, String> {
             /// Whether the fusion passes ran.
             pub const FUSED: bool = #fused;
 
-            /// Loads a checkpoint (a `.safetensors` file, a sharded index or a model directory;
-            /// Hugging Face or timm names), checks it against the model and prepares it.
-            pub fn load(path: impl AsRef<::std::path::Path>) -> ::core::result::Result<Self, ::convnextv2::Error> {
-                Self::from_store(::convnextv2::WeightStore::open(path.as_ref())?)
-            }
-
-            /// As [`Self::load`], from the bytes of a `.safetensors` file.
-            pub fn from_bytes(bytes: &[u8]) -> ::core::result::Result<Self, ::convnextv2::Error> {
-                Self::from_store(::convnextv2::WeightStore::from_bytes(bytes)?)
-            }
-
             #embedded
-
-            /// As [`Self::load`], from an opened checkpoint.
-            pub fn from_store(store: ::convnextv2::WeightStore) -> ::core::result::Result<Self, ::convnextv2::Error> {
-                Ok(Self {
-                    weights: ::convnextv2::compiled::Weights::load(store, #module::CHECKPOINT, &#module::WEIGHTS)?,
-                    workspace: ::convnextv2::compiled::SharedWorkspace::new(#module::WORKSPACE_SLOTS),
-                    threads: ::convnextv2::pool::available(),
-                })
-            }
-
-            /// Runs on `threads` threads (default: the machine's cores). Results do not
-            /// depend on it.
-            pub fn with_threads(mut self, threads: usize) -> Self {
-                self.threads = threads.max(1);
-                self
-            }
-
-            /// Logits (`batch x NUM_LABELS`, row-major) of `batch` images given as
-            /// `pixel_values` in Hugging Face's NCHW layout, preprocessed.
-            pub fn forward(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<f32>, ::convnextv2::Error> {
-                let mut logits = ::std::vec![0.0; batch * Self::NUM_LABELS];
-                self.forward_into(pixel_values, batch, &mut logits)?;
-                Ok(logits)
-            }
-
-            /// As [`Self::forward`], into `logits` (`batch x NUM_LABELS`).
-            pub fn forward_into(&self, pixel_values: &[f32], batch: usize, logits: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
-                ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
-                if logits.len() != batch * Self::NUM_LABELS {
-                    return Err(::convnextv2::Error::InputShape {
-                        what: "logits".into(),
-                        expected: ::std::vec![batch, Self::NUM_LABELS],
-                        found: ::std::vec![logits.len()],
-                    });
-                }
-                let weights = &self.weights;
-                self.workspace.with(|ws| {
-                    ws.set(#module::INPUT_SLOT, pixel_values);
-                    ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
-                    logits.copy_from_slice(ws.get(#module::LOGITS_SLOT));
-                });
-                Ok(())
-            }
-
-            /// The `k` most probable labels of each image, best first.
-            pub fn classify(&self, pixel_values: &[f32], batch: usize, k: usize) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<::convnextv2::compiled::Prediction>>, ::convnextv2::Error> {
-                static LABELS: [&str; #n_labels] = #name::LABELS;
-                let logits = self.forward(pixel_values, batch)?;
-                Ok(::convnextv2::compiled::top_k(&logits, &LABELS, k))
-            }
+            #methods
         }
-    })
+    }
 }
 
-/// One segment instance: its slots and its body (reading every slot through `s`).
-fn instance(
-    graph: &Graph,
-    plan: &MemoryPlan,
-    params: &mut ParamTable,
-    segment: Segment,
-    nodes: &[NodeId],
-) -> Result<Instance, String> {
-    // Local value numbering: operands from outside first (in order of first use), then the
-    // outputs of the instance's nodes.
-    let mut local: Vec<NodeId> = Vec::new();
-    for &id in nodes {
-        for i in graph.inputs(id) {
-            if !nodes.contains(&i) && !local.contains(&i) {
-                local.push(i);
-            }
+/// Loading, threads, forward and classify: the same for every model but its constants.
+fn model_methods(
+    name: &Ident,
+    module: &Ident,
+    (c, h, w): (usize, usize, usize),
+    n_labels: usize,
+) -> TokenStream {
+    quote! {
+        /// Loads a checkpoint (a `.safetensors` file, a sharded index or a model directory;
+        /// Hugging Face or timm names), checks it against the model and prepares it.
+        pub fn load(path: impl AsRef<::std::path::Path>) -> ::core::result::Result<Self, ::convnextv2::Error> {
+            Self::from_store(::convnextv2::WeightStore::open(path.as_ref())?)
         }
-    }
-    local.extend_from_slice(nodes);
-    let value = |id: NodeId| {
-        let i = local.iter().position(|&x| x == id).expect("numbered");
-        quote!(s.values[#i])
-    };
-    let mut inst_params: Vec<usize> = Vec::new();
-    let mut param = |id: NodeId, role: &str| -> Result<TokenStream, String> {
-        let slot = params.slot(graph, id, role)?;
-        let i = inst_params.len();
-        inst_params.push(slot);
-        Ok(quote!(s.params[#i]))
-    };
-    let mut sums: Vec<usize> = Vec::new();
-    let mut sums_slot = |producer: NodeId| -> Result<TokenStream, String> {
-        let slot = *plan
-            .sums_slot
-            .get(&producer)
-            .ok_or_else(|| format!("`{}` accumulates no sums", graph.node(producer).name))?;
-        let i = match sums.iter().position(|&s| s == slot) {
-            Some(i) => i,
-            None => {
-                sums.push(slot);
-                sums.len() - 1
-            }
-        };
-        Ok(quote!(s.sums[#i]))
-    };
-    let prefix = segment.prefix();
-    let mut body = TokenStream::new();
-    for &id in nodes {
-        let node = graph.node(id);
-        let rel = node.name.strip_prefix(&prefix).unwrap_or(&node.name);
-        let mut const_name = rel
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
+
+        /// As [`Self::load`], from the bytes of a `.safetensors` file.
+        pub fn from_bytes(bytes: &[u8]) -> ::core::result::Result<Self, ::convnextv2::Error> {
+            Self::from_store(::convnextv2::WeightStore::from_bytes(bytes)?)
+        }
+
+        /// As [`Self::load`], from an opened checkpoint (the runtime's one load path:
+        /// validate, derive, retain, prepare).
+        pub fn from_store(store: ::convnextv2::WeightStore) -> ::core::result::Result<Self, ::convnextv2::Error> {
+            Ok(Self {
+                weights: ::convnextv2::compiled::Weights::load(store, #module::CHECKPOINT.iter().copied(), &#module::WEIGHTS)?,
+                workspace: ::convnextv2::compiled::SharedWorkspace::new(&#module::SLOT_SIZES, &#module::SUMS_SIZES),
+                threads: ::convnextv2::pool::available(),
             })
-            .collect::<String>();
-        if !const_name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            const_name = format!("{}_{const_name}", node.op.kind().to_uppercase());
         }
-        let op_const = format_ident!("{}", const_name);
-        let inputs = graph.inputs(id);
-        let in_ty = inputs.first().map(|&i| graph.node(i).ty);
-        let out = value(id);
-        let len = node.ty.numel();
-        let len = quote!(batch * #len);
-        let out_ty = value_type_tokens(&node.ty);
-        let operands: Vec<TokenStream> = inputs.iter().map(|&i| value(i)).collect();
-        let in_ty_tokens = in_ty.map(|t| value_type_tokens(&t));
-        let stmt = match node.op {
-            Op::Input => continue,
-            Op::Conv2d(c) => {
-                let (wt, b) = (param(id, "weight")?, param(id, "bias")?);
-                let norm = if c.output_norm.is_some_and(|n| n.affine) {
-                    let (g, be) = (param(id, "norm_weight")?, param(id, "norm_bias")?);
-                    quote!(Some((#g, #be)))
-                } else {
-                    quote!(None)
-                };
-                let attrs = conv_tokens(&c);
-                let x = &operands[0];
-                quote! {
-                    const #op_const: Conv2d = #attrs;
-                    ws.run([#x], #out, #len, |[x], y, _| {
-                        ops::conv2d(&#op_const, &#in_ty_tokens, &#out_ty, batch, w.conv(#wt, #b, #norm), x, y)
-                    });
-                }
+
+        /// Runs on `threads` threads (default: the machine's cores). Results do not
+        /// depend on it.
+        pub fn with_threads(mut self, threads: usize) -> Self {
+            self.threads = threads.max(1);
+            self
+        }
+
+        /// Logits (`batch x NUM_LABELS`, row-major) of `batch` images given as
+        /// `pixel_values` in Hugging Face's NCHW layout, preprocessed.
+        pub fn forward(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<f32>, ::convnextv2::Error> {
+            let mut logits = ::std::vec![0.0; batch * Self::NUM_LABELS];
+            self.forward_into(pixel_values, batch, &mut logits)?;
+            Ok(logits)
+        }
+
+        /// As [`Self::forward`], into `logits` (`batch x NUM_LABELS`).
+        pub fn forward_into(&self, pixel_values: &[f32], batch: usize, logits: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
+            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
+            if logits.len() != batch * Self::NUM_LABELS {
+                return Err(::convnextv2::Error::InputShape {
+                    what: "logits".into(),
+                    expected: ::std::vec![batch, Self::NUM_LABELS],
+                    found: ::std::vec![logits.len()],
+                });
             }
-            Op::LayerNorm(ln) => {
-                let affine = if ln.affine {
-                    let (g, b) = (param(id, "weight")?, param(id, "bias")?);
-                    quote!(Some(w.affine(#g, #b)))
-                } else {
-                    quote!(None)
-                };
-                let attrs = layer_norm_tokens(&ln);
-                let x = &operands[0];
-                quote! {
-                    const #op_const: LayerNorm = #attrs;
-                    ws.run([#x], #out, #len, |[x], y, _| {
-                        ops::layer_norm(&#op_const, &#out_ty, batch, #affine, x, y)
-                    });
-                }
-            }
-            Op::Linear(l) => {
-                let (wt, b) = (param(id, "weight")?, param(id, "bias")?);
-                let attrs = linear_tokens(&l);
-                let pixels = node.ty.pixels();
-                let mut names = vec![quote!(x)];
-                let scale = if l.input_scale {
-                    names.push(quote!(scale));
-                    quote!(Some(scale))
-                } else {
-                    quote!(None)
-                };
-                let residual = if l.residual {
-                    names.push(quote!(residual));
-                    quote!(Some(residual))
-                } else {
-                    quote!(None)
-                };
-                let (sums_arg, sums_name) = if l.sum_squares {
-                    let slot = sums_slot(id)?;
-                    let n = l.out_features;
-                    (quote!(Some(sums.write(#slot, batch * #n))), quote!(sums))
-                } else {
-                    (quote!(None), quote!(_))
-                };
-                quote! {
-                    const #op_const: Linear = #attrs;
-                    ws.run([#(#operands),*], #out, #len, |[#(#names),*], y, #sums_name| {
-                        ops::linear(&#op_const, #pixels, batch, w.linear(#wt, #b), x, #scale, #residual, y, #sums_arg)
-                    });
-                }
-            }
-            Op::Activation(act) => {
-                let act = activation_tokens(act);
-                let x = &operands[0];
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, _| ops::activation(#act, x, y));
-                }
-            }
-            Op::Grn { channels } => {
-                let (g, b) = (param(id, "weight")?, param(id, "bias")?);
-                let x = &operands[0];
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, _| {
-                        ops::grn(#channels, &#out_ty, batch, w.get(#g), w.get(#b), x, y)
-                    });
-                }
-            }
-            Op::GrnScale { channels, source } => {
-                let g = param(id, "weight")?;
-                let x = &operands[0];
-                let (source_tokens, read, sums_name) = match source {
-                    GrnSource::Values => (quote!(GrnSource::Values), quote!(&[]), quote!(_)),
-                    GrnSource::ProducerSums => {
-                        let slot = sums_slot(inputs[0])?;
-                        (
-                            quote!(GrnSource::ProducerSums),
-                            quote!(sums.read(#slot)),
-                            quote!(sums),
-                        )
-                    }
-                };
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, #sums_name| {
-                        ops::grn_scale(#channels, #source_tokens, &#in_ty_tokens, batch, w.get(#g), x, #read, y)
-                    });
-                }
-            }
-            Op::Add => {
-                let (a, b) = (&operands[0], &operands[1]);
-                quote! {
-                    ws.run([#a, #b], #out, #len, |[a, b], y, _| ops::add(a, b, y));
-                }
-            }
-            Op::GlobalAvgPool => {
-                let x = &operands[0];
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, _| ops::global_avg_pool(&#in_ty_tokens, batch, x, y));
-                }
-            }
-            Op::PoolNormLinear {
-                channels,
-                classes,
-                eps,
-            } => {
-                let (wt, b) = (param(id, "weight")?, param(id, "bias")?);
-                let eps = Literal::f64_suffixed(eps);
-                let x = &operands[0];
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, _| {
-                        ops::pool_norm_linear(#channels, #classes, #eps, &#in_ty_tokens, batch, w.get(#wt), w.get(#b), x, y)
-                    });
-                }
-            }
-            Op::Permute(p) => {
-                let p = match p {
-                    Permute::NchwToNhwc => quote!(Permute::NchwToNhwc),
-                    Permute::NhwcToNchw => quote!(Permute::NhwcToNchw),
-                };
-                let x = &operands[0];
-                quote! {
-                    ws.run([#x], #out, #len, |[x], y, _| ops::permute(#p, &#out_ty, batch, x, y));
-                }
-            }
-        };
-        body.extend(stmt);
+            let weights = &self.weights;
+            self.workspace.with(batch, |ws| {
+                ws.set(#module::INPUT_SLOT, pixel_values);
+                ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
+                logits.copy_from_slice(ws.get(#module::LOGITS_SLOT));
+            });
+            Ok(())
+        }
+
+        /// The `k` most probable labels of each image, best first.
+        pub fn classify(&self, pixel_values: &[f32], batch: usize, k: usize) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<::convnextv2::compiled::Prediction>>, ::convnextv2::Error> {
+            static LABELS: [&str; #n_labels] = #name::LABELS;
+            let logits = self.forward(pixel_values, batch)?;
+            Ok(::convnextv2::compiled::top_k(&logits, &LABELS, k))
+        }
     }
-    Ok(Instance {
-        segment,
-        values: local.iter().map(|id| plan.slot[id]).collect(),
-        params: inst_params,
-        sums,
-        body,
-    })
 }
 
 fn slots_tokens(inst: &Instance) -> TokenStream {
@@ -979,21 +1107,22 @@ fn activation_tokens(a: Activation) -> TokenStream {
     quote!(Activation::#name)
 }
 
-fn param_tokens(p: &Param) -> TokenStream {
-    let name = &p.name;
-    let shape = &p.shape;
+/// A weight-table entry as a literal of borrowed statics (a `const fn` could not nest them).
+fn param_tokens(p: &ParamSpec) -> TokenStream {
+    let name = &*p.name;
+    let shape = &*p.shape;
     let derivation = match &p.derivation {
-        Some(d) => {
-            let rule = match d.rule {
+        Some((rule, inputs)) => {
+            let rule = match rule {
                 DeriveRule::ScaleInputChannels => quote!(DeriveRule::ScaleInputChannels),
                 DeriveRule::AddWeightTimesInput => quote!(DeriveRule::AddWeightTimesInput),
             };
-            let inputs = d.inputs.iter().map(param_tokens);
-            quote!(Some((#rule, &[#(#inputs),*])))
+            let inputs = inputs.iter().map(param_tokens);
+            quote!(Some((#rule, Cow::Borrowed(&[#(#inputs),*]))))
         }
         None => quote!(None),
     };
-    quote!(ParamSpec { name: #name, shape: &[#(#shape),*], derivation: #derivation })
+    quote!(ParamSpec { name: Cow::Borrowed(#name), shape: Cow::Borrowed(&[#(#shape),*]), derivation: #derivation })
 }
 
 fn to_snake(name: &str) -> String {

@@ -6,7 +6,7 @@
 //! rewrites that never settle. In debug builds the verifier runs after every pass.
 //!
 //! Weights a pass derives (folded scales and biases) are recipes on the parameters
-//! ([`crate::ir::Derivation`]): the graph stays weight-free, and [`derive::materialize`]
+//! ([`crate::ir::Derivation`]): the graph stays weight-free, and the runtime's weight loader
 //! computes them once, at load, in f64.
 
 mod accumulate_grn_sums_in_linear;

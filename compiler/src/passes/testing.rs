@@ -1,12 +1,12 @@
 //! Shared test helpers for the passes: small configs with awkward sizes, structural views of a
 //! graph, and the numerical check of a pipeline against the unfused graph.
 
-use std::collections::HashMap;
+use cnx_runtime::WeightStore;
 
 use crate::backend::interp;
 use crate::ir::{outputs, Graph};
-use crate::passes::{derive, run_to_fixed_point, Pass, Pipeline};
-use crate::{build_graph, random, verify, ConvNextV2Config};
+use crate::passes::{run_to_fixed_point, Pass, Pipeline};
+use crate::{build_graph, random, verify, ConvNextV2Config, LoadedModel};
 
 /// Configs whose channel counts are not multiples of 8 or 16, with every head variant.
 pub fn configs() -> Vec<ConvNextV2Config> {
@@ -67,17 +67,19 @@ pub fn check_pipeline(names: &[&str]) {
             let mut fused = unfused.clone();
             pipeline.run(&mut fused).unwrap();
             verify::verify(&fused).unwrap();
-            let params: HashMap<String, Vec<f32>> =
-                random::random_parameters(&unfused, 7 + i as u64)
-                    .into_iter()
-                    .map(|(name, _, data)| (name, data))
-                    .collect();
-            let weights = derive::materialize(&fused, &params).unwrap();
+            // Both on the reference kernels (no prepared weights), from the same checkpoint.
+            let params = random::random_parameters(&unfused, 7 + i as u64);
+            let load = |pipeline: &Pipeline| {
+                let store = WeightStore::from_tensors(params.clone()).unwrap();
+                LoadedModel::new_for("test", config.clone(), store, hw, pipeline, None).unwrap()
+            };
+            let (unfused_model, fused_model) = (load(&Pipeline::empty()), load(&pipeline));
+            assert_eq!(fused_model.graph.node_count(), fused.node_count());
             let x = random::random_pixel_values(&unfused, batch, 11);
             let names = outputs::all(config.num_stages);
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let want = interp::run(&unfused, &params, &x, &refs).unwrap();
-            let got = interp::run_threaded(&fused, &weights, &x, &refs, 2).unwrap();
+            let want = interp::run(&unfused_model, &x, &refs).unwrap();
+            let got = interp::run_threaded(&fused_model, &x, &refs, 2).unwrap();
             for name in &refs {
                 let (a, b) = (want[*name].data(), got[*name].data());
                 assert_eq!(want[*name].shape(), got[*name].shape(), "{name}");

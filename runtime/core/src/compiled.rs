@@ -1,9 +1,10 @@
-//! What code compiled ahead of time (by the `convnextv2!` macro) links besides the ops: its
-//! weight table, loaded and prepared once, and its workspace, kept between calls.
+//! What every backend links besides the ops: the weight table, loaded and prepared once
+//! ([`Weights`]), and the workspace its activations live in ([`Workspace`]).
 //!
-//! The macro emits the tables (which checkpoint tensors the model needs, every parameter slot
-//! with its recipe and preparation, which value lives in which workspace slot) as constants;
-//! the code that interprets them lives here, shared with the compiler's own loader.
+//! The compiler's lowering builds the tables (which checkpoint tensors the model needs, every
+//! parameter slot with its recipe and preparation, which value lives in which workspace slot);
+//! the `convnextv2!` macro emits the same tables as constants. [`Weights::load`] is the one load
+//! path of every backend: validate, derive, retain, prepare.
 
 use std::sync::Mutex;
 
@@ -11,6 +12,7 @@ use crate::kernels::gemm::Isa;
 use crate::kernels::reference::Affine;
 use crate::kernels::PreparedWeights;
 use crate::ops::{self, Conv2d, ConvParams, Linear, LinearParams};
+use crate::program::{Step, StepBuffers, SumsAccess, SumsBuffer};
 use crate::weights::derive::{evaluate, ParamSpec};
 use crate::{pool, Error, Result, WeightSource, WeightStore};
 
@@ -25,18 +27,19 @@ pub enum Prepare {
     Conv(Conv2d),
 }
 
-/// One entry of a compiled model's parameter table.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One entry of a model's weight table.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WeightSlot {
     pub param: ParamSpec,
     pub prepare: Prepare,
 }
 
-/// A compiled model's parameters: the validated checkpoint, the derived parameters and the
-/// prepared weights, by slot.
+/// A model's parameters: the validated checkpoint, the derived parameters and the prepared
+/// weights, by slot of its weight table.
 pub struct Weights {
     checkpoint: WeightStore,
-    slots: &'static [WeightSlot],
+    /// Each slot's Hugging Face name (the checkpoint tensor it reads, for plain slots).
+    names: Vec<String>,
     derived: Vec<Option<Vec<f32>>>,
     prepared: Vec<Option<PreparedWeights>>,
 }
@@ -44,13 +47,24 @@ pub struct Weights {
 impl Weights {
     /// Checks `store` against the `(Hugging Face name, shape)` pairs the model needs (every
     /// problem in one error, as the `cnx` command reports it), then derives and prepares every
-    /// slot once, over all cores.
-    pub fn load(
-        mut store: WeightStore,
-        checkpoint: &[(&str, &[usize])],
-        slots: &'static [WeightSlot],
+    /// slot of `slots` once, over all cores, for the kernels of this CPU ([`Isa::detect`]).
+    pub fn load<'a>(
+        store: WeightStore,
+        checkpoint: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        slots: &[WeightSlot],
     ) -> Result<Weights> {
-        store.validate(checkpoint.iter().copied())?;
+        Self::load_for(store, checkpoint, slots, Some(Isa::detect()))
+    }
+
+    /// [`Weights::load`] with the weights prepared for `isa`'s kernels, or (`None`) for none:
+    /// every op then runs its plain reference kernel.
+    pub fn load_for<'a>(
+        mut store: WeightStore,
+        checkpoint: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        slots: &[WeightSlot],
+        isa: Option<Isa>,
+    ) -> Result<Weights> {
+        store.validate(checkpoint)?;
         let derived = pool::install(pool::available(), || {
             pool::parallel_map(slots.len(), &|i| match slots[i].param.derivation {
                 Some(_) => evaluate(&slots[i].param, &store).map(Some),
@@ -60,9 +74,9 @@ impl Weights {
         .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()?;
         for s in slots.iter().filter(|s| s.param.derivation.is_none()) {
-            // The emitter lists every checkpoint slot in `checkpoint`; a table that does not
-            // is refused here rather than trusted.
-            if store.get(s.param.name).is_none() {
+            // Every checkpoint slot must be in the validated checkpoint; a table that says
+            // otherwise is refused here rather than trusted.
+            if store.get(&s.param.name).is_none() {
                 return Err(Error::Derive(crate::weights::derive::DeriveError {
                     derived: s.param.name.to_string(),
                     missing: s.param.name.to_string(),
@@ -77,20 +91,36 @@ impl Weights {
         });
         let mut weights = Weights {
             checkpoint: store,
-            slots,
+            names: slots.iter().map(|s| s.param.name.to_string()).collect(),
             derived,
             prepared: Vec::new(),
         };
-        let isa = Isa::detect();
-        let prepared = pool::install(pool::available(), || {
-            pool::parallel_map(slots.len(), &|i| match slots[i].prepare {
-                Prepare::Plain => None,
-                Prepare::Linear(l) => Some(ops::prepare_linear(&l, weights.get(i), isa)),
-                Prepare::Conv(c) => ops::prepare_conv(&c, weights.get(i), isa),
-            })
-        });
+        let prepared = match isa {
+            Some(isa) => pool::install(pool::available(), || {
+                pool::parallel_map(slots.len(), &|i| match slots[i].prepare {
+                    Prepare::Plain => None,
+                    Prepare::Linear(l) => Some(ops::prepare_linear(&l, weights.get(i), isa)),
+                    Prepare::Conv(c) => ops::prepare_conv(&c, weights.get(i), isa),
+                })
+            }),
+            None => vec![None; slots.len()],
+        };
         weights.prepared = prepared;
         Ok(weights)
+    }
+
+    /// Drops the prepared weights: every op then runs its plain reference kernel.
+    pub fn drop_prepared(&mut self) {
+        self.prepared.iter_mut().for_each(|p| *p = None);
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 
     /// Slot `slot`'s values.
@@ -99,9 +129,25 @@ impl Weights {
             Some(v) => v,
             None => self
                 .checkpoint
-                .tensor(self.slots[slot].param.name)
+                .tensor(&self.names[slot])
                 .expect("checkpoint slots are checked present in `load`"),
         }
+    }
+
+    /// Slot `slot`'s weight as prepared for its optimised kernel, if it was.
+    pub fn prepared(&self, slot: usize) -> Option<&PreparedWeights> {
+        self.prepared[slot].as_ref()
+    }
+
+    /// The validated checkpoint (only the tensors the slots read directly).
+    pub fn checkpoint(&self) -> &WeightStore {
+        &self.checkpoint
+    }
+
+    /// A parameter by Hugging Face (or derived) name.
+    pub fn by_name(&self, name: &str) -> Option<&[f32]> {
+        let slot = self.names.iter().position(|n| n == name)?;
+        Some(self.get(slot))
     }
 
     /// A LayerNorm's gamma and beta.
@@ -131,7 +177,6 @@ impl Weights {
                 Some(PreparedWeights::Gemm(w)) => Some(w),
                 _ => None,
             },
-            activation_kernel: None,
         }
     }
 }
@@ -146,106 +191,236 @@ pub struct Slots<const V: usize, const P: usize, const S: usize> {
 }
 
 /// Side results: per-sample sums of squares a linear layer accumulates for a GRN, by slot.
-#[derive(Debug, Default)]
-pub struct Sums(Vec<Vec<f64>>);
+#[derive(Debug)]
+pub struct Sums<'a> {
+    data: &'a mut [f64],
+    /// Each slot's start, in f64 per image.
+    offsets: &'a [usize],
+    batch: usize,
+}
 
-impl Sums {
-    /// Slot `slot`, sized `len`, to write.
+impl Sums<'_> {
+    /// Slot `slot`, `len` values, to write.
     pub fn write(&mut self, slot: usize, len: usize) -> &mut [f64] {
-        if self.0.len() <= slot {
-            self.0.resize_with(slot + 1, Vec::new);
-        }
-        self.0[slot].resize(len, 0.0);
-        &mut self.0[slot]
+        &mut self.data[self.offsets[slot] * self.batch..][..len]
     }
 
-    /// Slot `slot`, as last written.
-    pub fn read(&self, slot: usize) -> &[f64] {
-        self.0.get(slot).map_or(&[], Vec::as_slice)
+    /// Slot `slot`'s first `len` values, as last written.
+    pub fn read(&self, slot: usize, len: usize) -> &[f64] {
+        &self.data[self.offsets[slot] * self.batch..][..len]
     }
 }
 
-/// A compiled forward pass's activations: one buffer per slot of the memory plan, sized for
-/// the batch. Buffers keep their capacity between calls, so a forward pass at a batch size
-/// already seen allocates no activation memory.
+/// A forward pass's activations: one arena holding every slot of the memory plan (slot `s`
+/// at `offset[s] * batch`, `size[s] * batch` long), and one for the sums of squares. The
+/// arenas keep their capacity between calls, so a forward pass at a batch size already seen
+/// allocates nothing. The interpreter, the macro's code and the JIT's code all run on it (the
+/// JIT's generated code computes the same offsets as immediates).
 #[derive(Debug, Default)]
 pub struct Workspace {
-    values: Vec<Vec<f32>>,
-    sums: Sums,
+    /// Each value slot's start and size, in f32 per image.
+    offsets: Vec<usize>,
+    sizes: Vec<usize>,
+    /// f32 per image of all slots.
+    per_image: usize,
+    sums_offsets: Vec<usize>,
+    sums_per_image: usize,
+    /// Each slot's current value length (as last written), for reading it back.
+    lens: Vec<usize>,
+    batch: usize,
+    values: Vec<f32>,
+    sums: Vec<f64>,
+}
+
+/// Slot starts (per image) for slots of `sizes`, each rounded up to 16 elements (64 bytes of
+/// f32) so that every slot starts cache-line aligned relative to the arena; and the total.
+pub fn arena_layout(sizes: &[usize]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut total = 0;
+    for &size in sizes {
+        offsets.push(total);
+        total += size.next_multiple_of(16);
+    }
+    (offsets, total)
 }
 
 impl Workspace {
-    /// A workspace of `slots` value slots (empty until first used).
-    pub fn new(slots: usize) -> Workspace {
+    /// A workspace for value slots of `slot_sizes` and sums slots of `sums_sizes` (per image);
+    /// empty until [`Workspace::for_batch`].
+    pub fn new(slot_sizes: &[usize], sums_sizes: &[usize]) -> Workspace {
+        let (offsets, per_image) = arena_layout(slot_sizes);
+        let (sums_offsets, sums_per_image) = arena_layout(sums_sizes);
         Workspace {
-            values: vec![Vec::new(); slots],
-            sums: Sums::default(),
+            offsets,
+            sizes: slot_sizes.to_vec(),
+            per_image,
+            sums_offsets,
+            sums_per_image,
+            lens: vec![0; slot_sizes.len()],
+            batch: 0,
+            values: Vec::new(),
+            sums: Vec::new(),
         }
+    }
+
+    /// Sizes the arenas for `batch` images (no allocation at a batch size already seen).
+    pub fn for_batch(&mut self, batch: usize) {
+        self.batch = batch;
+        self.values.resize(self.per_image * batch, 0.0);
+        self.sums.resize(self.sums_per_image * batch, 0.0);
+    }
+
+    /// The batch the arenas are sized for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Slot `slot`'s region for the current batch.
+    fn region(&self, slot: usize) -> std::ops::Range<usize> {
+        let start = self.offsets[slot] * self.batch;
+        start..start + self.sizes[slot] * self.batch
     }
 
     /// Copies `values` into slot `slot`.
     pub fn set(&mut self, slot: usize, values: &[f32]) {
-        let buf = &mut self.values[slot];
-        buf.clear();
-        buf.extend_from_slice(values);
+        let r = self.region(slot);
+        self.values[r.start..][..values.len()].copy_from_slice(values);
+        self.lens[slot] = values.len();
     }
 
-    /// Slot `slot`'s values.
+    /// Slot `slot`'s value, as last written.
     pub fn get(&self, slot: usize) -> &[f32] {
-        &self.values[slot]
+        let r = self.region(slot);
+        &self.values[r.start..][..self.lens[slot]]
+    }
+
+    /// The value arena and the sums arena, for generated code that addresses slots by offset.
+    pub fn arenas_mut(&mut self) -> (&mut [f32], &mut [f64]) {
+        (&mut self.values, &mut self.sums)
+    }
+
+    /// Each value slot's start in the arena, in f32 per image.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// Each sums slot's start in the sums arena, in f64 per image.
+    pub fn sums_offsets(&self) -> &[usize] {
+        &self.sums_offsets
+    }
+
+    /// Records that slot `slot` now holds `len` values (written by generated code).
+    pub fn set_len(&mut self, slot: usize, len: usize) {
+        self.lens[slot] = len;
     }
 
     /// Runs one op: `f` gets the values of slots `inputs`, slot `output` sized to `len`, and
     /// the sums. The output slot must not be one of the inputs (the memory plan never
-    /// assigns a value the slot of a live operand).
+    /// assigns a value the slot of a live operand): checked.
     pub fn run<const N: usize, R>(
         &mut self,
         inputs: [usize; N],
         output: usize,
         len: usize,
-        f: impl FnOnce([&[f32]; N], &mut [f32], &mut Sums) -> R,
+        f: impl FnOnce([&[f32]; N], &mut [f32], &mut Sums<'_>) -> R,
     ) -> R {
-        debug_assert!(
-            !inputs.contains(&output),
-            "output slot {output} is an operand"
-        );
-        // The output buffer is moved out while the operands are borrowed (no copy, no unsafe).
-        let mut out = std::mem::take(&mut self.values[output]);
-        out.resize(len, 0.0);
-        let values = &self.values;
-        let r = f(
-            inputs.map(|i| values[i].as_slice()),
-            &mut out,
-            &mut self.sums,
-        );
-        self.values[output] = out;
+        let out = self.region(output);
+        assert!(len <= out.len(), "slot {output} holds {} values, not {len}", out.len());
+        let ranges = inputs.map(|i| self.region(i).start..self.region(i).start + self.lens[i]);
+        let mut sums = Sums {
+            data: &mut self.sums,
+            offsets: &self.sums_offsets,
+            batch: self.batch,
+        };
+        // The output region is split off the arena; every operand lies wholly before or after
+        // it (slots are disjoint regions and an output is never its own operand).
+        let (before, rest) = self.values.split_at_mut(out.start);
+        let (y, after) = rest.split_at_mut(out.len());
+        let operands = ranges.map(|r| {
+            if r.end <= out.start {
+                &before[r]
+            } else {
+                assert!(r.start >= out.end, "slot {output} is one of its own operands");
+                &after[r.start - out.end..r.end - out.end]
+            }
+        });
+        let r = f(operands, &mut y[..len], &mut sums);
+        self.lens[output] = len;
         r
+    }
+
+    /// Runs a program step on its operands, output and sums in this workspace.
+    pub fn run_step<R>(
+        &mut self,
+        step: &Step,
+        batch: usize,
+        f: impl FnOnce(StepBuffers<'_>) -> R,
+    ) -> R {
+        debug_assert_eq!(batch, self.batch, "the workspace is sized for its batch");
+        let operands = step.operands();
+        let mut slots = [usize::MAX; 3];
+        for (s, v) in slots.iter_mut().zip(operands.iter()) {
+            *s = v.slot;
+        }
+        let len = batch * step.out.len;
+        let access = step.sums();
+        // Up to three operands: the same split for every count.
+        let call = |[a, b, c]: [&[f32]; 3], y: &mut [f32], sums: &mut Sums<'_>| {
+            let sums = match access {
+                SumsAccess::None => SumsBuffer::None,
+                SumsAccess::Read { slot, len } => SumsBuffer::Read(sums.read(slot, batch * len)),
+                SumsAccess::Write { slot, len } => {
+                    SumsBuffer::Write(sums.write(slot, batch * len))
+                }
+            };
+            f(StepBuffers {
+                operands: [a, b, c],
+                out: y,
+                sums,
+            })
+        };
+        match operands.len() {
+            1 => self.run([slots[0]], step.out.slot, len, |[a], y, s| call([a, &[], &[]], y, s)),
+            2 => self.run([slots[0], slots[1]], step.out.slot, len, |[a, b], y, s| {
+                call([a, b, &[]], y, s)
+            }),
+            _ => self.run(
+                [slots[0], slots[1], slots[2]],
+                step.out.slot,
+                len,
+                |[a, b, c], y, s| call([a, b, c], y, s),
+            ),
+        }
     }
 }
 
 /// A workspace shared by the calls of one model: reused when free, a fresh one when another
 /// thread holds it (calls never wait for each other).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SharedWorkspace {
-    slots: usize,
+    slot_sizes: Vec<usize>,
+    sums_sizes: Vec<usize>,
     cached: Mutex<Option<Workspace>>,
 }
 
 impl SharedWorkspace {
-    pub fn new(slots: usize) -> SharedWorkspace {
+    pub fn new(slot_sizes: &[usize], sums_sizes: &[usize]) -> SharedWorkspace {
         SharedWorkspace {
-            slots,
+            slot_sizes: slot_sizes.to_vec(),
+            sums_sizes: sums_sizes.to_vec(),
             cached: Mutex::new(None),
         }
     }
 
-    /// Runs `f` with a workspace, returning it to the cache afterwards.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Workspace) -> R) -> R {
+    /// Runs `f` with a workspace sized for `batch`, returning it to the cache afterwards.
+    pub fn with<R>(&self, batch: usize, f: impl FnOnce(&mut Workspace) -> R) -> R {
         let taken = match self.cached.try_lock() {
             Ok(mut guard) => guard.take(),
             Err(_) => None,
         };
-        let mut ws = taken.unwrap_or_else(|| Workspace::new(self.slots));
+        let mut ws =
+            taken.unwrap_or_else(|| Workspace::new(&self.slot_sizes, &self.sums_sizes));
+        ws.for_batch(batch);
         let r = f(&mut ws);
         if let Ok(mut guard) = self.cached.try_lock() {
             *guard = Some(ws);
@@ -312,7 +487,8 @@ mod tests {
 
     #[test]
     fn workspace_keeps_its_buffers() {
-        let mut ws = Workspace::new(3);
+        let mut ws = Workspace::new(&[2, 2, 2], &[]);
+        ws.for_batch(1);
         ws.set(0, &[1.0, 2.0]);
         ws.run([0], 1, 2, |[x], y, _| {
             y[0] = x[0] + 1.0;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod kernels;
 pub mod ops;
 pub mod pool;
+pub mod program;
 pub mod preprocess;
 pub mod scratch;
 pub mod tensor;

@@ -130,52 +130,27 @@ impl Activation {
     }
 }
 
-/// An activation applied in place by a kernel's epilogue: the runtime's own vectorised
-/// function, or one generated at run time (the JIT's, which owns the activations of the
-/// code it compiles).
+/// An activation applied in place by a kernel's epilogue, over a whole tile at a time (the
+/// runtime's vectorised function for it).
 #[derive(Clone, Copy)]
-pub struct ActivationKernel(KernelFn);
-
-#[derive(Clone, Copy)]
-enum KernelFn {
-    Runtime(fn(&mut [f32])),
-    Generated(unsafe extern "C" fn(*mut f32, usize)),
-}
+pub struct ActivationKernel(fn(&mut [f32]));
 
 impl ActivationKernel {
     /// The runtime's kernel for `act`.
     pub fn of(act: Activation) -> ActivationKernel {
-        ActivationKernel(KernelFn::Runtime(act.f32_slice_fn()))
-    }
-
-    /// A generated kernel `f(ptr, len)` that applies an activation to the `len` floats at
-    /// `ptr`, in place.
-    ///
-    /// # Safety
-    /// `f` must read and write only those `len` floats, be callable from any thread, and stay
-    /// valid (its code mapped) for as long as the returned value is used.
-    pub unsafe fn generated(f: unsafe extern "C" fn(*mut f32, usize)) -> ActivationKernel {
-        ActivationKernel(KernelFn::Generated(f))
+        ActivationKernel(act.f32_slice_fn())
     }
 
     /// Applies the activation to `values` in place.
     #[inline]
     pub fn apply(&self, values: &mut [f32]) {
-        match self.0 {
-            KernelFn::Runtime(f) => f(values),
-            // SAFETY: `generated`'s contract: `f` touches only the `len` floats at the
-            // pointer, which `values` owns exclusively here.
-            KernelFn::Generated(f) => unsafe { f(values.as_mut_ptr(), values.len()) },
-        }
+        (self.0)(values)
     }
 }
 
 impl fmt::Debug for ActivationKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            KernelFn::Runtime(_) => "ActivationKernel(runtime)",
-            KernelFn::Generated(_) => "ActivationKernel(generated)",
-        })
+        f.write_str("ActivationKernel")
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
 use crate::kernels::reference as k;
-use crate::kernels::{conv, gemm, Activation, ActivationKernel, PreparedWeights};
+use crate::kernels::{conv, gemm, Activation, PreparedWeights};
 use crate::{pool, scratch};
 
 /// A convolution's parameters. `prepared`: the weight packed at load for the optimised
@@ -23,9 +23,6 @@ pub struct LinearParams<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     pub packed: Option<&'a gemm::PackedWeights>,
-    /// The packed GEMM's implementation of the layer's activation (default: the runtime's;
-    /// the JIT passes the one it generated).
-    pub activation_kernel: Option<ActivationKernel>,
 }
 
 /// `nn.Conv2d` (with its fused prologue and epilogue) from `input` to `output` typed values.
@@ -192,7 +189,7 @@ impl<'a> LinearJob<'a> {
     fn epilogue(&self, residual: Option<&'a [f32]>) -> k::LinearEpilogue<'a> {
         k::LinearEpilogue {
             activation: self.l.activation,
-            kernel: self.p.activation_kernel,
+            kernel: None,
             residual,
         }
     }

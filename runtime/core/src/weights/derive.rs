@@ -6,6 +6,8 @@
 //! compiler's IR parameters and the static tables the `convnextv2!` macro emits
 //! ([`ParamSpec`]) are both [`Recipe`]s, so both are evaluated by the same code.
 
+use std::borrow::Cow;
+
 use super::WeightSource;
 
 /// How a pass computes a parameter from others, once, at load time (in f64, rounded once).
@@ -27,23 +29,37 @@ pub trait Recipe: Sized {
     fn derivation(&self) -> Option<(DeriveRule, &[Self])>;
 }
 
-/// A parameter as a static table entry (what the `convnextv2!` macro emits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A parameter as a weight-table entry: borrowed from a static table (what the `convnextv2!`
+/// macro emits) or owned (what the compiler's lowering builds), one type for both.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamSpec {
-    pub name: &'static str,
-    pub shape: &'static [usize],
-    pub derivation: Option<(DeriveRule, &'static [ParamSpec])>,
+    pub name: Cow<'static, str>,
+    pub shape: Cow<'static, [usize]>,
+    pub derivation: Option<(DeriveRule, Cow<'static, [ParamSpec]>)>,
+}
+
+impl ParamSpec {
+    /// An owned copy of any recipe.
+    pub fn of<R: Recipe>(p: &R) -> ParamSpec {
+        ParamSpec {
+            name: Cow::Owned(p.name().to_string()),
+            shape: Cow::Owned(p.shape().to_vec()),
+            derivation: p
+                .derivation()
+                .map(|(rule, inputs)| (rule, inputs.iter().map(ParamSpec::of).collect())),
+        }
+    }
 }
 
 impl Recipe for ParamSpec {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
     fn shape(&self) -> &[usize] {
-        self.shape
+        &self.shape
     }
     fn derivation(&self) -> Option<(DeriveRule, &[Self])> {
-        self.derivation
+        self.derivation.as_ref().map(|(rule, inputs)| (*rule, &inputs[..]))
     }
 }
 
@@ -164,20 +180,22 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    // Static tables are written as literals (as the macro emits them): a `const fn` could not
+    // build the nested borrowed slices.
     const W: ParamSpec = ParamSpec {
-        name: "w",
-        shape: &[2, 3, 2, 1],
+        name: Cow::Borrowed("w"),
+        shape: Cow::Borrowed(&[2, 3, 2, 1]),
         derivation: None,
     };
     const G: ParamSpec = ParamSpec {
-        name: "g",
-        shape: &[3],
+        name: Cow::Borrowed("g"),
+        shape: Cow::Borrowed(&[3]),
         derivation: None,
     };
     const SCALED: ParamSpec = ParamSpec {
-        name: "w'",
-        shape: &[2, 3, 2, 1],
-        derivation: Some((DeriveRule::ScaleInputChannels, &[W, G])),
+        name: Cow::Borrowed("w'"),
+        shape: Cow::Borrowed(&[2, 3, 2, 1]),
+        derivation: Some((DeriveRule::ScaleInputChannels, Cow::Borrowed(&[W, G]))),
     };
 
     fn store() -> HashMap<String, Vec<f32>> {
@@ -197,26 +215,27 @@ mod tests {
             v,
             vec![0., 1., 4., 6., 12., 15., 6., 7., 16., 18., 30., 33.]
         );
-        let bias = ParamSpec {
-            name: "b'",
-            shape: &[2],
+        const BIAS: ParamSpec = ParamSpec {
+            name: Cow::Borrowed("b'"),
+            shape: Cow::Borrowed(&[2]),
             derivation: Some((
                 DeriveRule::AddWeightTimesInput,
-                &[
+                Cow::Borrowed(&[
                     ParamSpec {
-                        name: "b",
-                        shape: &[2],
+                        name: Cow::Borrowed("b"),
+                        shape: Cow::Borrowed(&[2]),
                         derivation: None,
                     },
                     W,
                     ParamSpec {
-                        name: "beta",
-                        shape: &[3],
+                        name: Cow::Borrowed("beta"),
+                        shape: Cow::Borrowed(&[3]),
                         derivation: None,
                     },
-                ],
+                ]),
             )),
         };
+        let bias = BIAS;
         // b'[0] = 0.5 + (0 + 1) * 1 + (4 + 5) * -1 = -7.5; b'[1] = -0.5 + (6+7) - (10+11) = -8.5
         assert_eq!(evaluate(&bias, &store).unwrap(), vec![-7.5, -8.5]);
         // The direct loops agree with the general evaluation.
@@ -227,11 +246,12 @@ mod tests {
             .collect();
         assert_eq!(exact, v);
         // Recipes nest: scaling an already derived weight.
-        let twice = ParamSpec {
-            name: "w''",
-            shape: &[2, 3, 2, 1],
-            derivation: Some((DeriveRule::ScaleInputChannels, &[SCALED, G])),
+        const TWICE: ParamSpec = ParamSpec {
+            name: Cow::Borrowed("w''"),
+            shape: Cow::Borrowed(&[2, 3, 2, 1]),
+            derivation: Some((DeriveRule::ScaleInputChannels, Cow::Borrowed(&[SCALED, G]))),
         };
+        let twice = TWICE;
         assert_eq!(evaluate(&twice, &store).unwrap()[2], 2.0 * 2.0 * 2.0);
     }
 

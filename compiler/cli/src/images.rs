@@ -7,6 +7,23 @@ use std::path::Path;
 use cnx_runtime::preprocess::RgbImage;
 use image::ImageDecoder;
 
+/// Why an image cannot be used, in words for the user (the caller adds the path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// The file cannot be opened or read.
+    #[error("{0}")]
+    Read(String),
+    #[error("not a recognised image format")]
+    UnknownFormat,
+    #[error("truncated JPEG: the image data ends before its end-of-image marker")]
+    TruncatedJpeg,
+    /// The decoder refused the data.
+    #[error("{0}")]
+    Decode(String),
+    #[error("image is {width}x{height}")]
+    Empty { width: usize, height: usize },
+}
+
 /// File extensions `cnx classify` picks up when walking a directory.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
@@ -18,40 +35,45 @@ pub fn has_image_extension(path: &Path) -> bool {
 }
 
 /// Decodes `path` into upright 8-bit RGB; the error names the problem.
-pub fn decode(path: &Path) -> Result<RgbImage, String> {
+pub fn decode(path: &Path) -> Result<RgbImage, ImageError> {
+    let read = |e: std::io::Error| ImageError::Read(e.to_string());
+    let decode = |e: image::ImageError| ImageError::Decode(e.to_string());
     let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+        .map_err(read)?
         .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+        .map_err(read)?;
     match reader.format() {
-        None => return Err("not a recognised image format".into()),
+        None => return Err(ImageError::UnknownFormat),
         Some(image::ImageFormat::Jpeg) => check_jpeg_complete(path)?,
         Some(_) => {}
     }
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let mut decoder = reader.into_decoder().map_err(decode)?;
     // A broken EXIF block is not worth failing the image for: PIL ignores it too.
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(decode)?;
     img.apply_orientation(orientation);
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {
-        return Err(format!("image is {w}x{h}"));
+        return Err(ImageError::Empty {
+            width: w,
+            height: h,
+        });
     }
-    RgbImage::new(w, h, rgb.into_raw()).map_err(|e| e.to_string())
+    RgbImage::new(w, h, rgb.into_raw()).map_err(|e| ImageError::Decode(e.to_string()))
 }
 
 /// The `image` crate's JPEG decoder fills a truncated scan with grey instead of failing; PIL
 /// refuses such files ("image file is truncated"), and so do we: the last start-of-scan marker
 /// (`FF DA`) must be followed by an end-of-image marker (`FF D9`). (Scan data escapes `FF`, so
 /// neither marker appears inside it; an EXIF thumbnail's markers come before the main image.)
-fn check_jpeg_complete(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn check_jpeg_complete(path: &Path) -> Result<(), ImageError> {
+    let bytes = std::fs::read(path).map_err(|e| ImageError::Read(e.to_string()))?;
     let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
     match (last(0xDA), last(0xD9)) {
         (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
-        _ => Err("truncated JPEG: the image data ends before its end-of-image marker".into()),
+        _ => Err(ImageError::TruncatedJpeg),
     }
 }

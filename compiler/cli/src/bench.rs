@@ -5,11 +5,14 @@ use std::time::{Duration, Instant};
 use cnx_runtime::{Tensor, WeightStore};
 use serde::Serialize;
 
-use crate::backend::interp;
-use crate::backend::jit::{JitModel, JitOptions};
-use crate::ir::outputs;
-use crate::passes::Pipeline;
-use crate::{build_graph, random, Error, LoadedModel, ModelSpec};
+use cnx_compiler::backend::interp;
+use cnx_compiler::ir::outputs;
+use cnx_compiler::passes::Pipeline;
+use cnx_compiler::{build_graph, LoadedModel};
+use cnx_runtime::program::StepOp;
+
+use crate::engine::{Backend, Engine};
+use crate::{random, Error, ModelSpec};
 
 /// One batch size's measurements (the `--json` object; its keys are a contract).
 #[derive(Debug, Clone, Serialize)]
@@ -35,9 +38,9 @@ pub struct BenchResult {
     pub percent_of_peak: Option<f64>,
     /// JIT compile time (lowering + Cranelift), part of the first inference.
     pub jit_compile_ms: Option<f64>,
-    /// JIT: share of the timed runs spent in the runtime's ops (matrix products, patch convs,
-    /// head) and in generated kernels (depthwise conv + LayerNorm); the rest is generated
-    /// inline code (GRN scale, adds, permutes) and the schedule.
+    /// JIT: share of the timed runs spent in the runtime's ops (matrix products,
+    /// convolutions, the head's product), and in the generated code (permutes, GRN scales,
+    /// adds, the head's pool and norm, the schedule itself): the rest.
     pub jit_runtime_share: Option<f64>,
     pub jit_generated_kernel_share: Option<f64>,
 }
@@ -55,8 +58,8 @@ pub struct BenchConfig<'a> {
     pub fused: bool,
     /// Run every op on the plain reference kernels (no packed GEMM).
     pub reference_kernels: bool,
-    /// Time the JIT-compiled graph instead of the interpreter.
-    pub jit: bool,
+    /// The engine timed.
+    pub backend: Backend,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -71,38 +74,29 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Wall time per op kind over one forward pass at `batch`, most expensive first:
-/// `(kind, milliseconds, share)`.
+/// Wall time per op kind over one forward pass at `batch` (the interpreter, step by step),
+/// most expensive first: `(kind, milliseconds, share)`.
 pub fn profile(
     model: &LoadedModel,
     batch: usize,
     threads: usize,
 ) -> Result<Vec<(String, f64, f64)>, Error> {
     let x = random::random_pixel_values(&model.graph, batch, 1);
+    let program = model.program(&[outputs::LOGITS])?;
     let mut times = Vec::new();
-    interp::run_profiled(
-        &model.graph,
-        model,
-        &x,
-        &[outputs::LOGITS],
-        threads,
-        Some(&mut times),
-    )?;
+    interp::run_program(&program, &model.weights, &x, threads, Some(&mut times))?;
     let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
-    for (id, d) in &times {
-        let node = model.graph.node(*id);
-        let kind = match &node.op {
-            crate::ir::Op::Conv2d(c) if c.is_depthwise() => "DepthwiseConv2d (+norm)".to_string(),
-            crate::ir::Op::Conv2d(_) => "Conv2d (stem, downsample)".to_string(),
-            crate::ir::Op::Linear(l) if l.activation.is_some() => {
-                "Linear pwconv1 (+act, GRN sums)".to_string()
+    for (step, d) in program.steps.iter().zip(&times) {
+        let kind = match &step.op {
+            StepOp::Conv2d { conv, .. } if conv.is_depthwise() => "DepthwiseConv2d (+norm)",
+            StepOp::Conv2d { .. } => "Conv2d (stem, downsample)",
+            StepOp::Linear { linear, .. } if linear.activation.is_some() => {
+                "Linear pwconv1 (+act, GRN sums)"
             }
-            crate::ir::Op::Linear(l) if l.residual => {
-                "Linear pwconv2 (+scale, residual)".to_string()
-            }
-            op => op.kind().to_string(),
+            StepOp::Linear { linear, .. } if linear.residual => "Linear pwconv2 (+scale, residual)",
+            _ => step.kind(),
         };
-        *by_kind.entry(kind).or_default() += d.as_secs_f64() * 1e3;
+        *by_kind.entry(kind.to_string()).or_default() += d.as_secs_f64() * 1e3;
     }
     let total: f64 = by_kind.values().sum();
     let mut rows: Vec<(String, f64, f64)> = by_kind
@@ -117,13 +111,16 @@ pub fn profile(
 /// reference kernels if asked.
 pub fn load_model(cfg: &BenchConfig<'_>) -> Result<LoadedModel, Error> {
     let model = match cfg.weights {
-        Some(path) => {
-            LoadedModel::load_with(cfg.spec.clone(), Some(path), cfg.input_hw, cfg.pipeline)?
-        }
+        Some(path) => cfg
+            .spec
+            .clone()
+            .load_with(Some(path), cfg.input_hw, cfg.pipeline)?,
         None => {
             let unfused = build_graph(&cfg.spec.config, cfg.input_hw)?;
             let store = WeightStore::from_tensors(random::random_parameters(&unfused, 0))?;
-            LoadedModel::with_weights(cfg.spec.clone(), store, cfg.input_hw, cfg.pipeline)?
+            cfg.spec
+                .clone()
+                .with_weights(store, cfg.input_hw, cfg.pipeline)?
         }
     };
     Ok(if cfg.reference_kernels {
@@ -142,20 +139,12 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         let model = load_model(cfg)?;
         let x: Tensor = random::random_pixel_values(&model.graph, batch, 1);
         let macs = model.graph.macs();
-        let engine = if cfg.jit {
-            crate::backend::Engine::Jit(JitModel::compile(
-                model,
-                &[outputs::LOGITS],
-                JitOptions::default(),
-            )?)
-        } else {
-            crate::backend::Engine::Interp(model)
-        };
+        let engine = Engine::new(model, cfg.backend, &[outputs::LOGITS])?;
         let forward = || engine.logits(&x, cfg.threads);
         forward()?;
         let first = start.elapsed();
-        if let crate::backend::Engine::Jit(j) = &engine {
-            j.take_time_split();
+        if let Engine::Jit(j) = &engine {
+            j.take_runtime_time();
         }
         let mut times: Vec<f64> = (0..cfg.runs)
             .map(|_| {
@@ -164,10 +153,10 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             })
             .collect::<Result<_, _>>()?;
         let split = match &engine {
-            crate::backend::Engine::Jit(j) => {
-                let (runtime, kernels) = j.take_time_split();
+            Engine::Jit(j) => {
+                let runtime = j.take_runtime_time().as_secs_f64();
                 let total: f64 = times.iter().sum::<f64>() / 1e3;
-                Some((runtime.as_secs_f64() / total, kernels.as_secs_f64() / total))
+                Some((runtime / total, 1.0 - runtime / total))
             }
             _ => None,
         };
@@ -177,8 +166,8 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
         results.push(BenchResult {
             model: cfg.spec.name.clone(),
             backend: match (&engine, cfg.reference_kernels) {
-                (crate::backend::Engine::Jit(_), false) => "jit".into(),
-                (crate::backend::Engine::Jit(_), true) => "jit-reference".into(),
+                (Engine::Jit(_), false) => "jit".into(),
+                (Engine::Jit(_), true) => "jit-reference".into(),
                 (_, true) => "interp-reference".into(),
                 _ => "interp".into(),
             },
@@ -198,7 +187,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             jit_runtime_share: split.map(|s| s.0),
             jit_generated_kernel_share: split.map(|s| s.1),
             jit_compile_ms: match &engine {
-                crate::backend::Engine::Jit(j) => Some(ms(j.compile_time)),
+                Engine::Jit(j) => Some(ms(j.compile_time)),
                 _ => None,
             },
         });

@@ -56,8 +56,8 @@ pub fn preprocess_config(spec: &ModelSpec) -> Result<PreprocessConfig, Error> {
 /// Decodes and preprocesses one image: `pixel_values` `(1, 3, S, S)`.
 pub fn pixel_values(path: &Path, cfg: &PreprocessConfig) -> Result<Tensor, Error> {
     let img = images::decode(path).map_err(|reason| Error::Image {
-        path: path.display().to_string(),
-        reason,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
     })?;
     let (h, w, data) = preprocess::preprocess(&img, cfg);
     Ok(Tensor::from_vec(&[1, 3, h, w], data)?)
@@ -124,7 +124,7 @@ pub struct Timing {
 /// (at most two batches) while the model runs; `emit` receives every input's outcome, in
 /// input order, as soon as its batch is done.
 pub fn run_batches(
-    engine: &crate::backend::Engine,
+    engine: &crate::engine::Engine,
     cfg: &PreprocessConfig,
     inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
     batch: usize,

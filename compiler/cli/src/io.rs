@@ -11,7 +11,7 @@ use crate::Error;
 
 fn npy_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Npy {
-        path: path.display().to_string(),
+        path: path.to_path_buf(),
         reason: reason.into(),
     }
 }

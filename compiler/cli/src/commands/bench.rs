@@ -1,0 +1,128 @@
+//! `cnx bench`: forward-pass timing, per batch size, on either engine.
+
+use std::path::PathBuf;
+
+use super::{InputSize, PassFlags, Threads};
+use crate::bench::{self, BenchConfig, BenchResult};
+use crate::engine::Backend;
+use crate::{Error, ModelSpec};
+
+/// Time the forward pass: median and min per batch size, images/s, GFLOP/s, first
+/// inference, peak memory. Random weights unless --weights (or a model directory) gives them.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Preset, config.json, or model directory.
+    model: String,
+    /// Checkpoint (default: the model directory's, else random weights).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    #[command(flatten)]
+    threads: Threads,
+    /// Timed runs per batch size (after one untimed first inference).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(flatten)]
+    input_size: InputSize,
+    /// One JSON object per batch size and line.
+    #[arg(long)]
+    json: bool,
+    /// Run every op on the plain reference kernels (no packed GEMM), for comparison.
+    #[arg(long)]
+    reference_kernels: bool,
+    /// Execution backend.
+    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    backend: Backend,
+    /// Also print where one forward pass spends its time, per op kind.
+    #[arg(long)]
+    profile: bool,
+    /// Also measure the GEMM microkernel's own peak (GFLOP/s) and report % of it.
+    #[arg(long)]
+    peak: bool,
+    #[command(flatten)]
+    passes: PassFlags,
+}
+
+impl Args {
+    pub fn run(self) -> Result<(), Error> {
+        let spec = ModelSpec::resolve(&self.model)?;
+        let input_hw = self.input_size.hw(&spec)?;
+        if self.batch.contains(&0) {
+            return Err(Error::Usage("--batch sizes must be at least 1".into()));
+        }
+        let weights = self.weights.clone().or_else(|| spec.default_weights());
+        let pipeline = self.passes.pipeline()?;
+        let cfg = BenchConfig {
+            spec,
+            weights: weights.as_deref(),
+            input_hw,
+            batches: self.batch.clone(),
+            threads: self.threads.get(),
+            runs: self.runs as usize,
+            pipeline: &pipeline,
+            fused: !self.passes.no_fuse,
+            reference_kernels: self.reference_kernels,
+            backend: self.backend,
+        };
+        let peak = self.peak.then(|| {
+            let isa = cnx_runtime::kernels::gemm::Isa::detect();
+            let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
+            println!(
+                "peak: {isa:?} microkernel, {} threads: {gflops:.1} GFLOP/s",
+                cfg.threads
+            );
+            gflops
+        });
+        if self.profile {
+            let batch = cfg.batches[0];
+            let m = bench::load_model(&cfg)?;
+            println!("profile, batch {batch}, {} threads:", cfg.threads);
+            for (kind, ms, share) in bench::profile(&m, batch, cfg.threads)? {
+                println!("  {kind:<36} {ms:>9.1} ms {:>5.1}%", share * 100.0);
+            }
+        }
+        for mut r in bench::bench(&cfg)? {
+            r.percent_of_peak = peak.map(|p| 100.0 * r.gflops / p);
+            if self.json {
+                println!("{}", serde_json::to_string(&r).expect("serialisable"));
+            } else {
+                print_result(&r);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_result(r: &BenchResult) {
+    println!(
+        "{} {}x{} batch {} threads {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
+        r.model,
+        r.height,
+        r.width,
+        r.batch,
+        r.threads,
+        r.backend,
+        if r.fused { "fused" } else { "unfused" },
+        r.median_ms,
+        r.min_ms,
+        r.images_per_s,
+        r.gflops,
+        r.first_inference_ms,
+        r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+    );
+    if let Some(c) = r.jit_compile_ms {
+        println!("  JIT compile {c:.0} ms");
+    }
+    if let (Some(rt), Some(g)) = (r.jit_runtime_share, r.jit_generated_kernel_share) {
+        println!(
+            "  JIT time: runtime ops {:.1}%, generated code and schedule {:.1}%",
+            100.0 * rt,
+            100.0 * g
+        );
+    }
+    if let Some(pct) = r.percent_of_peak {
+        println!("  {pct:.1}% of the microkernel's peak");
+    }
+}

@@ -1,0 +1,126 @@
+//! One module per `cnx` subcommand, each with its own `#[derive(Args)]` struct and a `run`;
+//! the flags several commands share are defined once here and flattened into theirs.
+
+pub mod bench;
+pub mod classify;
+pub mod compare;
+pub mod compile;
+pub mod eval;
+pub mod graph;
+pub mod preprocess;
+pub mod random_model;
+pub mod run;
+
+use cnx_compiler::passes::Pipeline;
+
+use crate::{Error, ModelSpec};
+
+/// `--threads N`: worker threads (default: one per core). Results do not depend on it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Threads {
+    /// Worker threads (default: one per core). Results do not depend on it.
+    #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+}
+
+impl Threads {
+    pub fn get(&self) -> usize {
+        self.threads
+            .map_or_else(cnx_runtime::pool::available, |t| t as usize)
+    }
+}
+
+/// `--input-size H|HxW`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InputSize {
+    /// Input size as H or HxW (default: the config's image_size).
+    #[arg(long = "input-size")]
+    input_size: Option<String>,
+}
+
+impl InputSize {
+    /// The size asked for, or the config's `image_size` square.
+    pub fn hw(&self, spec: &ModelSpec) -> Result<(usize, usize), Error> {
+        match &self.input_size {
+            Some(s) => parse_size(s).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--input-size `{s}`: expected H or HxW, e.g. 224 or 97x75"
+                ))
+            }),
+            None => Ok((spec.config.image_size, spec.config.image_size)),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<(usize, usize)> {
+    let mut parts = s.split(['x', 'X']);
+    let h = parts.next()?.trim().parse().ok()?;
+    let w = match parts.next() {
+        Some(w) => w.trim().parse().ok()?,
+        None => h,
+    };
+    if parts.next().is_some() || h == 0 || w == 0 {
+        return None;
+    }
+    Some((h, w))
+}
+
+/// Which optimiser passes run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PassFlags {
+    /// The unfused graph, exactly as Hugging Face defines it.
+    #[arg(long, conflicts_with = "passes")]
+    pub no_fuse: bool,
+    /// Comma-separated passes to run, in order (default: all). `cnx graph M --passes` with no
+    /// list prints the default pipeline.
+    #[arg(long, num_args = 0..=1, value_delimiter = ',', default_missing_value = "")]
+    pub passes: Option<Vec<String>>,
+}
+
+impl PassFlags {
+    pub fn pipeline(&self) -> Result<Pipeline, Error> {
+        if self.no_fuse {
+            return Ok(Pipeline::empty());
+        }
+        match &self.passes {
+            Some(names) if !names.iter().all(String::is_empty) => Ok(Pipeline::from_names(names)?),
+            _ => Ok(Pipeline::default_pipeline()),
+        }
+    }
+
+    /// `--passes` given without a list.
+    pub fn list_requested(&self) -> bool {
+        self.passes
+            .as_ref()
+            .is_some_and(|names| names.iter().all(String::is_empty))
+    }
+}
+
+/// A progress bar on stderr for runs of more than one batch; hidden when stderr is not a
+/// terminal.
+pub fn progress_bar(len: usize, batch: usize) -> indicatif::ProgressBar {
+    if len <= batch || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_square_or_height_by_width() {
+        assert_eq!(parse_size("224"), Some((224, 224)));
+        assert_eq!(parse_size("97x75"), Some((97, 75)));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("3x4x5"), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! `cnx run`: a model on Hugging Face `pixel_values`, its outputs written as `.npz`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cnx_compiler::ir::outputs;
+
+use super::{PassFlags, Threads};
+use crate::engine::{Backend, Engine};
+use crate::{io, Error, ModelSpec};
+
+/// Run a model on HF `pixel_values` (.npy) and write its outputs (.npz).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Preset (`tiny-1k-224`, `facebook/convnextv2-tiny-1k-224`), config.json, or model directory.
+    #[arg(long)]
+    model: String,
+    /// Checkpoint: model.safetensors, a sharded index.json, or a directory holding one.
+    /// Default: the one beside the model's config.json.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// float32 .npy of shape (batch, num_channels, H, W), exactly HF's pixel_values.
+    #[arg(long)]
+    input: PathBuf,
+    /// .npz to write: logits, pooler_output, last_hidden_state (+ hidden_states_*).
+    #[arg(long)]
+    output: PathBuf,
+    /// Also write hidden_states_0 .. hidden_states_<num_stages> (NCHW, HF order).
+    #[arg(long)]
+    hidden_states: bool,
+    #[command(flatten)]
+    threads: Threads,
+    /// Execution backend (default: the JIT; the interpreter gives the same results to
+    /// ~1e-6 and needs no code generation).
+    #[arg(long, value_enum, default_value_t = Backend::Jit)]
+    backend: Backend,
+    #[command(flatten)]
+    passes: PassFlags,
+}
+
+impl Args {
+    pub fn run(self) -> Result<(), Error> {
+        let start = Instant::now();
+        let pipeline = self.passes.pipeline()?;
+        let spec = ModelSpec::resolve(&self.model)?;
+        let pixel_values = io::read_npy(&self.input)?;
+        let shape = pixel_values.shape().to_vec();
+        let channels = spec.config.num_channels;
+        if shape.len() != 4 || shape[1] != channels || shape[0] == 0 {
+            return Err(Error::Npy {
+                path: self.input.clone(),
+                reason: format!(
+                    "pixel_values must have shape (batch >= 1, {channels}, height, width), found {shape:?}"
+                ),
+            });
+        }
+        let loaded = spec.load_with(self.weights.as_deref(), (shape[2], shape[3]), &pipeline)?;
+        let name = loaded.name.clone();
+        // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
+        let mut wanted = outputs::all(loaded.config.num_stages);
+        if !self.hidden_states {
+            wanted.truncate(3);
+        }
+        let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let loaded_at = start.elapsed();
+        let engine = Engine::new(loaded, self.backend, &wanted_refs)?;
+        let compile = match &engine {
+            Engine::Jit(j) => format!(" (JIT compile {:.0} ms)", j.compile_time.as_secs_f64() * 1e3),
+            Engine::Interp(_) => String::new(),
+        };
+        let values = engine.run(&pixel_values, &wanted_refs, self.threads.get())?;
+        let ran_at = start.elapsed();
+        let arrays: Vec<(&str, &cnx_runtime::Tensor)> =
+            wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
+        io::write_npz(&self.output, &arrays)?;
+        eprintln!(
+            "cnx: {name} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms{compile}; wrote {}",
+            shape,
+            values[outputs::LOGITS].shape(),
+            loaded_at.as_secs_f64() * 1e3,
+            (ran_at - loaded_at).as_secs_f64() * 1e3,
+            self.output.display()
+        );
+        Ok(())
+    }
+}

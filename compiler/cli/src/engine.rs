@@ -1,0 +1,65 @@
+//! What runs the forward passes of a command: the interpreter, or the JIT-compiled program.
+
+use cnx_compiler::backend::interp;
+use cnx_compiler::ir::outputs;
+use cnx_compiler::LoadedModel;
+use cnx_jit::{JitModel, JitOptions};
+use cnx_runtime::Tensor;
+
+use crate::Error;
+
+/// Which engine runs the graph (the `--backend` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The interpreter over the runtime's ops and kernels.
+    Interp,
+    /// The program compiled by Cranelift at run time (schedule and memory-bound steps
+    /// generated, matrix products and convolutions through the runtime).
+    Jit,
+}
+
+/// A loaded model on its engine.
+pub enum Engine {
+    Interp(LoadedModel),
+    Jit(JitModel),
+}
+
+impl Engine {
+    /// `model` on `backend`, computing the outputs `wanted` (the JIT compiles for them).
+    pub fn new(model: LoadedModel, backend: Backend, wanted: &[&str]) -> Result<Engine, Error> {
+        Ok(match backend {
+            Backend::Interp => Engine::Interp(model),
+            Backend::Jit => Engine::Jit(JitModel::compile(model, wanted, JitOptions::default())?),
+        })
+    }
+
+    /// The model (config, graph, weights).
+    pub fn model(&self) -> &LoadedModel {
+        match self {
+            Engine::Interp(m) => m,
+            Engine::Jit(j) => j.model(),
+        }
+    }
+
+    /// The outputs `wanted` of a batch of pixel values, by name.
+    pub fn run(
+        &self,
+        x: &Tensor,
+        wanted: &[&str],
+        threads: usize,
+    ) -> Result<std::collections::HashMap<String, Tensor>, Error> {
+        Ok(match self {
+            Engine::Interp(m) => interp::run_threaded(m, x, wanted, threads)?
+                .into_iter()
+                .collect(),
+            Engine::Jit(j) => j.run(x, threads)?,
+        })
+    }
+
+    /// Logits of a batch of pixel values.
+    pub fn logits(&self, x: &Tensor, threads: usize) -> Result<Tensor, Error> {
+        let mut out = self.run(x, &[outputs::LOGITS], threads)?;
+        out.remove(outputs::LOGITS)
+            .ok_or_else(|| Error::Run(cnx_compiler::RunError::UnknownOutput("logits".into())))
+    }
+}

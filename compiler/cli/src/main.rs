@@ -1,0 +1,67 @@
+//! The `cnx` command. Library code returns typed errors; this is the only place that prints
+//! them. Exit codes: 0 success, 2 bad usage or input, 1 internal error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cnx_cli::commands::{
+    bench, classify, compare, compile, eval, graph, preprocess, random_model, run,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cnx",
+    version,
+    about = "Compile and run ConvNeXt V2 image classifiers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model on HF `pixel_values` (.npy) and write its outputs (.npz).
+    Run(run::Args),
+    /// Print a model's graph: one line per node (name, op, output, params, MACs) and totals.
+    Graph(graph::Args),
+    /// Print the code a backend generates for a model (`--emit rust`: what the `convnextv2!`
+    /// macro expands to), or the lowered program they share (`--emit program`).
+    Compile(compile::Args),
+    /// Time the forward pass: median and min per batch size, images/s, GFLOP/s, first
+    /// inference, peak memory. Random weights unless --weights (or a model directory) gives them.
+    Bench(bench::Args),
+    /// Classify images: top-k labels with softmax probabilities, per image.
+    Classify(classify::Args),
+    /// Write the pixel_values a model sees for an image (float32 NCHW .npy, as `cnx run` takes).
+    Preprocess(preprocess::Args),
+    /// Accuracy on an ImageFolder tree (one sub-folder per class, named by label or index):
+    /// top-1, top-5 and mean cross-entropy.
+    Eval(eval::Args),
+    /// Compare the arrays two .npz files share: max absolute and relative difference.
+    Compare(compare::Args),
+    /// Write a random-weight model directory (config.json, model.safetensors, pixel_values.npy).
+    /// Every parameter is random, GRN and LayerNorm included.
+    RandomModel(random_model::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(a) => a.run(),
+        Command::Graph(a) => a.run(),
+        Command::Compile(a) => a.run(),
+        Command::Bench(a) => a.run(),
+        Command::Classify(a) => a.run(),
+        Command::Preprocess(a) => a.run(),
+        Command::Eval(a) => a.run(),
+        Command::Compare(a) => a.run(),
+        Command::RandomModel(a) => a.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cnx: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

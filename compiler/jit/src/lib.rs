@@ -1,0 +1,446 @@
+//! `cnx-jit`: the Cranelift backend. A lowered [`Program`] compiled at run time into one native
+//! function per (model, input size, outputs).
+//!
+//! The schedule is static: the program's workspace slots sit at fixed offsets (per image) in
+//! the runtime's [`Workspace`] arenas, and the generated entry
+//! `extern "C" fn(ctx, arena, sums, batch)` runs the steps in order with every shape, bound and
+//! offset an immediate. A step is generated ([`clif`]) only where the generated code measured
+//! at least as fast as the runtime's kernel on the same machine (BENCHMARKS.md): the layout
+//! permute, GRN's scale from its sums, the residual add, the head's pool and LayerNorm. Every
+//! other step (the matrix products, the convolutions, GELU in their epilogues) calls the
+//! runtime's [`execute`] through the registered symbol `cnx_jit_step`, on the same kernels and
+//! prepared weights as the interpreter; the head's product goes through `cnx_jit_classifier`.
+
+mod clif;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clif::Loc;
+use cnx_compiler::backend::interp::batch_shape;
+use cnx_compiler::{LoadedModel, RunError};
+use cnx_runtime::compiled::{arena_layout, Workspace};
+use cnx_runtime::ops::{Layout as ValueLayout, Permute};
+use cnx_runtime::program::{
+    execute, Program, Step, StepBuffers, StepOp, SumsAccess, SumsBuffer, Value,
+};
+use cnx_runtime::{pool, Tensor};
+
+pub use clif::CodegenError;
+
+/// Why a model could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error(transparent)]
+    Compiler(#[from] cnx_compiler::Error),
+    #[error("this is a bug in cnx: {0}")]
+    Codegen(#[from] CodegenError),
+    #[error("this is a bug in cnx: step `{step}`: {reason}")]
+    Step { step: String, reason: &'static str },
+}
+
+impl JitError {
+    /// Bad input (exit code 2) rather than a bug (1).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, JitError::Compiler(e) if e.is_user_error())
+    }
+}
+
+/// A model compiled by the JIT, ready to run any batch size.
+pub struct JitModel {
+    /// The compiled code (declared first: dropped before the context it points into).
+    code: clif::Compiled,
+    /// What the generated code reads at run time: the program (for the runtime calls) and the
+    /// model whose weights it points into (the classifier and GRN gammas are immediates).
+    /// Boxed so its address, passed to the code as `ctx`, is stable; never mutated after
+    /// compiling.
+    context: Box<Context>,
+    /// The workspace the code runs on (the program's slots plus the head's features).
+    workspace: Mutex<Workspace>,
+    /// Steps generated in Cranelift, and steps calling the runtime.
+    pub generated_steps: usize,
+    pub runtime_steps: usize,
+    /// Time to lower and compile.
+    pub compile_time: Duration,
+}
+
+/// What the runtime shims need, owned by the [`JitModel`] whose code calls them.
+struct Context {
+    model: LoadedModel,
+    program: Program,
+    /// The first error a shim met (reported after the entry returns).
+    error: Mutex<Option<RunError>>,
+    /// Nanoseconds spent in runtime calls since the last [`JitModel::take_runtime_time`].
+    runtime_ns: AtomicU64,
+}
+
+/// Options for [`JitModel::compile`].
+#[derive(Debug, Clone, Copy)]
+pub struct JitOptions {
+    /// Run Cranelift's verifier on the generated functions (always on in tests).
+    pub verify: bool,
+    /// Keep the machine code of every function as text (`cnx compile --emit asm`).
+    pub disassemble: bool,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions {
+            verify: cfg!(debug_assertions),
+            disassemble: false,
+        }
+    }
+}
+
+impl JitModel {
+    /// Compiles `model`'s graph for the outputs `wanted` (e.g. `["logits"]`).
+    pub fn compile(
+        model: LoadedModel,
+        wanted: &[&str],
+        options: JitOptions,
+    ) -> Result<JitModel, JitError> {
+        let start = Instant::now();
+        let program = model.program(wanted)?;
+        let context = Box::new(Context {
+            model,
+            program,
+            error: Mutex::new(None),
+            runtime_ns: AtomicU64::new(0),
+        });
+        let layout = Layout::of(&context.program);
+        let steps = schedule(&context, &layout)?;
+        let generated = steps
+            .iter()
+            .filter(|s| !matches!(s, clif::Step::Call { .. }))
+            .count();
+        let code = clif::compile(&clif::Schedule {
+            steps,
+            step_shim: cnx_jit_step as *const u8,
+            classifier_shim: cnx_jit_classifier as *const u8,
+            verify: options.verify,
+            disassemble: options.disassemble,
+        })?;
+        let runtime_steps = context.program.steps.len() - generated;
+        Ok(JitModel {
+            context,
+            code,
+            workspace: Mutex::new(Workspace::new(&layout.slot_sizes, &layout.sums_sizes)),
+            generated_steps: generated,
+            runtime_steps,
+            compile_time: start.elapsed(),
+        })
+    }
+
+    /// The compiled model's graph and weights.
+    pub fn model(&self) -> &LoadedModel {
+        &self.context.model
+    }
+
+    /// The program the code was compiled from.
+    pub fn program(&self) -> &Program {
+        &self.context.program
+    }
+
+    /// Time spent in the runtime's ops (matrix products, convolutions, the head's product)
+    /// since the last call; the rest of a run is generated code and the schedule itself.
+    pub fn take_runtime_time(&self) -> Duration {
+        Duration::from_nanos(self.context.runtime_ns.swap(0, Ordering::Relaxed))
+    }
+
+    /// The generated Cranelift IR.
+    pub fn clif(&self) -> &str {
+        &self.code.clif
+    }
+
+    /// The generated machine code, as Cranelift's listing (empty unless compiled with
+    /// [`JitOptions::disassemble`]).
+    pub fn asm(&self) -> &str {
+        &self.code.asm
+    }
+
+    /// Runs the compiled code on `pixel_values` (NCHW) with `threads` threads; returns the
+    /// outputs compiled for, by name.
+    pub fn run(
+        &self,
+        pixel_values: &Tensor,
+        threads: usize,
+    ) -> Result<HashMap<String, Tensor>, RunError> {
+        let program = &self.context.program;
+        let batch = program.check_input(pixel_values.shape())?;
+        let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        ws.for_batch(batch);
+        ws.set(program.input_value.slot, pixel_values.data());
+        let (arena, sums) = ws.arenas_mut();
+        let (arena, sums) = (arena.as_mut_ptr() as usize, sums.as_mut_ptr() as usize);
+        let entry = self.code.entry as usize;
+        let ctx = &*self.context as *const Context as usize;
+        pool::install(threads, || {
+            // SAFETY: `entry` is the compiled schedule of this program; the arenas are the
+            // workspace laid out with the offsets the code was compiled with (`Layout::of`,
+            // the runtime's `arena_layout`) and sized for `batch` just above, and the input
+            // slot holds `batch` images of the program's input type (checked above): every
+            // offset and bound stays inside them. `ctx` is the boxed context this struct owns.
+            let f: extern "C" fn(usize, usize, usize, usize) =
+                unsafe { std::mem::transmute(entry) };
+            f(ctx, arena, sums, batch)
+        });
+        if let Some(e) = self
+            .context
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        let mut out = HashMap::new();
+        for o in &program.outputs {
+            // The generated code wrote it: its length is the value's, for this batch.
+            ws.set_len(o.value.slot, batch * o.value.len);
+            let data = ws.get(o.value.slot).to_vec();
+            let t = Tensor::from_vec(&batch_shape(batch, &o.ty), data).map_err(|_| {
+                RunError::OutputSize {
+                    name: o.name.clone(),
+                }
+            })?;
+            out.insert(o.name.clone(), t);
+        }
+        Ok(out)
+    }
+}
+
+/// The JIT's workspace: the program's slots, plus one for the head's pooled features when
+/// the head is generated; each slot's offset per image, as the runtime's [`Workspace`] lays
+/// them out.
+struct Layout {
+    slot_sizes: Vec<usize>,
+    sums_sizes: Vec<usize>,
+    offsets: Vec<usize>,
+    sums_offsets: Vec<usize>,
+    /// The features slot.
+    features: usize,
+}
+
+impl Layout {
+    fn of(program: &Program) -> Layout {
+        let features = program
+            .steps
+            .iter()
+            .filter_map(|s| match s.op {
+                StepOp::PoolNormLinear { channels, .. } => Some(channels),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut slot_sizes = program.slot_sizes.clone();
+        slot_sizes.push(features);
+        let (offsets, _) = arena_layout(&slot_sizes);
+        let (sums_offsets, _) = arena_layout(&program.sums_sizes);
+        Layout {
+            features: slot_sizes.len() - 1,
+            slot_sizes,
+            sums_sizes: program.sums_sizes.clone(),
+            offsets,
+            sums_offsets,
+        }
+    }
+
+    fn values(&self, slot: usize) -> Loc {
+        Loc::Values(self.offsets[slot])
+    }
+
+    fn sums(&self, slot: usize) -> Loc {
+        Loc::Sums(self.sums_offsets[slot])
+    }
+}
+
+/// The JIT's schedule of `context.program`: the generated steps, and a runtime call for
+/// every other.
+fn schedule(context: &Context, layout: &Layout) -> Result<Vec<clif::Step>, JitError> {
+    let weights = &context.model.weights;
+    let v = |value: Value| layout.values(value.slot);
+    let mut steps = Vec::new();
+    for (i, step) in context.program.steps.iter().enumerate() {
+        let out = v(step.out);
+        let generated = match step.op {
+            StepOp::GrnScale {
+                channels,
+                gamma,
+                sums: Some(sums),
+                ..
+            } => clif::Step::GrnScale {
+                channels,
+                gamma: weights.get(gamma).as_ptr(),
+                sums: layout.sums(sums),
+                out,
+            },
+            StepOp::Add { a, b } => clif::Step::Add {
+                len: step.out.len,
+                a: v(a),
+                b: v(b),
+                out,
+            },
+            StepOp::Permute { permute, x } => {
+                let t = step.out_ty;
+                let (a, b) = match permute {
+                    Permute::NchwToNhwc => (t.channels, t.pixels()),
+                    Permute::NhwcToNchw => (t.pixels(), t.channels),
+                };
+                clif::Step::Transpose { a, b, x: v(x), out }
+            }
+            StepOp::PoolNormLinear {
+                channels,
+                classes,
+                eps,
+                input,
+                x,
+                weight,
+                bias,
+            } if matches!(input.layout, ValueLayout::Nhwc | ValueLayout::Features) => {
+                let (w, b) = (weights.get(weight), weights.get(bias));
+                if (w.len(), b.len()) != (channels * classes, classes) {
+                    return Err(JitError::Step {
+                        step: step.name.clone(),
+                        reason: "classifier weights of the wrong size",
+                    });
+                }
+                clif::Step::Head {
+                    channels,
+                    classes,
+                    pixels: input.pixels(),
+                    eps,
+                    weight: w.as_ptr(),
+                    bias: b.as_ptr(),
+                    x: v(x),
+                    features: layout.values(layout.features),
+                    out,
+                }
+            }
+            _ => clif::Step::Call {
+                step: i,
+                operands: step.operands().iter().map(v).collect(),
+                out,
+                sums: match step.sums() {
+                    SumsAccess::None => None,
+                    SumsAccess::Read { slot, .. } | SumsAccess::Write { slot, .. } => {
+                        Some(layout.sums(slot))
+                    }
+                },
+            },
+        };
+        steps.push(generated);
+    }
+    Ok(steps)
+}
+
+/// One step of the program, run by the runtime's [`execute`] on the buffers the generated
+/// code passes: `operands` points to `n` operand pointers, `sums` to the step's sums (or null).
+extern "C" fn cnx_jit_step(
+    ctx: *const Context,
+    index: u64,
+    operands: *const *const f32,
+    n: u64,
+    out: *mut f32,
+    sums: *mut f64,
+    batch: u64,
+) -> i32 {
+    // SAFETY: `ctx` is the `Context` of the `JitModel` whose code calls this; it owns the
+    // context and outlives the call.
+    let ctx = unsafe { &*ctx };
+    let _timer = AddElapsed(&ctx.runtime_ns, Instant::now());
+    let step = &ctx.program.steps[index as usize];
+    let batch = batch as usize;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the generated code passes, for this step, pointers to its operands' and
+        // output's workspace slots (laid out for `batch` images, each at least the value's
+        // length) and, where the step has sums, to its sums slot (`batch x len` f64): the
+        // slices below stay inside them. The output slot is never an operand's (memory plan).
+        let mut slices: [&[f32]; 3] = [&[]; 3];
+        for (k, v) in step.operands().iter().enumerate().take(n as usize) {
+            slices[k] = unsafe { std::slice::from_raw_parts(*operands.add(k), batch * v.len) };
+        }
+        let y = unsafe { std::slice::from_raw_parts_mut(out, batch * step.out.len) };
+        let sums = match step.sums() {
+            SumsAccess::None => SumsBuffer::None,
+            SumsAccess::Read { len, .. } => {
+                SumsBuffer::Read(unsafe { std::slice::from_raw_parts(sums, batch * len) })
+            }
+            SumsAccess::Write { len, .. } => {
+                SumsBuffer::Write(unsafe { std::slice::from_raw_parts_mut(sums, batch * len) })
+            }
+        };
+        let buffers = StepBuffers {
+            operands: slices,
+            out: y,
+            sums,
+        };
+        execute(step, &ctx.model.weights, batch, buffers)
+    }));
+    if result.is_ok() {
+        return 0;
+    }
+    record(ctx, step, "panicked");
+    1
+}
+
+/// The head's classifier, run by the runtime on the features the generated code pooled and
+/// normalised: `features` `[batch, channels]` to `out` `[batch, classes]`.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn cnx_jit_classifier(
+    ctx: *const Context,
+    weight: *const f32,
+    bias: *const f32,
+    features: *const f32,
+    out: *mut f32,
+    batch: u64,
+    channels: u64,
+    classes: u64,
+) {
+    // SAFETY: as in `cnx_jit_step`: the context of the running model.
+    let ctx = unsafe { &*ctx };
+    let _timer = AddElapsed(&ctx.runtime_ns, Instant::now());
+    let (batch, channels, classes) = (batch as usize, channels as usize, classes as usize);
+    // SAFETY: `weight` and `bias` are the model's classifier tensors, whose lengths `schedule`
+    // checked against `channels` and `classes`; `features` is the workspace's features slot,
+    // sized for `batch x channels`, and `out` the head's output slot for `batch` images,
+    // disjoint from it.
+    let (weight, bias, features, out) = unsafe {
+        (
+            std::slice::from_raw_parts(weight, channels * classes),
+            std::slice::from_raw_parts(bias, classes),
+            std::slice::from_raw_parts(features, batch * channels),
+            std::slice::from_raw_parts_mut(out, batch * classes),
+        )
+    };
+    let run =
+        || cnx_runtime::ops::classifier(channels, classes, batch, weight, bias, features, out);
+    // A panic must not unwind into generated code: recorded as the run's error instead.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+        let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
+        error.get_or_insert_with(|| RunError::Step {
+            step: "classifier".into(),
+            reason: "panicked".into(),
+        });
+    }
+}
+
+/// Records the first failure of a run.
+fn record(ctx: &Context, step: &Step, reason: &str) {
+    let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
+    error.get_or_insert_with(|| RunError::Step {
+        step: step.name.clone(),
+        reason: reason.into(),
+    });
+}
+
+/// Adds the time since `.1` to the counter `.0` when dropped.
+struct AddElapsed<'a>(&'a AtomicU64, Instant);
+
+impl Drop for AddElapsed<'_> {
+    fn drop(&mut self) {
+        self.0
+            .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,303 @@
+//! Lowering: an optimised graph and its memory plan become a [`Program`], the flat list of
+//! steps every backend runs (the interpreter steps through it, the JIT compiles it, the
+//! `convnextv2!` macro emits it).
+//!
+//! This is the one place that knows how each op binds its operands: which parameter is a
+//! convolution's `weight` or its output norm's `gamma`, which operand of a linear layer is its
+//! per-sample scale and which its residual, which sums slot a GRN scale reads. After lowering
+//! nothing is looked up by name: parameters are indices into the weight table, values are
+//! workspace slots.
+
+use std::collections::HashMap;
+
+use cnx_runtime::compiled::{Prepare, WeightSlot};
+use cnx_runtime::program::{AffineParams, Program, ProgramOutput, Step, StepOp, Value};
+use cnx_runtime::weights::derive::ParamSpec;
+
+use crate::ir::{Graph, GraphError, GrnSource, NodeId, Op};
+use crate::memory_plan::MemoryPlan;
+
+/// The graph does not fit its plan or its ops' parameter lists: a compiler bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LowerError {
+    #[error("lowering: `{node}` has no {role}")]
+    MissingParam { node: String, role: &'static str },
+    #[error("lowering: `{node}` is not in the memory plan")]
+    Unplanned { node: String },
+    #[error("lowering: `{producer}` accumulates no sums for `{node}`")]
+    NoSums { node: String, producer: String },
+    #[error("lowering: the graph has no output `{0}`")]
+    UnknownOutput(String),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+/// The weight table of `graph`: every parameter of every node, in topological order, each
+/// once (by name), with the preparation its kernel wants; and each name's index. Every
+/// program lowered from `graph` indexes this table, so one loaded copy serves them all.
+pub fn weight_table(graph: &Graph) -> Result<(Vec<WeightSlot>, HashMap<String, usize>), LowerError> {
+    let mut slots = Vec::new();
+    let mut index = HashMap::new();
+    for id in graph.topo_order()? {
+        let node = graph.node(id);
+        for p in &node.params {
+            if index.contains_key(&p.name) {
+                continue;
+            }
+            let prepare = match (p.role, &node.op) {
+                ("weight", Op::Linear(l)) => Prepare::Linear(*l),
+                ("weight", Op::Conv2d(c)) => Prepare::Conv(*c),
+                _ => Prepare::Plain,
+            };
+            index.insert(p.name.clone(), slots.len());
+            slots.push(WeightSlot {
+                param: ParamSpec::of(p),
+                prepare,
+            });
+        }
+    }
+    Ok((slots, index))
+}
+
+/// Lowers the nodes `plan` covers, in its order; the program's outputs are the graph's named
+/// outputs among the plan's wanted values.
+pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
+    let (weights, index) = weight_table(graph)?;
+    let value = |id: NodeId| -> Result<Value, LowerError> {
+        let slot = *plan.slot.get(&id).ok_or_else(|| LowerError::Unplanned {
+            node: graph.node(id).name.clone(),
+        })?;
+        Ok(Value {
+            slot,
+            len: graph.node(id).ty.numel(),
+        })
+    };
+    let mut steps = Vec::new();
+    for &id in &plan.order {
+        let node = graph.node(id);
+        let param = |role: &'static str| -> Result<usize, LowerError> {
+            node.param(role)
+                .map(|p| index[&p.name])
+                .ok_or_else(|| LowerError::MissingParam {
+                    node: node.name.clone(),
+                    role,
+                })
+        };
+        let affine = |present: bool, gamma: &'static str, beta: &'static str| {
+            present
+                .then(|| {
+                    Ok::<_, LowerError>(AffineParams {
+                        gamma: param(gamma)?,
+                        beta: param(beta)?,
+                    })
+                })
+                .transpose()
+        };
+        let inputs = graph.inputs(id);
+        let operand = |k: usize| value(inputs[k]);
+        let input_ty = || graph.node(inputs[0]).ty;
+        let sums_of = |producer: NodeId| {
+            plan.sums_slot
+                .get(&producer)
+                .copied()
+                .ok_or_else(|| LowerError::NoSums {
+                    node: node.name.clone(),
+                    producer: graph.node(producer).name.clone(),
+                })
+        };
+        let op = match node.op {
+            Op::Input => continue,
+            Op::Conv2d(conv) => StepOp::Conv2d {
+                conv,
+                input: input_ty(),
+                x: operand(0)?,
+                weight: param("weight")?,
+                bias: param("bias")?,
+                norm: affine(
+                    conv.output_norm.is_some_and(|n| n.affine),
+                    "norm_weight",
+                    "norm_bias",
+                )?,
+            },
+            Op::LayerNorm(norm) => StepOp::LayerNorm {
+                norm,
+                x: operand(0)?,
+                affine: affine(norm.affine, "weight", "bias")?,
+            },
+            // Operands: the input, then the scale if any, then the residual if any.
+            Op::Linear(linear) => StepOp::Linear {
+                linear,
+                x: operand(0)?,
+                scale: linear.input_scale.then(|| operand(1)).transpose()?,
+                residual: linear
+                    .residual
+                    .then(|| operand(inputs.len() - 1))
+                    .transpose()?,
+                weight: param("weight")?,
+                bias: param("bias")?,
+                sums: linear.sum_squares.then(|| sums_of(id)).transpose()?,
+            },
+            Op::Activation(activation) => StepOp::Activation {
+                activation,
+                x: operand(0)?,
+            },
+            Op::Grn { channels } => StepOp::Grn {
+                channels,
+                x: operand(0)?,
+                gamma: param("weight")?,
+                beta: param("bias")?,
+            },
+            Op::GrnScale { channels, source } => StepOp::GrnScale {
+                channels,
+                input: input_ty(),
+                x: operand(0)?,
+                gamma: param("weight")?,
+                sums: match source {
+                    GrnSource::Values => None,
+                    GrnSource::ProducerSums => Some(sums_of(inputs[0])?),
+                },
+            },
+            Op::Add => StepOp::Add {
+                a: operand(0)?,
+                b: operand(1)?,
+            },
+            Op::GlobalAvgPool => StepOp::GlobalAvgPool {
+                input: input_ty(),
+                x: operand(0)?,
+            },
+            Op::PoolNormLinear {
+                channels,
+                classes,
+                eps,
+            } => StepOp::PoolNormLinear {
+                channels,
+                classes,
+                eps,
+                input: input_ty(),
+                x: operand(0)?,
+                weight: param("weight")?,
+                bias: param("bias")?,
+            },
+            Op::Permute(permute) => StepOp::Permute {
+                permute,
+                x: operand(0)?,
+            },
+        };
+        steps.push(Step {
+            name: node.name.clone(),
+            op,
+            out: value(id)?,
+            out_ty: node.ty,
+        });
+    }
+    let mut outputs = Vec::new();
+    for (name, id) in graph.outputs() {
+        if plan.wanted.contains(id) {
+            outputs.push(ProgramOutput {
+                name: name.clone(),
+                value: value(*id)?,
+                ty: graph.node(*id).ty,
+            });
+        }
+    }
+    let mut sums_sizes = vec![0; plan.sums_slots];
+    for (&producer, &s) in &plan.sums_slot {
+        if let Op::Linear(l) = graph.node(producer).op {
+            sums_sizes[s] = sums_sizes[s].max(l.out_features);
+        }
+    }
+    Ok(Program {
+        input: graph.input_type(),
+        input_value: value(graph.input())?,
+        slot_sizes: plan.slot_sizes.clone(),
+        sums_sizes,
+        weights,
+        steps,
+        outputs,
+    })
+}
+
+/// The program computing the graph outputs `names` (e.g. `["logits"]`): planned and lowered.
+pub fn lower_outputs(graph: &Graph, names: &[&str]) -> Result<Program, LowerError> {
+    let wanted = names
+        .iter()
+        .map(|n| {
+            graph
+                .output(n)
+                .ok_or_else(|| LowerError::UnknownOutput(n.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    lower(graph, &MemoryPlan::new(graph, &wanted)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::build_graph;
+    use crate::config::ConvNextV2Config;
+    use crate::passes::Pipeline;
+
+    fn atto(fused: bool) -> Graph {
+        let config =
+            ConvNextV2Config::from_json(crate::presets::find("atto-1k-224").unwrap().config_json)
+                .unwrap();
+        let mut graph = build_graph(&config, (64, 48)).unwrap();
+        if fused {
+            Pipeline::default_pipeline().run(&mut graph).unwrap();
+        }
+        graph
+    }
+
+    /// pwconv1's bias is bound once, here, to its slot of the weight table.
+    #[test]
+    fn every_parameter_is_bound_to_its_role() {
+        let graph = atto(true);
+        let program = lower_outputs(&graph, &["logits"]).unwrap();
+        let step = program
+            .steps
+            .iter()
+            .find(|s| s.name == "convnextv2.encoder.stages.1.layers.0.pwconv1")
+            .unwrap();
+        let StepOp::Linear {
+            bias, weight, sums, ..
+        } = step.op
+        else {
+            panic!("pwconv1 lowers to a linear step: {step}");
+        };
+        let node = graph.node(graph.find(&step.name).unwrap());
+        assert_eq!(program.weights[bias].param.name, node.param("bias").unwrap().name);
+        assert_eq!(program.weights[weight].param.name, node.param("weight").unwrap().name);
+        assert!(matches!(program.weights[weight].prepare, Prepare::Linear(_)));
+        // The fused pwconv1 accumulates GRN's sums, which the next step reads.
+        let sums = sums.expect("GRN sums in pwconv1's epilogue");
+        let next = program
+            .steps
+            .iter()
+            .find(|s| s.name == "convnextv2.encoder.stages.1.layers.0.grn")
+            .unwrap();
+        assert!(matches!(next.op, StepOp::GrnScale { sums: Some(s), .. } if s == sums));
+    }
+
+    /// Every step reads values some earlier step (or the input) wrote, and never its own slot.
+    #[test]
+    fn steps_read_what_earlier_steps_wrote() {
+        for fused in [false, true] {
+            let graph = atto(fused);
+            let program = lower_outputs(&graph, &["logits", "pooler_output"]).unwrap();
+            let mut written = vec![program.input_value];
+            for step in &program.steps {
+                for v in step.operands().iter() {
+                    assert!(written.contains(&v), "{step}: reads {v} before it is written");
+                    assert_ne!(v.slot, step.out.slot, "{step}: output overwrites an operand");
+                }
+                // A slot being rewritten no longer holds its old value.
+                written.retain(|w| w.slot != step.out.slot);
+                written.push(step.out);
+            }
+            for o in &program.outputs {
+                assert!(written.contains(&o.value), "output {} is not live", o.name);
+            }
+            assert!(program.output("logits").is_some() && program.output("pooler_output").is_some());
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The lowered program: what every backend runs.
+//!
+//! The compiler lowers an optimised graph once (`cnx_compiler::lower`) into a [`Program`]: a
+//! flat list of [`Step`]s in evaluation order. Each step holds its op's constants (shapes, eps,
+//! activation, which prologue and epilogue), its parameters bound under typed roles (`weight`,
+//! `bias`, `gamma` ... as indices into the program's weight table: no look-up by name after
+//! lowering), and the workspace slots of its operands, its output and its sums. The
+//! interpreter runs `for step in program: run_step`; the JIT compiles the same steps; the
+//! `convnextv2!` macro emits them as Rust. [`execute`] is the one place that turns a step into
+//! a call of [`crate::ops`].
+
+use std::fmt;
+
+use crate::compiled::{Weights, Workspace};
+use crate::kernels::Activation;
+use crate::ops::{self, Conv2d, ConvParams, GrnSource, LayerNorm, Linear, Permute, ValueType};
+
+pub use crate::compiled::WeightSlot;
+
+/// A value in the workspace: its slot, and its size in f32 elements per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value {
+    pub slot: usize,
+    pub len: usize,
+}
+
+/// A LayerNorm's gamma and beta, as weight-table indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineParams {
+    pub gamma: usize,
+    pub beta: usize,
+}
+
+/// What a step computes, with its operands and parameters bound. Parameters are indices into
+/// the program's weight table; operands are workspace values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOp {
+    /// `nn.Conv2d` with its fused input and output LayerNorms.
+    Conv2d {
+        conv: Conv2d,
+        input: ValueType,
+        x: Value,
+        weight: usize,
+        bias: usize,
+        /// The output LayerNorm's gamma and beta, when it has them.
+        norm: Option<AffineParams>,
+    },
+    LayerNorm {
+        norm: LayerNorm,
+        x: Value,
+        affine: Option<AffineParams>,
+    },
+    /// `nn.Linear` with its fused prologue (norm, per-sample scale) and epilogue (activation,
+    /// residual, GRN sums of squares written to the sums slot `sums`).
+    Linear {
+        linear: Linear,
+        x: Value,
+        scale: Option<Value>,
+        residual: Option<Value>,
+        weight: usize,
+        bias: usize,
+        sums: Option<usize>,
+    },
+    Activation {
+        activation: Activation,
+        x: Value,
+    },
+    /// The unfused `ConvNextV2GRN`.
+    Grn {
+        channels: usize,
+        x: Value,
+        gamma: usize,
+        beta: usize,
+    },
+    /// GRN's per-sample channel scale, from its operand's values or (with `sums`) from the
+    /// sums of squares its producer accumulated in that sums slot.
+    GrnScale {
+        channels: usize,
+        input: ValueType,
+        x: Value,
+        gamma: usize,
+        sums: Option<usize>,
+    },
+    Add {
+        a: Value,
+        b: Value,
+    },
+    GlobalAvgPool {
+        input: ValueType,
+        x: Value,
+    },
+    /// The fused head: pool, LayerNorm without affine, classifier.
+    PoolNormLinear {
+        channels: usize,
+        classes: usize,
+        eps: f64,
+        input: ValueType,
+        x: Value,
+        weight: usize,
+        bias: usize,
+    },
+    Permute {
+        permute: Permute,
+        x: Value,
+    },
+}
+
+/// One step of a program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The Hugging Face module it runs (`convnextv2.encoder.stages.0.layers.1.pwconv1`).
+    pub name: String,
+    pub op: StepOp,
+    /// Where its value goes, and the value's type.
+    pub out: Value,
+    pub out_ty: ValueType,
+}
+
+impl Step {
+    /// The values it reads, in operand order (at most three: a linear layer's input, scale
+    /// and residual).
+    pub fn operands(&self) -> Operands {
+        let mut o = Operands::default();
+        match &self.op {
+            StepOp::Conv2d { x, .. }
+            | StepOp::LayerNorm { x, .. }
+            | StepOp::Activation { x, .. }
+            | StepOp::Grn { x, .. }
+            | StepOp::GrnScale { x, .. }
+            | StepOp::GlobalAvgPool { x, .. }
+            | StepOp::PoolNormLinear { x, .. }
+            | StepOp::Permute { x, .. } => o.push(*x),
+            StepOp::Linear {
+                x, scale, residual, ..
+            } => {
+                o.push(*x);
+                scale.iter().chain(residual).for_each(|v| o.push(*v));
+            }
+            StepOp::Add { a, b } => {
+                o.push(*a);
+                o.push(*b);
+            }
+        }
+        o
+    }
+
+    /// The sums slot it reads (a GRN scale from its producer's sums) or writes (a linear layer
+    /// accumulating them), with the sums' length per image.
+    pub fn sums(&self) -> SumsAccess {
+        match self.op {
+            StepOp::Linear {
+                sums: Some(slot),
+                linear,
+                ..
+            } => SumsAccess::Write {
+                slot,
+                len: linear.out_features,
+            },
+            StepOp::GrnScale {
+                sums: Some(slot),
+                channels,
+                ..
+            } => SumsAccess::Read {
+                slot,
+                len: channels,
+            },
+            _ => SumsAccess::None,
+        }
+    }
+
+    /// Short name of its op, for listings and profiles.
+    pub fn kind(&self) -> &'static str {
+        match &self.op {
+            StepOp::Conv2d { conv, .. } if conv.is_depthwise() => "DepthwiseConv2d",
+            StepOp::Conv2d { .. } => "Conv2d",
+            StepOp::LayerNorm { .. } => "LayerNorm",
+            StepOp::Linear { .. } => "Linear",
+            StepOp::Activation { .. } => "Activation",
+            StepOp::Grn { .. } => "GRN",
+            StepOp::GrnScale { .. } => "GrnScale",
+            StepOp::Add { .. } => "Add",
+            StepOp::GlobalAvgPool { .. } => "GlobalAvgPool",
+            StepOp::PoolNormLinear { .. } => "PoolNormLinear",
+            StepOp::Permute { .. } => "Permute",
+        }
+    }
+}
+
+/// A step's operands (at most three), without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Operands {
+    values: [Option<Value>; 3],
+    len: usize,
+}
+
+impl Operands {
+    fn push(&mut self, v: Value) {
+        self.values[self.len] = Some(v);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        self.values[..self.len].iter().flatten().copied()
+    }
+}
+
+/// How a step uses the sums slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SumsAccess {
+    None,
+    /// Reads `len` f64 per image from `slot`.
+    Read { slot: usize, len: usize },
+    /// Writes `len` f64 per image to `slot`.
+    Write { slot: usize, len: usize },
+}
+
+/// A named value the program leaves in the workspace (`logits`, `pooler_output` ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramOutput {
+    pub name: String,
+    pub value: Value,
+    pub ty: ValueType,
+}
+
+/// A lowered model, for one input size and any batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    /// `pixel_values`' type per image (NCHW) and the slot it is copied into.
+    pub input: ValueType,
+    pub input_value: Value,
+    /// f32 elements per image of each value slot (its largest value).
+    pub slot_sizes: Vec<usize>,
+    /// f64 elements per image of each sums slot.
+    pub sums_sizes: Vec<usize>,
+    /// Every parameter the steps read, by index: checkpoint tensors and derived ones, each
+    /// with its kernel preparation.
+    pub weights: Vec<WeightSlot>,
+    pub steps: Vec<Step>,
+    pub outputs: Vec<ProgramOutput>,
+}
+
+impl Program {
+    /// A workspace for this program's slots.
+    pub fn workspace(&self) -> Workspace {
+        Workspace::new(&self.slot_sizes, &self.sums_sizes)
+    }
+
+    /// An output by name.
+    pub fn output(&self, name: &str) -> Option<&ProgramOutput> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Checks `shape` (`[batch, C, H, W]`) against the program's input; returns the batch.
+    pub fn check_input(&self, shape: &[usize]) -> crate::Result<usize> {
+        check_input_shape(shape, self.input)
+    }
+}
+
+/// Checks a `pixel_values` shape `[batch, C, H, W]` against a model's input type per image:
+/// every backend checks its input with this before running anything.
+pub fn check_input_shape(shape: &[usize], input: ValueType) -> crate::Result<usize> {
+    let chw = [input.channels, input.height, input.width];
+    if shape.len() != 4 || shape[1..] != chw || shape[0] == 0 {
+        return Err(crate::Error::InputShape {
+            what: "pixel_values".into(),
+            expected: vec![shape.first().copied().unwrap_or(1).max(1), chw[0], chw[1], chw[2]],
+            found: shape.to_vec(),
+        });
+    }
+    Ok(shape[0])
+}
+
+/// The buffers one step runs on: its operands (in [`Step::operands`] order), its output and
+/// its sums, each sized for the batch.
+pub struct StepBuffers<'a> {
+    pub operands: [&'a [f32]; 3],
+    pub out: &'a mut [f32],
+    pub sums: SumsBuffer<'a>,
+}
+
+/// The sums buffer a step reads or writes, if any (`batch x len` f64).
+pub enum SumsBuffer<'a> {
+    None,
+    Read(&'a [f64]),
+    Write(&'a mut [f64]),
+}
+
+/// Runs `step` on `buffers` for `batch` images: the one function that binds a step to the
+/// runtime's ops. The interpreter reaches it through [`Workspace::run_step`], the JIT's runtime
+/// calls through its step shim.
+pub fn execute(step: &Step, weights: &Weights, batch: usize, buffers: StepBuffers<'_>) {
+    let StepBuffers {
+        operands,
+        out: y,
+        sums,
+    } = buffers;
+    let x = operands[0];
+    let affine = |a: Option<AffineParams>| a.map(|a| weights.affine(a.gamma, a.beta));
+    match &step.op {
+        StepOp::Conv2d {
+            conv,
+            input,
+            weight,
+            bias,
+            norm,
+            ..
+        } => {
+            let p = ConvParams {
+                norm: affine(*norm),
+                ..weights.conv(*weight, *bias, None)
+            };
+            ops::conv2d(conv, input, &step.out_ty, batch, p, x, y)
+        }
+        StepOp::LayerNorm { norm, affine: a, .. } => {
+            ops::layer_norm(norm, &step.out_ty, batch, affine(*a), x, y)
+        }
+        StepOp::Linear {
+            linear,
+            scale,
+            residual,
+            weight,
+            bias,
+            ..
+        } => {
+            let scale = scale.map(|_| operands[1]);
+            let residual = residual.map(|_| operands[1 + usize::from(scale.is_some())]);
+            let sums = match sums {
+                SumsBuffer::Write(s) => Some(s),
+                _ => None,
+            };
+            let p = weights.linear(*weight, *bias);
+            let pixels = step.out_ty.pixels();
+            ops::linear(linear, pixels, batch, p, x, scale, residual, y, sums)
+        }
+        StepOp::Activation { activation, .. } => ops::activation(*activation, x, y),
+        StepOp::Grn {
+            channels,
+            gamma,
+            beta,
+            ..
+        } => ops::grn(
+            *channels,
+            &step.out_ty,
+            batch,
+            weights.get(*gamma),
+            weights.get(*beta),
+            x,
+            y,
+        ),
+        StepOp::GrnScale {
+            channels,
+            input,
+            gamma,
+            ..
+        } => {
+            let (source, read) = match sums {
+                SumsBuffer::Read(s) => (GrnSource::ProducerSums, s),
+                _ => (GrnSource::Values, &[][..]),
+            };
+            let g = weights.get(*gamma);
+            ops::grn_scale(*channels, source, input, batch, g, x, read, y)
+        }
+        StepOp::Add { .. } => ops::add(x, operands[1], y),
+        StepOp::GlobalAvgPool { input, .. } => ops::global_avg_pool(input, batch, x, y),
+        StepOp::PoolNormLinear {
+            channels,
+            classes,
+            eps,
+            input,
+            weight,
+            bias,
+            ..
+        } => {
+            let (w, b) = (weights.get(*weight), weights.get(*bias));
+            ops::pool_norm_linear(*channels, *classes, *eps, input, batch, w, b, x, y)
+        }
+        StepOp::Permute { permute, .. } => ops::permute(*permute, &step.out_ty, batch, x, y),
+    }
+}
+
+/// Runs `step` with its buffers in `ws` (the interpreter's loop body).
+pub fn run_step(step: &Step, weights: &Weights, ws: &mut Workspace, batch: usize) {
+    ws.run_step(step, batch, |buffers| execute(step, weights, batch, buffers))
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.slot)
+    }
+}
+
+impl fmt::Display for Step {
+    /// One line: output slot, op and constants, operands, parameters, sums.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = |i: usize| format!("w{i}");
+        let affine = |a: &Option<AffineParams>| {
+            a.map_or(String::new(), |a| format!(" gamma={} beta={}", w(a.gamma), w(a.beta)))
+        };
+        write!(f, "{} = ", self.out)?;
+        match &self.op {
+            StepOp::Conv2d {
+                conv,
+                x,
+                weight,
+                bias,
+                norm,
+                ..
+            } => {
+                let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
+                write!(
+                    f,
+                    "conv2d({x}; {}->{} k={}x{} s={} p={} g={}{}{}{}) weight={} bias={}{}",
+                    conv.in_channels,
+                    conv.out_channels,
+                    k[0],
+                    k[1],
+                    s[0],
+                    p[0],
+                    conv.groups,
+                    if conv.layout == ops::Layout::Nhwc { " nhwc" } else { "" },
+                    conv.input_norm.map_or(String::new(), |e| format!(" norm-in eps={e:e}")),
+                    conv.output_norm.map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps)),
+                    w(*weight),
+                    w(*bias),
+                    affine(norm)
+                )?
+            }
+            StepOp::LayerNorm { norm, x, affine: a } => write!(
+                f,
+                "layer_norm({x}; {} {:?} eps={:e}){}",
+                norm.channels,
+                norm.axis,
+                norm.eps,
+                affine(a)
+            )?,
+            StepOp::Linear {
+                linear: l,
+                x,
+                scale,
+                residual,
+                weight,
+                bias,
+                sums,
+            } => {
+                write!(f, "linear({x}")?;
+                if let Some(s) = scale {
+                    write!(f, ", scale={s}")?;
+                }
+                if let Some(r) = residual {
+                    write!(f, ", residual={r}")?;
+                }
+                write!(f, "; {}->{}", l.in_features, l.out_features)?;
+                if let Some(eps) = l.input_norm {
+                    write!(f, " norm-in eps={eps:e}")?;
+                }
+                if let Some(a) = l.activation {
+                    write!(f, " {a}")?;
+                }
+                write!(f, ") weight={} bias={}", w(*weight), w(*bias))?;
+                if let Some(s) = sums {
+                    write!(f, " sums->s{s}")?;
+                }
+            }
+            StepOp::Activation { activation, x } => write!(f, "{activation}({x})")?,
+            StepOp::Grn {
+                channels,
+                x,
+                gamma,
+                beta,
+            } => write!(f, "grn({x}; {channels}) gamma={} beta={}", w(*gamma), w(*beta))?,
+            StepOp::GrnScale {
+                channels,
+                x,
+                gamma,
+                sums,
+                ..
+            } => match sums {
+                Some(s) => write!(f, "grn_scale(s{s}; {channels}) gamma={}", w(*gamma))?,
+                None => write!(f, "grn_scale({x}; {channels}) gamma={}", w(*gamma))?,
+            },
+            StepOp::Add { a, b } => write!(f, "add({a}, {b})")?,
+            StepOp::GlobalAvgPool { x, .. } => write!(f, "global_avg_pool({x})")?,
+            StepOp::PoolNormLinear {
+                channels,
+                classes,
+                eps,
+                x,
+                weight,
+                bias,
+                ..
+            } => write!(
+                f,
+                "pool_norm_linear({x}; {channels}->{classes} eps={eps:e}) weight={} bias={}",
+                w(*weight),
+                w(*bias)
+            )?,
+            StepOp::Permute { permute, x } => write!(f, "permute({x}; {permute:?})")?,
+        }
+        write!(f, "  # {} {}", self.name, self.out_ty)
+    }
+}
+
+impl fmt::Display for Program {
+    /// The program as `cnx compile --emit program` prints it: the weight table, then one line
+    /// per step, then the outputs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# input {} -> {}; {} value slots ({} f32 per image), {} sums slots",
+            self.input,
+            self.input_value,
+            self.slot_sizes.len(),
+            self.slot_sizes.iter().sum::<usize>(),
+            self.sums_sizes.len()
+        )?;
+        for (i, slot) in self.weights.iter().enumerate() {
+            let derived = if slot.param.derivation.is_some() {
+                " (derived)"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "w{i} = {} {:?}{derived}",
+                slot.param.name, slot.param.shape
+            )?;
+        }
+        for step in &self.steps {
+            writeln!(f, "{step}")?;
+        }
+        for o in &self.outputs {
+            writeln!(f, "output {} = {} {}", o.name, o.value, o.ty)?;
+        }
+        Ok(())
+    }
+}
