@@ -6,7 +6,8 @@
 
 use crate::config::{ConvNextV2Config, BLOCK_LAYER_NORM_EPS};
 use crate::ir::{
-    outputs, Conv2d, Graph, GraphError, LayerNorm, Linear, NodeId, NormAxis, Op, Param, Permute, ValueType,
+    outputs, Conv2d, Graph, GraphError, LayerNorm, Linear, NodeId, NormAxis, Op, Param, Permute,
+    ValueType,
 };
 
 /// The input does not fit the model (e.g. an image smaller than the patch or a downsample).

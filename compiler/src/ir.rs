@@ -153,53 +153,12 @@ impl Op {
                 inputs.len()
             ));
         }
-        let expect_layout = |t: &ValueType, layouts: &[Layout]| {
-            if layouts.contains(&t.layout) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} expects {layouts:?} input, got {t}",
-                    self.kind()
-                ))
-            }
-        };
-        let expect_channels = |t: &ValueType, c: usize| {
-            if t.channels == c {
-                Ok(())
-            } else {
-                Err(format!("{} expects {c} channels, got {t}", self.kind()))
-            }
-        };
+        let expect_layout = |t: &ValueType, layouts: &[Layout]| self.expect_layout(t, layouts);
+        let expect_channels = |t: &ValueType, c: usize| self.expect_channels(t, c);
         const IMAGE: &[Layout] = &[Layout::Nchw, Layout::Nhwc];
         match *self {
             Op::Input => Err("Input has no operands; its type is declared".into()),
-            Op::Conv2d(c) => {
-                let t = inputs[0];
-                expect_layout(&t, &[c.layout])?;
-                expect_channels(&t, c.in_channels)?;
-                if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0
-                {
-                    return Err(format!(
-                        "groups {} must divide the channel counts",
-                        c.groups
-                    ));
-                }
-                let out = |size: usize, k: usize, s: usize, p: usize, axis: &str| {
-                    if s == 0 || size + 2 * p < k {
-                        Err(format!(
-                            "input {axis} {size} is smaller than the {k}-wide kernel (padding {p})"
-                        ))
-                    } else {
-                        Ok((size + 2 * p - k) / s + 1)
-                    }
-                };
-                Ok(ValueType {
-                    layout: c.layout,
-                    channels: c.out_channels,
-                    height: out(t.height, c.kernel[0], c.stride[0], c.padding[0], "height")?,
-                    width: out(t.width, c.kernel[1], c.stride[1], c.padding[1], "width")?,
-                })
-            }
+            Op::Conv2d(c) => self.infer_conv(&c, inputs[0]),
             Op::LayerNorm(ln) => {
                 let t = inputs[0];
                 match ln.axis {
@@ -209,33 +168,7 @@ impl Op {
                 expect_channels(&t, ln.channels)?;
                 Ok(t)
             }
-            Op::Linear(l) => {
-                let t = inputs[0];
-                expect_layout(&t, &[Layout::Nhwc, Layout::Features])?;
-                expect_channels(&t, l.in_features)?;
-                let out = ValueType {
-                    channels: l.out_features,
-                    ..t
-                };
-                let mut next = 1;
-                if l.input_scale {
-                    let s = inputs[next];
-                    if s != ValueType::features(l.in_features) {
-                        return Err(format!(
-                            "Linear's input scale must be [N,{}], got {s}",
-                            l.in_features
-                        ));
-                    }
-                    next += 1;
-                }
-                if l.residual && inputs[next] != out {
-                    return Err(format!(
-                        "Linear's residual {} does not match its output {out}",
-                        inputs[next]
-                    ));
-                }
-                Ok(out)
-            }
+            Op::Linear(l) => self.infer_linear(&l, inputs),
             Op::Activation(_) => Ok(inputs[0]),
             Op::Grn { channels } => {
                 expect_layout(&inputs[0], &[Layout::Nhwc])?;
@@ -278,6 +211,84 @@ impl Op {
                 }
             }
         }
+    }
+
+    fn expect_layout(&self, t: &ValueType, layouts: &[Layout]) -> Result<(), String> {
+        if layouts.contains(&t.layout) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} expects {layouts:?} input, got {t}",
+                self.kind()
+            ))
+        }
+    }
+
+    fn expect_channels(&self, t: &ValueType, c: usize) -> Result<(), String> {
+        if t.channels == c {
+            Ok(())
+        } else {
+            Err(format!("{} expects {c} channels, got {t}", self.kind()))
+        }
+    }
+
+    /// A convolution's output type (PyTorch's floor for strided convs).
+    fn infer_conv(&self, c: &Conv2d, t: ValueType) -> Result<ValueType, String> {
+        self.expect_layout(&t, &[c.layout])?;
+        self.expect_channels(&t, c.in_channels)?;
+        if c.groups == 0
+            || !c.in_channels.is_multiple_of(c.groups)
+            || !c.out_channels.is_multiple_of(c.groups)
+        {
+            return Err(format!(
+                "groups {} must divide the channel counts",
+                c.groups
+            ));
+        }
+        let out = |size: usize, k: usize, s: usize, p: usize, axis: &str| {
+            if s == 0 || size + 2 * p < k {
+                Err(format!(
+                    "input {axis} {size} is smaller than the {k}-wide kernel (padding {p})"
+                ))
+            } else {
+                Ok((size + 2 * p - k) / s + 1)
+            }
+        };
+        Ok(ValueType {
+            layout: c.layout,
+            channels: c.out_channels,
+            height: out(t.height, c.kernel[0], c.stride[0], c.padding[0], "height")?,
+            width: out(t.width, c.kernel[1], c.stride[1], c.padding[1], "width")?,
+        })
+    }
+
+    /// A linear layer's output type; its scale and residual operands checked.
+    fn infer_linear(&self, l: &Linear, inputs: &[ValueType]) -> Result<ValueType, String> {
+        let t = inputs[0];
+        self.expect_layout(&t, &[Layout::Nhwc, Layout::Features])?;
+        self.expect_channels(&t, l.in_features)?;
+        let out = ValueType {
+            channels: l.out_features,
+            ..t
+        };
+        let mut next = 1;
+        if l.input_scale {
+            let s = inputs[next];
+            if s != ValueType::features(l.in_features) {
+                return Err(format!(
+                    "Linear's input scale must be [N,{}], got {s}",
+                    l.in_features
+                ));
+            }
+            next += 1;
+        }
+        if l.residual && inputs[next] != out {
+            return Err(format!(
+                "Linear's residual {} does not match its output {out}",
+                inputs[next]
+            ));
+        }
+        Ok(out)
     }
 
     /// Multiply-accumulates per image, given the output type.

@@ -2,11 +2,11 @@
 //! steps every backend runs (the interpreter steps through it, the JIT compiles it, the
 //! `convnextv2!` macro emits it).
 //!
-//! This is the one place that knows how each op binds its operands: which parameter is a
-//! convolution's `weight` or its output norm's `gamma`, which operand of a linear layer is its
-//! per-sample scale and which its residual, which sums slot a GRN scale reads. After lowering
-//! nothing is looked up by name: parameters are indices into the weight table, values are
-//! workspace slots.
+//! `Binder::bind` is the one place that knows how each op binds its operands: which parameter
+//! is a convolution's `weight` or its output norm's `gamma`, which operand of a linear layer is
+//! its per-sample scale and which its residual, which sums slot a GRN scale reads. After
+//! lowering nothing is looked up by name: parameters are indices into the weight table, values
+//! are workspace slots.
 
 use std::collections::HashMap;
 
@@ -35,7 +35,9 @@ pub enum LowerError {
 /// The weight table of `graph`: every parameter of every node, in topological order, each
 /// once (by name), with the preparation its kernel wants; and each name's index. Every
 /// program lowered from `graph` indexes this table, so one loaded copy serves them all.
-pub fn weight_table(graph: &Graph) -> Result<(Vec<WeightSlot>, HashMap<String, usize>), LowerError> {
+pub fn weight_table(
+    graph: &Graph,
+) -> Result<(Vec<WeightSlot>, HashMap<String, usize>), LowerError> {
     let mut slots = Vec::new();
     let mut index = HashMap::new();
     for id in graph.topo_order()? {
@@ -63,66 +65,136 @@ pub fn weight_table(graph: &Graph) -> Result<(Vec<WeightSlot>, HashMap<String, u
 /// outputs among the plan's wanted values.
 pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
     let (weights, index) = weight_table(graph)?;
-    let value = |id: NodeId| -> Result<Value, LowerError> {
-        let slot = *plan.slot.get(&id).ok_or_else(|| LowerError::Unplanned {
-            node: graph.node(id).name.clone(),
-        })?;
-        Ok(Value {
-            slot,
-            len: graph.node(id).ty.numel(),
-        })
-    };
+    let binder = Binder { graph, plan, index };
     let mut steps = Vec::new();
     for &id in &plan.order {
+        let Some(op) = binder.bind(id)? else {
+            continue;
+        };
         let node = graph.node(id);
-        let param = |role: &'static str| -> Result<usize, LowerError> {
-            node.param(role)
-                .map(|p| index[&p.name])
-                .ok_or_else(|| LowerError::MissingParam {
-                    node: node.name.clone(),
-                    role,
-                })
-        };
-        let affine = |present: bool, gamma: &'static str, beta: &'static str| {
-            present
-                .then(|| {
-                    Ok::<_, LowerError>(AffineParams {
-                        gamma: param(gamma)?,
-                        beta: param(beta)?,
-                    })
-                })
-                .transpose()
-        };
-        let inputs = graph.inputs(id);
-        let operand = |k: usize| value(inputs[k]);
-        let input_ty = || graph.node(inputs[0]).ty;
-        let sums_of = |producer: NodeId| {
-            plan.sums_slot
-                .get(&producer)
-                .copied()
-                .ok_or_else(|| LowerError::NoSums {
-                    node: node.name.clone(),
-                    producer: graph.node(producer).name.clone(),
-                })
-        };
-        let op = match node.op {
-            Op::Input => continue,
+        steps.push(Step {
+            name: node.name.clone(),
+            op,
+            out: binder.value(id)?,
+            out_ty: node.ty,
+        });
+    }
+    let mut outputs = Vec::new();
+    for (name, id) in graph.outputs() {
+        if plan.wanted.contains(id) {
+            outputs.push(ProgramOutput {
+                name: name.clone(),
+                value: binder.value(*id)?,
+                ty: graph.node(*id).ty,
+            });
+        }
+    }
+    let mut sums_sizes = vec![0; plan.sums_slots];
+    for (&producer, &s) in &plan.sums_slot {
+        if let Op::Linear(l) = graph.node(producer).op {
+            sums_sizes[s] = sums_sizes[s].max(l.out_features);
+        }
+    }
+    Ok(Program {
+        input: graph.input_type(),
+        input_value: binder.value(graph.input())?,
+        slot_sizes: plan.slot_sizes.clone(),
+        sums_sizes,
+        weights,
+        steps,
+        outputs,
+    })
+}
+
+/// Binds nodes to the weight table and the memory plan.
+struct Binder<'a> {
+    graph: &'a Graph,
+    plan: &'a MemoryPlan,
+    /// Each parameter's index in the weight table, by name.
+    index: HashMap<String, usize>,
+}
+
+impl Binder<'_> {
+    /// The workspace value of node `id`.
+    fn value(&self, id: NodeId) -> Result<Value, LowerError> {
+        let slot = *self
+            .plan
+            .slot
+            .get(&id)
+            .ok_or_else(|| LowerError::Unplanned {
+                node: self.graph.node(id).name.clone(),
+            })?;
+        Ok(Value {
+            slot,
+            len: self.graph.node(id).ty.numel(),
+        })
+    }
+
+    /// The weight-table index of node `id`'s parameter `role`.
+    fn param(&self, id: NodeId, role: &'static str) -> Result<usize, LowerError> {
+        let node = self.graph.node(id);
+        node.param(role)
+            .map(|p| self.index[&p.name])
+            .ok_or_else(|| LowerError::MissingParam {
+                node: node.name.clone(),
+                role,
+            })
+    }
+
+    /// A LayerNorm's gamma and beta, when `present`.
+    fn affine(
+        &self,
+        id: NodeId,
+        present: bool,
+        (gamma, beta): (&'static str, &'static str),
+    ) -> Result<Option<AffineParams>, LowerError> {
+        if !present {
+            return Ok(None);
+        }
+        Ok(Some(AffineParams {
+            gamma: self.param(id, gamma)?,
+            beta: self.param(id, beta)?,
+        }))
+    }
+
+    /// The sums slot `producer` accumulates into, for `id` to read or write.
+    fn sums(&self, id: NodeId, producer: NodeId) -> Result<usize, LowerError> {
+        self.plan
+            .sums_slot
+            .get(&producer)
+            .copied()
+            .ok_or_else(|| LowerError::NoSums {
+                node: self.graph.node(id).name.clone(),
+                producer: self.graph.node(producer).name.clone(),
+            })
+    }
+
+    /// Node `id`'s op with its operands and parameters bound (`None`: the input, which is
+    /// copied in, not computed). Every binding of every op is here.
+    fn bind(&self, id: NodeId) -> Result<Option<StepOp>, LowerError> {
+        let node = self.graph.node(id);
+        let inputs = self.graph.inputs(id);
+        let operand = |k: usize| self.value(inputs[k]);
+        let input = || self.graph.node(inputs[0]).ty;
+        let param = |role| self.param(id, role);
+        Ok(Some(match node.op {
+            Op::Input => return Ok(None),
             Op::Conv2d(conv) => StepOp::Conv2d {
                 conv,
-                input: input_ty(),
+                input: input(),
                 x: operand(0)?,
                 weight: param("weight")?,
                 bias: param("bias")?,
-                norm: affine(
+                norm: self.affine(
+                    id,
                     conv.output_norm.is_some_and(|n| n.affine),
-                    "norm_weight",
-                    "norm_bias",
+                    ("norm_weight", "norm_bias"),
                 )?,
             },
             Op::LayerNorm(norm) => StepOp::LayerNorm {
                 norm,
                 x: operand(0)?,
-                affine: affine(norm.affine, "weight", "bias")?,
+                affine: self.affine(id, norm.affine, ("weight", "bias"))?,
             },
             // Operands: the input, then the scale if any, then the residual if any.
             Op::Linear(linear) => StepOp::Linear {
@@ -135,7 +207,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
                     .transpose()?,
                 weight: param("weight")?,
                 bias: param("bias")?,
-                sums: linear.sum_squares.then(|| sums_of(id)).transpose()?,
+                sums: linear.sum_squares.then(|| self.sums(id, id)).transpose()?,
             },
             Op::Activation(activation) => StepOp::Activation {
                 activation,
@@ -149,12 +221,12 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
             },
             Op::GrnScale { channels, source } => StepOp::GrnScale {
                 channels,
-                input: input_ty(),
+                input: input(),
                 x: operand(0)?,
                 gamma: param("weight")?,
                 sums: match source {
                     GrnSource::Values => None,
-                    GrnSource::ProducerSums => Some(sums_of(inputs[0])?),
+                    GrnSource::ProducerSums => Some(self.sums(id, inputs[0])?),
                 },
             },
             Op::Add => StepOp::Add {
@@ -162,7 +234,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
                 b: operand(1)?,
             },
             Op::GlobalAvgPool => StepOp::GlobalAvgPool {
-                input: input_ty(),
+                input: input(),
                 x: operand(0)?,
             },
             Op::PoolNormLinear {
@@ -173,7 +245,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
                 channels,
                 classes,
                 eps,
-                input: input_ty(),
+                input: input(),
                 x: operand(0)?,
                 weight: param("weight")?,
                 bias: param("bias")?,
@@ -182,39 +254,8 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
                 permute,
                 x: operand(0)?,
             },
-        };
-        steps.push(Step {
-            name: node.name.clone(),
-            op,
-            out: value(id)?,
-            out_ty: node.ty,
-        });
+        }))
     }
-    let mut outputs = Vec::new();
-    for (name, id) in graph.outputs() {
-        if plan.wanted.contains(id) {
-            outputs.push(ProgramOutput {
-                name: name.clone(),
-                value: value(*id)?,
-                ty: graph.node(*id).ty,
-            });
-        }
-    }
-    let mut sums_sizes = vec![0; plan.sums_slots];
-    for (&producer, &s) in &plan.sums_slot {
-        if let Op::Linear(l) = graph.node(producer).op {
-            sums_sizes[s] = sums_sizes[s].max(l.out_features);
-        }
-    }
-    Ok(Program {
-        input: graph.input_type(),
-        input_value: value(graph.input())?,
-        slot_sizes: plan.slot_sizes.clone(),
-        sums_sizes,
-        weights,
-        steps,
-        outputs,
-    })
 }
 
 /// The program computing the graph outputs `names` (e.g. `["logits"]`): planned and lowered.
@@ -265,9 +306,18 @@ mod tests {
             panic!("pwconv1 lowers to a linear step: {step}");
         };
         let node = graph.node(graph.find(&step.name).unwrap());
-        assert_eq!(program.weights[bias].param.name, node.param("bias").unwrap().name);
-        assert_eq!(program.weights[weight].param.name, node.param("weight").unwrap().name);
-        assert!(matches!(program.weights[weight].prepare, Prepare::Linear(_)));
+        assert_eq!(
+            program.weights[bias].param.name,
+            node.param("bias").unwrap().name
+        );
+        assert_eq!(
+            program.weights[weight].param.name,
+            node.param("weight").unwrap().name
+        );
+        assert!(matches!(
+            program.weights[weight].prepare,
+            Prepare::Linear(_)
+        ));
         // The fused pwconv1 accumulates GRN's sums, which the next step reads.
         let sums = sums.expect("GRN sums in pwconv1's epilogue");
         let next = program
@@ -287,8 +337,14 @@ mod tests {
             let mut written = vec![program.input_value];
             for step in &program.steps {
                 for v in step.operands().iter() {
-                    assert!(written.contains(&v), "{step}: reads {v} before it is written");
-                    assert_ne!(v.slot, step.out.slot, "{step}: output overwrites an operand");
+                    assert!(
+                        written.contains(&v),
+                        "{step}: reads {v} before it is written"
+                    );
+                    assert_ne!(
+                        v.slot, step.out.slot,
+                        "{step}: output overwrites an operand"
+                    );
                 }
                 // A slot being rewritten no longer holds its old value.
                 written.retain(|w| w.slot != step.out.slot);
@@ -297,7 +353,9 @@ mod tests {
             for o in &program.outputs {
                 assert!(written.contains(&o.value), "output {} is not live", o.name);
             }
-            assert!(program.output("logits").is_some() && program.output("pooler_output").is_some());
+            assert!(
+                program.output("logits").is_some() && program.output("pooler_output").is_some()
+            );
         }
     }
 }

@@ -75,7 +75,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             ));
         }
         for p in &node.params {
-            check_derivation(p).map_err(|e| VerifyError(format!("`{}`: {e}", node.name)))?;
+            check_derivation(p).map_err(|e| VerifyError(format!("`{}`: {}", node.name, e.0)))?;
             if let Some(other) = weight_users.insert(&p.name, &node.name) {
                 return fail(format!(
                     "weight `{}` is used by both `{other}` and `{}`",
@@ -93,7 +93,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
 }
 
 /// A derived parameter's inputs must have the shapes its rule needs.
-fn check_derivation(p: &crate::ir::Param) -> Result<(), String> {
+fn check_derivation(p: &crate::ir::Param) -> Result<(), VerifyError> {
     use crate::ir::DeriveRule;
     let Some(d) = &p.derivation else {
         return Ok(());
@@ -112,10 +112,10 @@ fn check_derivation(p: &crate::ir::Param) -> Result<(), String> {
         _ => false,
     };
     if !ok {
-        return Err(format!(
+        return Err(VerifyError(format!(
             "derived parameter `{}` does not fit its recipe",
             p.name
-        ));
+        )));
     }
     d.inputs.iter().try_for_each(check_derivation)
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use cnx_compiler::backend::interp;
-use cnx_jit::{JitModel, JitOptions};
-use cnx_compiler::passes::Pipeline;
 use cnx_cli::{random, ModelSpec};
+use cnx_compiler::backend::interp;
+use cnx_compiler::passes::Pipeline;
+use cnx_jit::{JitModel, JitOptions};
 
 convnextv2::convnextv2!(config = "atto-1k-224", name = Atto);
 convnextv2::convnextv2!(config = "tiny-1k-224", name = Tiny);
@@ -31,16 +31,15 @@ fn forward(c: &mut Criterion) {
         let graph = cnx_compiler::build_graph(&spec.config, (224, 224)).unwrap();
         let path = dir.path().join(format!("{preset}.safetensors"));
         random::write_safetensors(&path, &random::random_parameters(&graph, 1)).unwrap();
-        let interp_model =
-            spec.load_with(Some(&path), (224, 224), &Pipeline::default_pipeline())
-                .unwrap();
+        let interp_model = spec
+            .load_with(Some(&path), (224, 224), &Pipeline::default_pipeline())
+            .unwrap();
         type Forward = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
         let jit = JitModel::compile(
-            ModelSpec::resolve(preset).unwrap().load_with(Some(&path),
-                (224, 224),
-                &Pipeline::default_pipeline(),
-            )
-            .unwrap(),
+            ModelSpec::resolve(preset)
+                .unwrap()
+                .load_with(Some(&path), (224, 224), &Pipeline::default_pipeline())
+                .unwrap(),
             &["logits"],
             JitOptions {
                 verify: false,
@@ -66,11 +65,8 @@ fn forward(c: &mut Criterion) {
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(BenchmarkId::new("interpreter", batch), |b| {
                 b.iter(|| {
-                    interp::run_threaded(&interp_model, &pixel_values,
-                        &["logits"],
-                        threads,
-                    )
-                    .unwrap()
+                    interp::run_threaded(&interp_model, &pixel_values, &["logits"], threads)
+                        .unwrap()
                 })
             });
             group.bench_function(BenchmarkId::new("jit", batch), |b| {

@@ -1,11 +1,11 @@
 //! Every committed Hugging Face fixture reproduced by the reference interpreter, through the
 //! same loading path as `cnx run` (config.json + the checkpoint beside it).
 
-use cnx_compiler::backend::interp;
 use cnx_cli::io::read_npy;
+use cnx_cli::ModelSpec;
+use cnx_compiler::backend::interp;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
-use cnx_cli::ModelSpec;
 use cnx_tests::{fixture_cases, max_abs_diff, tolerance, Fixture};
 
 #[test]
@@ -51,7 +51,8 @@ fn check_every_fixture(label: &str, pipeline: &Pipeline, kernels: Kernels) {
         let spec = ModelSpec::resolve(dir.to_str().unwrap()).unwrap();
         let pixel_values = read_npy(&dir.join("pixel_values.npy")).unwrap();
         let shape = pixel_values.shape().to_vec();
-        let model = spec.load_with(None, (shape[2], shape[3]), pipeline)
+        let model = spec
+            .load_with(None, (shape[2], shape[3]), pipeline)
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name()));
         let model = match kernels {
             Kernels::Reference => model.use_reference_kernels(),
@@ -133,8 +134,7 @@ fn results_do_not_depend_on_the_thread_count() {
     let names = ["logits", "hidden_states_1", "hidden_states_3"];
     let one = interp::run_threaded(&model, &pixel_values, &names, 1).unwrap();
     for threads in [2, 3, 7] {
-        let many =
-            interp::run_threaded(&model, &pixel_values, &names, threads).unwrap();
+        let many = interp::run_threaded(&model, &pixel_values, &names, threads).unwrap();
         assert_eq!(one, many, "{threads} threads");
     }
 }

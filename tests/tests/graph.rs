@@ -1,7 +1,7 @@
 //! The graph against the ConvNeXt V2 paper's table and transformers' module tree.
 
-use cnx_compiler::ir::{outputs, Layout, NormAxis, Op};
 use cnx_cli::ModelSpec;
+use cnx_compiler::ir::{outputs, Layout, NormAxis, Op};
 use cnx_compiler::{build_graph, build_graph_with, verify, BuildOptions, ConvNextV2Config};
 
 /// The paper (Woo et al. 2023, table of model sizes) counts FLOPs with fvcore: the MACs of
@@ -157,7 +157,9 @@ fn any_input_size_floors_like_pytorch() {
     // Too small for the last downsample: a clear error, not a panic.
     let err = build_graph(&custom(), (20, 20)).unwrap_err();
     assert!(
-        err.reason.to_string().contains("smaller than the 2-wide kernel"),
+        err.reason
+            .to_string()
+            .contains("smaller than the 2-wide kernel"),
         "{err}"
     );
 }

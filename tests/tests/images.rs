@@ -106,8 +106,7 @@ fn classification_equals_transformers() {
         let cfg = PreprocessConfig::for_size(size);
         for (name, want) in expected.as_object().unwrap() {
             let x = classify::pixel_values(&images_dir().join(name), &cfg).unwrap();
-            let out =
-                cnx_compiler::backend::interp::run(&model, &x, &["logits"]).unwrap();
+            let out = cnx_compiler::backend::interp::run(&model, &x, &["logits"]).unwrap();
             let logits = out["logits"].data();
             let top = top_k(logits, &labels, 5);
             let want_idx: Vec<u64> = want["top"]

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use cnx_compiler::backend::interp;
 use cnx_cli::io::read_npy;
-use cnx_compiler::passes::Pipeline;
 use cnx_cli::{random, ModelSpec};
+use cnx_compiler::backend::interp;
+use cnx_compiler::passes::Pipeline;
 use cnx_runtime::{Tensor, WeightStore};
 use cnx_tests::{fixtures_dir, max_abs_diff, tolerance, Fixture};
 
@@ -30,6 +30,11 @@ convnextv2::convnextv2!(
     name = CustomUnfused,
     fuse = false
 );
+convnextv2::convnextv2!(
+    config = "fixtures/custom-nonsquare",
+    name = NonSquare,
+    image_size = (97, 75)
+);
 
 /// The interpreter's logits for the model in `dir` (or `spec`) on `pixel_values`.
 fn interpreter_logits(
@@ -44,8 +49,9 @@ fn interpreter_logits(
     } else {
         Pipeline::empty()
     };
-    let model =
-        spec.load_with(Some(weights), (shape[2], shape[3]), &pipeline).unwrap();
+    let model = spec
+        .load_with(Some(weights), (shape[2], shape[3]), &pipeline)
+        .unwrap();
     let out = interp::run(&model, pixel_values, &["logits"]).unwrap();
     out["logits"].data().to_vec()
 }
@@ -145,6 +151,18 @@ fn tiny_with_random_weights_matches_the_interpreter() {
             .all(|p| p[0].probability >= p[1].probability));
         assert!(preds.iter().map(|p| p.probability).sum::<f32>() <= 1.0 + 1e-6);
     }
+}
+
+/// A non-square input size, `image_size = (97, 75)`: bit-equal to the interpreter, within
+/// transformers' tolerance on the fixture made at that size.
+#[test]
+fn non_square_image_size_matches_the_interpreter_and_transformers() {
+    let weights = fixtures_dir().join("custom-nonsquare/model.safetensors");
+    let model = NonSquare::load(&weights).unwrap();
+    assert_eq!((NonSquare::INPUT_HEIGHT, NonSquare::INPUT_WIDTH), (97, 75));
+    check_fixture("custom-nonsquare", true, |x| {
+        model.forward(x.data(), x.shape()[0]).unwrap()
+    });
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! What runs the forward passes of a command: the interpreter, or the JIT-compiled program.
 
-use cnx_compiler::backend::interp;
+use cnx_compiler::backend::interp::Interpreter;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::LoadedModel;
 use cnx_jit::{JitModel, JitOptions};
@@ -20,7 +20,8 @@ pub enum Backend {
 
 /// A loaded model on its engine.
 pub enum Engine {
-    Interp(LoadedModel),
+    /// The model, and its program for the outputs asked for (lowered once).
+    Interp(LoadedModel, Interpreter),
     Jit(JitModel),
 }
 
@@ -28,7 +29,10 @@ impl Engine {
     /// `model` on `backend`, computing the outputs `wanted` (the JIT compiles for them).
     pub fn new(model: LoadedModel, backend: Backend, wanted: &[&str]) -> Result<Engine, Error> {
         Ok(match backend {
-            Backend::Interp => Engine::Interp(model),
+            Backend::Interp => {
+                let interpreter = Interpreter::new(&model, wanted)?;
+                Engine::Interp(model, interpreter)
+            }
             Backend::Jit => Engine::Jit(JitModel::compile(model, wanted, JitOptions::default())?),
         })
     }
@@ -36,29 +40,26 @@ impl Engine {
     /// The model (config, graph, weights).
     pub fn model(&self) -> &LoadedModel {
         match self {
-            Engine::Interp(m) => m,
+            Engine::Interp(m, _) => m,
             Engine::Jit(j) => j.model(),
         }
     }
 
-    /// The outputs `wanted` of a batch of pixel values, by name.
+    /// The outputs the engine was made for, of a batch of pixel values, by name.
     pub fn run(
         &self,
         x: &Tensor,
-        wanted: &[&str],
         threads: usize,
     ) -> Result<std::collections::HashMap<String, Tensor>, Error> {
         Ok(match self {
-            Engine::Interp(m) => interp::run_threaded(m, x, wanted, threads)?
-                .into_iter()
-                .collect(),
+            Engine::Interp(m, interpreter) => interpreter.run(m, x, threads)?.into_iter().collect(),
             Engine::Jit(j) => j.run(x, threads)?,
         })
     }
 
-    /// Logits of a batch of pixel values.
+    /// Logits of a batch of pixel values (an engine made for the logits).
     pub fn logits(&self, x: &Tensor, threads: usize) -> Result<Tensor, Error> {
-        let mut out = self.run(x, &[outputs::LOGITS], threads)?;
+        let mut out = self.run(x, threads)?;
         out.remove(outputs::LOGITS)
             .ok_or_else(|| Error::Run(cnx_compiler::RunError::UnknownOutput("logits".into())))
     }

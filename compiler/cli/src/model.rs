@@ -163,7 +163,11 @@ impl ModelSpec {
     /// Opens the checkpoint (`weights`, else the model's own: beside its config, or the hub's),
     /// builds the graph for `input_hw`, checks the checkpoint against it (all problems in one
     /// error) and optimises it with the default pipeline.
-    pub fn load(self, weights: Option<&Path>, input_hw: (usize, usize)) -> Result<LoadedModel, Error> {
+    pub fn load(
+        self,
+        weights: Option<&Path>,
+        input_hw: (usize, usize),
+    ) -> Result<LoadedModel, Error> {
         self.load_with(weights, input_hw, &Pipeline::default_pipeline())
     }
 
@@ -189,6 +193,12 @@ impl ModelSpec {
         input_hw: (usize, usize),
         pipeline: &Pipeline,
     ) -> Result<LoadedModel, Error> {
-        Ok(LoadedModel::new(self.name, self.config, store, input_hw, pipeline)?)
+        Ok(LoadedModel::new(
+            self.name,
+            self.config,
+            store,
+            input_hw,
+            pipeline,
+        )?)
     }
 }

@@ -3,13 +3,13 @@
 //!
 //! The schedule is static: the program's workspace slots sit at fixed offsets (per image) in
 //! the runtime's [`Workspace`] arenas, and the generated entry
-//! `extern "C" fn(ctx, arena, sums, batch)` runs the steps in order with every shape, bound and
-//! offset an immediate. A step is generated ([`clif`]) only where the generated code measured
-//! at least as fast as the runtime's kernel on the same machine (BENCHMARKS.md): the layout
-//! permute, GRN's scale from its sums, the residual add, the head's pool and LayerNorm. Every
-//! other step (the matrix products, the convolutions, GELU in their epilogues) calls the
-//! runtime's [`execute`] through the registered symbol `cnx_jit_step`, on the same kernels and
-//! prepared weights as the interpreter; the head's product goes through `cnx_jit_classifier`.
+//! `extern "C" fn(ctx, arena, sums, batch)` runs the steps in order, each operand's and
+//! output's address an immediate offset scaled by the batch. Every step calls the runtime's
+//! [`execute`] through the registered symbol `cnx_jit_step`, on the interpreter's kernels and
+//! prepared weights: a step kernel is generated only where it measures at least as fast as the
+//! runtime's, and none does today (the generated depthwise conv, GELU, permute, GRN scale and
+//! head pool/norm were each slower on the same machine; BENCHMARKS.md has the measurements).
+//! The same schedule is what an ahead-of-time object would hold.
 
 mod clif;
 
@@ -21,11 +21,8 @@ use std::time::{Duration, Instant};
 use clif::Loc;
 use cnx_compiler::backend::interp::batch_shape;
 use cnx_compiler::{LoadedModel, RunError};
-use cnx_runtime::compiled::{arena_layout, Workspace};
-use cnx_runtime::ops::{Layout as ValueLayout, Permute};
-use cnx_runtime::program::{
-    execute, Program, Step, StepBuffers, StepOp, SumsAccess, SumsBuffer, Value,
-};
+use cnx_runtime::compiled::Workspace;
+use cnx_runtime::program::{execute, Program, Step, StepBuffers, SumsAccess, SumsBuffer};
 use cnx_runtime::{pool, Tensor};
 
 pub use clif::CodegenError;
@@ -37,8 +34,6 @@ pub enum JitError {
     Compiler(#[from] cnx_compiler::Error),
     #[error("this is a bug in cnx: {0}")]
     Codegen(#[from] CodegenError),
-    #[error("this is a bug in cnx: step `{step}`: {reason}")]
-    Step { step: String, reason: &'static str },
 }
 
 impl JitError {
@@ -52,14 +47,14 @@ impl JitError {
 pub struct JitModel {
     /// The compiled code (declared first: dropped before the context it points into).
     code: clif::Compiled,
-    /// What the generated code reads at run time: the program (for the runtime calls) and the
-    /// model whose weights it points into (the classifier and GRN gammas are immediates).
+    /// What the generated code's runtime calls read: the program and the model's weights.
     /// Boxed so its address, passed to the code as `ctx`, is stable; never mutated after
-    /// compiling.
+    /// compiling; owned here, so it lives as long as the code that points to it.
     context: Box<Context>,
-    /// The workspace the code runs on (the program's slots plus the head's features).
+    /// The workspace the code runs on, laid out as the code was compiled for.
     workspace: Mutex<Workspace>,
-    /// Steps generated in Cranelift, and steps calling the runtime.
+    /// Steps generated in Cranelift (none today: see the crate docs), and steps calling the
+    /// runtime.
     pub generated_steps: usize,
     pub runtime_steps: usize,
     /// Time to lower and compile.
@@ -109,25 +104,21 @@ impl JitModel {
             error: Mutex::new(None),
             runtime_ns: AtomicU64::new(0),
         });
-        let layout = Layout::of(&context.program);
-        let steps = schedule(&context, &layout)?;
-        let generated = steps
-            .iter()
-            .filter(|s| !matches!(s, clif::Step::Call { .. }))
-            .count();
+        let program = &context.program;
+        let workspace = program.workspace();
+        let steps = schedule(program, &workspace);
         let code = clif::compile(&clif::Schedule {
             steps,
             step_shim: cnx_jit_step as *const u8,
-            classifier_shim: cnx_jit_classifier as *const u8,
             verify: options.verify,
             disassemble: options.disassemble,
         })?;
-        let runtime_steps = context.program.steps.len() - generated;
+        let runtime_steps = program.steps.len();
         Ok(JitModel {
             context,
             code,
-            workspace: Mutex::new(Workspace::new(&layout.slot_sizes, &layout.sums_sizes)),
-            generated_steps: generated,
+            workspace: Mutex::new(workspace),
+            generated_steps: 0,
             runtime_steps,
             compile_time: start.elapsed(),
         })
@@ -143,8 +134,8 @@ impl JitModel {
         &self.context.program
     }
 
-    /// Time spent in the runtime's ops (matrix products, convolutions, the head's product)
-    /// since the last call; the rest of a run is generated code and the schedule itself.
+    /// Time spent in the runtime's ops since the last call; the rest of a run is the generated
+    /// schedule itself.
     pub fn take_runtime_time(&self) -> Duration {
         Duration::from_nanos(self.context.runtime_ns.swap(0, Ordering::Relaxed))
     }
@@ -178,8 +169,7 @@ impl JitModel {
         let ctx = &*self.context as *const Context as usize;
         pool::install(threads, || {
             // SAFETY: `entry` is the compiled schedule of this program; the arenas are the
-            // workspace laid out with the offsets the code was compiled with (`Layout::of`,
-            // the runtime's `arena_layout`) and sized for `batch` just above, and the input
+            // workspace whose offsets the code was compiled with, sized for `batch` just above, and the input
             // slot holds `batch` images of the program's input type (checked above): every
             // offset and bound stays inside them. `ctx` is the boxed context this struct owns.
             let f: extern "C" fn(usize, usize, usize, usize) =
@@ -211,128 +201,26 @@ impl JitModel {
     }
 }
 
-/// The JIT's workspace: the program's slots, plus one for the head's pooled features when
-/// the head is generated; each slot's offset per image, as the runtime's [`Workspace`] lays
-/// them out.
-struct Layout {
-    slot_sizes: Vec<usize>,
-    sums_sizes: Vec<usize>,
-    offsets: Vec<usize>,
-    sums_offsets: Vec<usize>,
-    /// The features slot.
-    features: usize,
-}
-
-impl Layout {
-    fn of(program: &Program) -> Layout {
-        let features = program
-            .steps
-            .iter()
-            .filter_map(|s| match s.op {
-                StepOp::PoolNormLinear { channels, .. } => Some(channels),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let mut slot_sizes = program.slot_sizes.clone();
-        slot_sizes.push(features);
-        let (offsets, _) = arena_layout(&slot_sizes);
-        let (sums_offsets, _) = arena_layout(&program.sums_sizes);
-        Layout {
-            features: slot_sizes.len() - 1,
-            slot_sizes,
-            sums_sizes: program.sums_sizes.clone(),
-            offsets,
-            sums_offsets,
-        }
-    }
-
-    fn values(&self, slot: usize) -> Loc {
-        Loc::Values(self.offsets[slot])
-    }
-
-    fn sums(&self, slot: usize) -> Loc {
-        Loc::Sums(self.sums_offsets[slot])
-    }
-}
-
-/// The JIT's schedule of `context.program`: the generated steps, and a runtime call for
-/// every other.
-fn schedule(context: &Context, layout: &Layout) -> Result<Vec<clif::Step>, JitError> {
-    let weights = &context.model.weights;
-    let v = |value: Value| layout.values(value.slot);
-    let mut steps = Vec::new();
-    for (i, step) in context.program.steps.iter().enumerate() {
-        let out = v(step.out);
-        let generated = match step.op {
-            StepOp::GrnScale {
-                channels,
-                gamma,
-                sums: Some(sums),
-                ..
-            } => clif::Step::GrnScale {
-                channels,
-                gamma: weights.get(gamma).as_ptr(),
-                sums: layout.sums(sums),
-                out,
-            },
-            StepOp::Add { a, b } => clif::Step::Add {
-                len: step.out.len,
-                a: v(a),
-                b: v(b),
-                out,
-            },
-            StepOp::Permute { permute, x } => {
-                let t = step.out_ty;
-                let (a, b) = match permute {
-                    Permute::NchwToNhwc => (t.channels, t.pixels()),
-                    Permute::NhwcToNchw => (t.pixels(), t.channels),
-                };
-                clif::Step::Transpose { a, b, x: v(x), out }
-            }
-            StepOp::PoolNormLinear {
-                channels,
-                classes,
-                eps,
-                input,
-                x,
-                weight,
-                bias,
-            } if matches!(input.layout, ValueLayout::Nhwc | ValueLayout::Features) => {
-                let (w, b) = (weights.get(weight), weights.get(bias));
-                if (w.len(), b.len()) != (channels * classes, classes) {
-                    return Err(JitError::Step {
-                        step: step.name.clone(),
-                        reason: "classifier weights of the wrong size",
-                    });
+/// The JIT's schedule of `program`: one runtime call per step, its slots as offsets (per
+/// image) into `ws`'s arenas.
+fn schedule(program: &Program, ws: &Workspace) -> Vec<clif::Step> {
+    let values = |slot: usize| Loc::Values(ws.offsets()[slot]);
+    program
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| clif::Step {
+            step: i,
+            operands: step.operands().iter().map(|v| values(v.slot)).collect(),
+            out: values(step.out.slot),
+            sums: match step.sums() {
+                SumsAccess::None => None,
+                SumsAccess::Read { slot, .. } | SumsAccess::Write { slot, .. } => {
+                    Some(Loc::Sums(ws.sums_offsets()[slot]))
                 }
-                clif::Step::Head {
-                    channels,
-                    classes,
-                    pixels: input.pixels(),
-                    eps,
-                    weight: w.as_ptr(),
-                    bias: b.as_ptr(),
-                    x: v(x),
-                    features: layout.values(layout.features),
-                    out,
-                }
-            }
-            _ => clif::Step::Call {
-                step: i,
-                operands: step.operands().iter().map(v).collect(),
-                out,
-                sums: match step.sums() {
-                    SumsAccess::None => None,
-                    SumsAccess::Read { slot, .. } | SumsAccess::Write { slot, .. } => {
-                        Some(layout.sums(slot))
-                    }
-                },
             },
-        };
-        steps.push(generated);
-    }
-    Ok(steps)
+        })
+        .collect()
 }
 
 /// One step of the program, run by the runtime's [`execute`] on the buffers the generated
@@ -383,47 +271,6 @@ extern "C" fn cnx_jit_step(
     }
     record(ctx, step, "panicked");
     1
-}
-
-/// The head's classifier, run by the runtime on the features the generated code pooled and
-/// normalised: `features` `[batch, channels]` to `out` `[batch, classes]`.
-#[allow(clippy::too_many_arguments)]
-extern "C" fn cnx_jit_classifier(
-    ctx: *const Context,
-    weight: *const f32,
-    bias: *const f32,
-    features: *const f32,
-    out: *mut f32,
-    batch: u64,
-    channels: u64,
-    classes: u64,
-) {
-    // SAFETY: as in `cnx_jit_step`: the context of the running model.
-    let ctx = unsafe { &*ctx };
-    let _timer = AddElapsed(&ctx.runtime_ns, Instant::now());
-    let (batch, channels, classes) = (batch as usize, channels as usize, classes as usize);
-    // SAFETY: `weight` and `bias` are the model's classifier tensors, whose lengths `schedule`
-    // checked against `channels` and `classes`; `features` is the workspace's features slot,
-    // sized for `batch x channels`, and `out` the head's output slot for `batch` images,
-    // disjoint from it.
-    let (weight, bias, features, out) = unsafe {
-        (
-            std::slice::from_raw_parts(weight, channels * classes),
-            std::slice::from_raw_parts(bias, classes),
-            std::slice::from_raw_parts(features, batch * channels),
-            std::slice::from_raw_parts_mut(out, batch * classes),
-        )
-    };
-    let run =
-        || cnx_runtime::ops::classifier(channels, classes, batch, weight, bias, features, out);
-    // A panic must not unwind into generated code: recorded as the run's error instead.
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
-        let mut error = ctx.error.lock().unwrap_or_else(|e| e.into_inner());
-        error.get_or_insert_with(|| RunError::Step {
-            step: "classifier".into(),
-            reason: "panicked".into(),
-        });
-    }
 }
 
 /// Records the first failure of a run.

@@ -6,9 +6,10 @@
 //! pass is tested against). Deterministic: fixed summation orders, whatever the thread count.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cnx_runtime::compiled::Weights;
+use cnx_runtime::compiled::{Weights, Workspace};
 use cnx_runtime::program::{run_step, Program};
 use cnx_runtime::{pool, Tensor};
 
@@ -41,11 +42,63 @@ pub fn run_threaded(
         .collect())
 }
 
+/// A model's program for some outputs, lowered once, with a workspace kept between runs (a
+/// run at a batch size already seen allocates no activation memory).
+pub struct Interpreter {
+    program: Program,
+    workspace: Mutex<Workspace>,
+}
+
+impl Interpreter {
+    /// The program computing `model`'s outputs `wanted`.
+    pub fn new(model: &LoadedModel, wanted: &[&str]) -> Result<Interpreter, RunError> {
+        let program = crate::lower::lower_outputs(&model.graph, wanted)?;
+        let workspace = Mutex::new(program.workspace());
+        Ok(Interpreter { program, workspace })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Runs the program with `model`'s weights (the model it was lowered from) on `threads`
+    /// threads; every output by name.
+    pub fn run(
+        &self,
+        model: &LoadedModel,
+        pixel_values: &Tensor,
+        threads: usize,
+    ) -> Result<BTreeMap<String, Tensor>, RunError> {
+        let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        run_on(
+            &self.program,
+            &model.weights,
+            &mut ws,
+            pixel_values,
+            threads,
+            None,
+        )
+    }
+}
+
 /// Runs `program` with `weights` (the table it was lowered against) on `threads` threads;
 /// returns every program output by name. With `profile`, each step's wall time, in order.
 pub fn run_program(
     program: &Program,
     weights: &Weights,
+    pixel_values: &Tensor,
+    threads: usize,
+    profile: Option<&mut Vec<Duration>>,
+) -> Result<BTreeMap<String, Tensor>, RunError> {
+    let mut ws = program.workspace();
+    run_on(program, weights, &mut ws, pixel_values, threads, profile)
+}
+
+/// [`run_program`] on a given workspace (laid out for `program`).
+fn run_on(
+    program: &Program,
+    weights: &Weights,
+    ws: &mut Workspace,
     pixel_values: &Tensor,
     threads: usize,
     mut profile: Option<&mut Vec<Duration>>,
@@ -57,13 +110,12 @@ pub fn run_program(
         });
     }
     let batch = program.check_input(pixel_values.shape())?;
-    let mut ws = program.workspace();
     ws.for_batch(batch);
     ws.set(program.input_value.slot, pixel_values.data());
     pool::install(threads, || {
         for step in &program.steps {
             let start = Instant::now();
-            run_step(step, weights, &mut ws, batch);
+            run_step(step, weights, ws, batch);
             if let Some(p) = profile.as_deref_mut() {
                 p.push(start.elapsed());
             }

@@ -83,8 +83,7 @@ pub fn expand(args: TokenStream, manifest_dir: &Path) -> TokenStream {
 /// The model's items as formatted Rust source (what `cnx compile --emit rust` prints).
 pub fn emit_source(spec: &EmitSpec) -> Result<String, EmitError> {
     let tokens = emit(spec)?;
-    let file: syn::File =
-        syn::parse2(tokens).map_err(|e| EmitError::InvalidRust(e.to_string()))?;
+    let file: syn::File = syn::parse2(tokens).map_err(|e| EmitError::InvalidRust(e.to_string()))?;
     Ok(prettyplease::unparse(&file))
 }
 
@@ -409,8 +408,11 @@ fn unsuffix(tokens: TokenStream) -> TokenStream {
         .collect()
 }
 
+/// The checkpoint tensors a model is validated against: Hugging Face names and shapes.
+pub type Checkpoint = Vec<(String, Vec<usize>)>;
+
 /// The model's program (logits only) and the checkpoint tensors it is validated against.
-pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Vec<(String, Vec<usize>)>), EmitError> {
+pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
     let mut graph = build_graph_with(
         &spec.config,
         spec.input_hw,
@@ -678,7 +680,13 @@ fn instance(
     let prefix = segment.prefix();
     let mut body = TokenStream::new();
     for i in range {
-        body.extend(statement(&program.steps[i], i, &producers[i], &prefix, &mut locals));
+        body.extend(statement(
+            &program.steps[i],
+            i,
+            &producers[i],
+            &prefix,
+            &mut locals,
+        ));
     }
     Instance {
         segment,
@@ -708,6 +716,16 @@ fn op_const(step: &Step, prefix: &str) -> Ident {
     format_ident!("{}", name)
 }
 
+/// What every step's statement uses: its op's constant name, its output slot and length, its
+/// output type and its operands' slots, as tokens.
+struct Common {
+    op_const: Ident,
+    out: TokenStream,
+    len: TokenStream,
+    out_ty: TokenStream,
+    operands: Vec<TokenStream>,
+}
+
 /// One step as a call of its runtime op on the workspace (what [`cnx_runtime::program::execute`]
 /// does at run time, with every constant written out).
 fn statement(
@@ -717,38 +735,24 @@ fn statement(
     prefix: &str,
     locals: &mut Locals<'_>,
 ) -> TokenStream {
-    let op_const = op_const(step, prefix);
-    let out = locals.value(Some(index));
     let len = step.out.len;
-    let len = quote!(batch * #len);
-    let out_ty = value_type_tokens(&step.out_ty);
-    let operands: Vec<TokenStream> = producers.iter().map(|&p| locals.value(p)).collect();
+    let c = Common {
+        op_const: op_const(step, prefix),
+        out: locals.value(Some(index)),
+        len: quote!(batch * #len),
+        out_ty: value_type_tokens(&step.out_ty),
+        operands: producers.iter().map(|&p| locals.value(p)).collect(),
+    };
+    let Common {
+        op_const,
+        out,
+        len,
+        out_ty,
+        operands,
+    } = &c;
     let x = &operands[0];
     match &step.op {
-        StepOp::Conv2d {
-            conv,
-            input,
-            weight,
-            bias,
-            norm,
-            ..
-        } => {
-            let (wt, b) = (locals.param(*weight), locals.param(*bias));
-            let norm = match norm {
-                Some(a) => {
-                    let (g, be) = (locals.param(a.gamma), locals.param(a.beta));
-                    quote!(Some((#g, #be)))
-                }
-                None => quote!(None),
-            };
-            let (attrs, in_ty) = (conv_tokens(conv), value_type_tokens(input));
-            quote! {
-                const #op_const: Conv2d = #attrs;
-                ws.run([#x], #out, #len, |[x], y, _| {
-                    ops::conv2d(&#op_const, &#in_ty, &#out_ty, batch, w.conv(#wt, #b, #norm), x, y)
-                });
-            }
-        }
+        StepOp::Conv2d { .. } => conv_statement(step, &c, locals),
         StepOp::LayerNorm { norm, affine, .. } => {
             let affine = match affine {
                 Some(a) => {
@@ -765,42 +769,7 @@ fn statement(
                 });
             }
         }
-        StepOp::Linear {
-            linear,
-            scale,
-            residual,
-            weight,
-            bias,
-            sums,
-            ..
-        } => {
-            let (wt, b) = (locals.param(*weight), locals.param(*bias));
-            let attrs = linear_tokens(linear);
-            let pixels = step.out_ty.pixels();
-            let mut names = vec![quote!(x)];
-            let scale = scale.map_or(quote!(None), |_| {
-                names.push(quote!(scale));
-                quote!(Some(scale))
-            });
-            let residual = residual.map_or(quote!(None), |_| {
-                names.push(quote!(residual));
-                quote!(Some(residual))
-            });
-            let (sums_arg, sums_name) = match sums {
-                Some(slot) => {
-                    let slot = locals.sums(*slot);
-                    let n = linear.out_features;
-                    (quote!(Some(sums.write(#slot, batch * #n))), quote!(sums))
-                }
-                None => (quote!(None), quote!(_)),
-            };
-            quote! {
-                const #op_const: Linear = #attrs;
-                ws.run([#(#operands),*], #out, #len, |[#(#names),*], y, #sums_name| {
-                    ops::linear(&#op_const, #pixels, batch, w.linear(#wt, #b), x, #scale, #residual, y, #sums_arg)
-                });
-            }
-        }
+        StepOp::Linear { .. } => linear_statement(step, &c, locals),
         StepOp::Activation { activation, .. } => {
             let act = activation_tokens(*activation);
             quote! {
@@ -820,32 +789,7 @@ fn statement(
                 });
             }
         }
-        StepOp::GrnScale {
-            channels,
-            input,
-            gamma,
-            sums,
-            ..
-        } => {
-            let g = locals.param(*gamma);
-            let in_ty = value_type_tokens(input);
-            let (source, read, sums_name) = match sums {
-                None => (quote!(GrnSource::Values), quote!(&[]), quote!(_)),
-                Some(slot) => {
-                    let slot = locals.sums(*slot);
-                    (
-                        quote!(GrnSource::ProducerSums),
-                        quote!(sums.read(#slot, batch * #channels)),
-                        quote!(sums),
-                    )
-                }
-            };
-            quote! {
-                ws.run([#x], #out, #len, |[x], y, #sums_name| {
-                    ops::grn_scale(#channels, #source, &#in_ty, batch, w.get(#g), x, #read, y)
-                });
-            }
-        }
+        StepOp::GrnScale { .. } => grn_scale_statement(step, &c, locals),
         StepOp::Add { .. } => {
             let b = &operands[1];
             quote! {
@@ -884,6 +828,126 @@ fn statement(
                 ws.run([#x], #out, #len, |[x], y, _| ops::permute(#p, &#out_ty, batch, x, y));
             }
         }
+    }
+}
+
+fn conv_statement(step: &Step, c: &Common, locals: &mut Locals<'_>) -> TokenStream {
+    let StepOp::Conv2d {
+        conv,
+        input,
+        weight,
+        bias,
+        norm,
+        ..
+    } = &step.op
+    else {
+        unreachable!("called for convolutions")
+    };
+    let Common {
+        op_const,
+        out,
+        len,
+        out_ty,
+        operands,
+    } = c;
+    let x = &operands[0];
+    let (wt, b) = (locals.param(*weight), locals.param(*bias));
+    let norm = match norm {
+        Some(a) => {
+            let (g, be) = (locals.param(a.gamma), locals.param(a.beta));
+            quote!(Some((#g, #be)))
+        }
+        None => quote!(None),
+    };
+    let (attrs, in_ty) = (conv_tokens(conv), value_type_tokens(input));
+    quote! {
+        const #op_const: Conv2d = #attrs;
+        ws.run([#x], #out, #len, |[x], y, _| {
+            ops::conv2d(&#op_const, &#in_ty, &#out_ty, batch, w.conv(#wt, #b, #norm), x, y)
+        });
+    }
+}
+
+fn linear_statement(step: &Step, c: &Common, locals: &mut Locals<'_>) -> TokenStream {
+    let StepOp::Linear {
+        linear,
+        scale,
+        residual,
+        weight,
+        bias,
+        sums,
+        ..
+    } = &step.op
+    else {
+        unreachable!("called for linear layers")
+    };
+    let Common {
+        op_const,
+        out,
+        len,
+        operands,
+        ..
+    } = c;
+    let (wt, b) = (locals.param(*weight), locals.param(*bias));
+    let attrs = linear_tokens(linear);
+    let pixels = step.out_ty.pixels();
+    let mut names = vec![quote!(x)];
+    let scale = scale.map_or(quote!(None), |_| {
+        names.push(quote!(scale));
+        quote!(Some(scale))
+    });
+    let residual = residual.map_or(quote!(None), |_| {
+        names.push(quote!(residual));
+        quote!(Some(residual))
+    });
+    let (sums_arg, sums_name) = match sums {
+        Some(slot) => {
+            let slot = locals.sums(*slot);
+            let n = linear.out_features;
+            (quote!(Some(sums.write(#slot, batch * #n))), quote!(sums))
+        }
+        None => (quote!(None), quote!(_)),
+    };
+    quote! {
+        const #op_const: Linear = #attrs;
+        ws.run([#(#operands),*], #out, #len, |[#(#names),*], y, #sums_name| {
+            ops::linear(&#op_const, #pixels, batch, w.linear(#wt, #b), x, #scale, #residual, y, #sums_arg)
+        });
+    }
+}
+
+fn grn_scale_statement(step: &Step, c: &Common, locals: &mut Locals<'_>) -> TokenStream {
+    let StepOp::GrnScale {
+        channels,
+        input,
+        gamma,
+        sums,
+        ..
+    } = &step.op
+    else {
+        unreachable!("called for GRN scales")
+    };
+    let Common {
+        out, len, operands, ..
+    } = c;
+    let x = &operands[0];
+    let g = locals.param(*gamma);
+    let in_ty = value_type_tokens(input);
+    let (source, read, sums_name) = match sums {
+        None => (quote!(GrnSource::Values), quote!(&[]), quote!(_)),
+        Some(slot) => {
+            let slot = locals.sums(*slot);
+            (
+                quote!(GrnSource::ProducerSums),
+                quote!(sums.read(#slot, batch * #channels)),
+                quote!(sums),
+            )
+        }
+    };
+    quote! {
+        ws.run([#x], #out, #len, |[x], y, #sums_name| {
+            ops::grn_scale(#channels, #source, &#in_ty, batch, w.get(#g), x, #read, y)
+        });
     }
 }
 
@@ -1170,6 +1234,18 @@ mod tests {
             (
                 "config = \"tiny-1k-224\", image_size = 2",
                 "image_size 2 is out of range",
+            ),
+            (
+                "config = \"tiny-1k-224\", image_size = (97, 2)",
+                "image_size 2 is out of range",
+            ),
+            (
+                "config = \"tiny-1k-224\", image_size = (97,)",
+                "`image_size` takes an integer or (height, width)",
+            ),
+            (
+                "config = \"tiny-1k-224\", image_size = \"big\"",
+                "`image_size` takes an integer or (height, width)",
             ),
             (
                 "config = \"tiny-1k-224\", config = \"atto-1k-224\"",

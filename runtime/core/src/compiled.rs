@@ -325,7 +325,11 @@ impl Workspace {
         f: impl FnOnce([&[f32]; N], &mut [f32], &mut Sums<'_>) -> R,
     ) -> R {
         let out = self.region(output);
-        assert!(len <= out.len(), "slot {output} holds {} values, not {len}", out.len());
+        assert!(
+            len <= out.len(),
+            "slot {output} holds {} values, not {len}",
+            out.len()
+        );
         let ranges = inputs.map(|i| self.region(i).start..self.region(i).start + self.lens[i]);
         let mut sums = Sums {
             data: &mut self.sums,
@@ -340,7 +344,10 @@ impl Workspace {
             if r.end <= out.start {
                 &before[r]
             } else {
-                assert!(r.start >= out.end, "slot {output} is one of its own operands");
+                assert!(
+                    r.start >= out.end,
+                    "slot {output} is one of its own operands"
+                );
                 &after[r.start - out.end..r.end - out.end]
             }
         });
@@ -369,9 +376,7 @@ impl Workspace {
             let sums = match access {
                 SumsAccess::None => SumsBuffer::None,
                 SumsAccess::Read { slot, len } => SumsBuffer::Read(sums.read(slot, batch * len)),
-                SumsAccess::Write { slot, len } => {
-                    SumsBuffer::Write(sums.write(slot, batch * len))
-                }
+                SumsAccess::Write { slot, len } => SumsBuffer::Write(sums.write(slot, batch * len)),
             };
             f(StepBuffers {
                 operands: [a, b, c],
@@ -380,7 +385,9 @@ impl Workspace {
             })
         };
         match operands.len() {
-            1 => self.run([slots[0]], step.out.slot, len, |[a], y, s| call([a, &[], &[]], y, s)),
+            1 => self.run([slots[0]], step.out.slot, len, |[a], y, s| {
+                call([a, &[], &[]], y, s)
+            }),
             2 => self.run([slots[0], slots[1]], step.out.slot, len, |[a, b], y, s| {
                 call([a, b, &[]], y, s)
             }),
@@ -418,8 +425,7 @@ impl SharedWorkspace {
             Ok(mut guard) => guard.take(),
             Err(_) => None,
         };
-        let mut ws =
-            taken.unwrap_or_else(|| Workspace::new(&self.slot_sizes, &self.sums_sizes));
+        let mut ws = taken.unwrap_or_else(|| Workspace::new(&self.slot_sizes, &self.sums_sizes));
         ws.for_batch(batch);
         let r = f(&mut ws);
         if let Ok(mut guard) = self.cached.try_lock() {
@@ -468,17 +474,11 @@ pub fn top_k(logits: &[f32], labels: &'static [&'static str], k: usize) -> Vec<V
         .collect()
 }
 
-/// Checks a forward call's input: `batch` images of `chw` values each.
+/// Checks a forward call's input: `batch` images of `chw` values each (the macro's code;
+/// [`crate::program::check_pixel_values`] is the one check every backend runs).
 pub fn check_input(pixel_values: &[f32], batch: usize, chw: [usize; 3]) -> Result<()> {
-    let per_image: usize = chw.iter().product();
-    if batch == 0 || pixel_values.len() != batch * per_image {
-        return Err(Error::InputShape {
-            what: "pixel_values".into(),
-            expected: vec![batch, chw[0], chw[1], chw[2]],
-            found: vec![pixel_values.len()],
-        });
-    }
-    Ok(())
+    let shape = [batch, chw[0], chw[1], chw[2]];
+    crate::program::check_pixel_values(&shape, pixel_values.len(), chw).map(|_| ())
 }
 
 #[cfg(test)]

@@ -217,9 +217,15 @@ impl Operands {
 pub enum SumsAccess {
     None,
     /// Reads `len` f64 per image from `slot`.
-    Read { slot: usize, len: usize },
+    Read {
+        slot: usize,
+        len: usize,
+    },
     /// Writes `len` f64 per image to `slot`.
-    Write { slot: usize, len: usize },
+    Write {
+        slot: usize,
+        len: usize,
+    },
 }
 
 /// A named value the program leaves in the workspace (`logits`, `pooler_output` ...).
@@ -260,22 +266,25 @@ impl Program {
 
     /// Checks `shape` (`[batch, C, H, W]`) against the program's input; returns the batch.
     pub fn check_input(&self, shape: &[usize]) -> crate::Result<usize> {
-        check_input_shape(shape, self.input)
+        let chw = [self.input.channels, self.input.height, self.input.width];
+        check_pixel_values(shape, shape.iter().product(), chw)
     }
 }
 
-/// Checks a `pixel_values` shape `[batch, C, H, W]` against a model's input type per image:
-/// every backend checks its input with this before running anything.
-pub fn check_input_shape(shape: &[usize], input: ValueType) -> crate::Result<usize> {
-    let chw = [input.channels, input.height, input.width];
-    if shape.len() != 4 || shape[1..] != chw || shape[0] == 0 {
+/// Checks a forward call's `pixel_values`: a `[batch >= 1, C, H, W]` shape matching the model's
+/// `chw` and holding `len` values. Every backend (the interpreter, the JIT, the macro's code)
+/// checks its input with this before running anything; returns the batch.
+pub fn check_pixel_values(shape: &[usize], len: usize, chw: [usize; 3]) -> crate::Result<usize> {
+    let batch = shape.first().copied().unwrap_or(0);
+    let fits = shape.len() == 4 && shape[1..] == chw && batch > 0;
+    if !fits || len != shape.iter().product::<usize>() {
         return Err(crate::Error::InputShape {
             what: "pixel_values".into(),
-            expected: vec![shape.first().copied().unwrap_or(1).max(1), chw[0], chw[1], chw[2]],
-            found: shape.to_vec(),
+            expected: vec![batch.max(1), chw[0], chw[1], chw[2]],
+            found: if fits { vec![len] } else { shape.to_vec() },
         });
     }
-    Ok(shape[0])
+    Ok(batch)
 }
 
 /// The buffers one step runs on: its operands (in [`Step::operands`] order), its output and
@@ -319,9 +328,9 @@ pub fn execute(step: &Step, weights: &Weights, batch: usize, buffers: StepBuffer
             };
             ops::conv2d(conv, input, &step.out_ty, batch, p, x, y)
         }
-        StepOp::LayerNorm { norm, affine: a, .. } => {
-            ops::layer_norm(norm, &step.out_ty, batch, affine(*a), x, y)
-        }
+        StepOp::LayerNorm {
+            norm, affine: a, ..
+        } => ops::layer_norm(norm, &step.out_ty, batch, affine(*a), x, y),
         StepOp::Linear {
             linear,
             scale,
@@ -388,7 +397,9 @@ pub fn execute(step: &Step, weights: &Weights, batch: usize, buffers: StepBuffer
 
 /// Runs `step` with its buffers in `ws` (the interpreter's loop body).
 pub fn run_step(step: &Step, weights: &Weights, ws: &mut Workspace, batch: usize) {
-    ws.run_step(step, batch, |buffers| execute(step, weights, batch, buffers))
+    ws.run_step(step, batch, |buffers| {
+        execute(step, weights, batch, buffers)
+    })
 }
 
 impl fmt::Display for Value {
@@ -402,7 +413,9 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = |i: usize| format!("w{i}");
         let affine = |a: &Option<AffineParams>| {
-            a.map_or(String::new(), |a| format!(" gamma={} beta={}", w(a.gamma), w(a.beta)))
+            a.map_or(String::new(), |a| {
+                format!(" gamma={} beta={}", w(a.gamma), w(a.beta))
+            })
         };
         write!(f, "{} = ", self.out)?;
         match &self.op {
@@ -425,9 +438,15 @@ impl fmt::Display for Step {
                     s[0],
                     p[0],
                     conv.groups,
-                    if conv.layout == ops::Layout::Nhwc { " nhwc" } else { "" },
-                    conv.input_norm.map_or(String::new(), |e| format!(" norm-in eps={e:e}")),
-                    conv.output_norm.map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps)),
+                    if conv.layout == ops::Layout::Nhwc {
+                        " nhwc"
+                    } else {
+                        ""
+                    },
+                    conv.input_norm
+                        .map_or(String::new(), |e| format!(" norm-in eps={e:e}")),
+                    conv.output_norm
+                        .map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps)),
                     w(*weight),
                     w(*bias),
                     affine(norm)
@@ -441,41 +460,19 @@ impl fmt::Display for Step {
                 norm.eps,
                 affine(a)
             )?,
-            StepOp::Linear {
-                linear: l,
-                x,
-                scale,
-                residual,
-                weight,
-                bias,
-                sums,
-            } => {
-                write!(f, "linear({x}")?;
-                if let Some(s) = scale {
-                    write!(f, ", scale={s}")?;
-                }
-                if let Some(r) = residual {
-                    write!(f, ", residual={r}")?;
-                }
-                write!(f, "; {}->{}", l.in_features, l.out_features)?;
-                if let Some(eps) = l.input_norm {
-                    write!(f, " norm-in eps={eps:e}")?;
-                }
-                if let Some(a) = l.activation {
-                    write!(f, " {a}")?;
-                }
-                write!(f, ") weight={} bias={}", w(*weight), w(*bias))?;
-                if let Some(s) = sums {
-                    write!(f, " sums->s{s}")?;
-                }
-            }
+            StepOp::Linear { .. } => self.fmt_linear(f)?,
             StepOp::Activation { activation, x } => write!(f, "{activation}({x})")?,
             StepOp::Grn {
                 channels,
                 x,
                 gamma,
                 beta,
-            } => write!(f, "grn({x}; {channels}) gamma={} beta={}", w(*gamma), w(*beta))?,
+            } => write!(
+                f,
+                "grn({x}; {channels}) gamma={} beta={}",
+                w(*gamma),
+                w(*beta)
+            )?,
             StepOp::GrnScale {
                 channels,
                 x,
@@ -505,6 +502,43 @@ impl fmt::Display for Step {
             StepOp::Permute { permute, x } => write!(f, "permute({x}; {permute:?})")?,
         }
         write!(f, "  # {} {}", self.name, self.out_ty)
+    }
+}
+
+impl Step {
+    /// A linear step's listing (its operands, prologue, epilogue and sums).
+    fn fmt_linear(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let StepOp::Linear {
+            linear: l,
+            x,
+            scale,
+            residual,
+            weight,
+            bias,
+            sums,
+        } = &self.op
+        else {
+            return Ok(());
+        };
+        write!(f, "linear({x}")?;
+        if let Some(s) = scale {
+            write!(f, ", scale={s}")?;
+        }
+        if let Some(r) = residual {
+            write!(f, ", residual={r}")?;
+        }
+        write!(f, "; {}->{}", l.in_features, l.out_features)?;
+        if let Some(eps) = l.input_norm {
+            write!(f, " norm-in eps={eps:e}")?;
+        }
+        if let Some(a) = l.activation {
+            write!(f, " {a}")?;
+        }
+        write!(f, ") weight=w{weight} bias=w{bias}")?;
+        if let Some(s) = sums {
+            write!(f, " sums->s{s}")?;
+        }
+        Ok(())
     }
 }
 

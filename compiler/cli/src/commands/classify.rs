@@ -64,8 +64,12 @@ pub fn load_classifier(
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) =
-            load_classifier(&self.model, self.weights.as_deref(), &pipeline, self.backend)?;
+        let (engine, cfg) = load_classifier(
+            &self.model,
+            self.weights.as_deref(),
+            &pipeline,
+            self.backend,
+        )?;
         let labels = engine.model().config.id2label.clone();
         let inputs = classify::collect_inputs(&self.inputs);
         if inputs.is_empty() {
@@ -77,8 +81,13 @@ impl Args {
         let start = std::time::Instant::now();
         let mut failed = 0usize;
         let stdout = std::io::stdout();
-        let timing =
-            classify::run_batches(&engine, &cfg, inputs, batch, self.threads.get(), |outcome| {
+        let timing = classify::run_batches(
+            &engine,
+            &cfg,
+            inputs,
+            batch,
+            self.threads.get(),
+            |outcome| {
                 bar.inc(1);
                 let Some(line) = self.line(outcome, &labels, &bar, &mut failed) else {
                     return;
@@ -90,7 +99,8 @@ impl Args {
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
                 });
-            })?;
+            },
+        )?;
         bar.finish_and_clear();
         let wall = start.elapsed().as_secs_f64();
         eprintln!(

@@ -41,31 +41,42 @@ struct Score {
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) =
-            load_classifier(&self.model, self.weights.as_deref(), &pipeline, Backend::Jit)?;
+        let (engine, cfg) = load_classifier(
+            &self.model,
+            self.weights.as_deref(),
+            &pipeline,
+            Backend::Jit,
+        )?;
         let labels = engine.model().config.id2label.clone();
         let (inputs, targets) = image_folder(&self.dir, &labels)?;
         let batch = self.batch as usize;
         let bar = progress_bar(inputs.len(), batch);
         let mut score = Score::default();
-        classify::run_batches(&engine, &cfg, inputs, batch, self.threads.get(), |outcome| {
-            bar.inc(1);
-            match outcome {
-                Outcome::Logits { path, logits } => {
-                    let target = targets[&path];
-                    let probs = classify::softmax(&logits);
-                    let rank = probs.iter().filter(|&&p| p > probs[target]).count();
-                    score.n += 1;
-                    score.top1 += usize::from(rank == 0);
-                    score.top5 += usize::from(rank < 5);
-                    score.cross_entropy -= probs[target].max(f64::MIN_POSITIVE).ln();
+        classify::run_batches(
+            &engine,
+            &cfg,
+            inputs,
+            batch,
+            self.threads.get(),
+            |outcome| {
+                bar.inc(1);
+                match outcome {
+                    Outcome::Logits { path, logits } => {
+                        let target = targets[&path];
+                        let probs = classify::softmax(&logits);
+                        let rank = probs.iter().filter(|&&p| p > probs[target]).count();
+                        score.n += 1;
+                        score.top1 += usize::from(rank == 0);
+                        score.top5 += usize::from(rank < 5);
+                        score.cross_entropy -= probs[target].max(f64::MIN_POSITIVE).ln();
+                    }
+                    Outcome::Failed { path, error } => {
+                        score.failed += 1;
+                        bar.suspend(|| eprintln!("cnx: error: {}: {error}", path.display()));
+                    }
                 }
-                Outcome::Failed { path, error } => {
-                    score.failed += 1;
-                    bar.suspend(|| eprintln!("cnx: error: {}: {error}", path.display()));
-                }
-            }
-        })?;
+            },
+        )?;
         bar.finish_and_clear();
         self.report(&engine.model().name, &score);
         if score.failed > 0 {

@@ -65,10 +65,13 @@ impl Args {
         let loaded_at = start.elapsed();
         let engine = Engine::new(loaded, self.backend, &wanted_refs)?;
         let compile = match &engine {
-            Engine::Jit(j) => format!(" (JIT compile {:.0} ms)", j.compile_time.as_secs_f64() * 1e3),
-            Engine::Interp(_) => String::new(),
+            Engine::Jit(j) => format!(
+                " (JIT compile {:.0} ms)",
+                j.compile_time.as_secs_f64() * 1e3
+            ),
+            Engine::Interp(..) => String::new(),
         };
-        let values = engine.run(&pixel_values, &wanted_refs, self.threads.get())?;
+        let values = engine.run(&pixel_values, self.threads.get())?;
         let ran_at = start.elapsed();
         let arrays: Vec<(&str, &cnx_runtime::Tensor)> =
             wanted.iter().map(|n| (n.as_str(), &values[n])).collect();

@@ -59,7 +59,9 @@ impl Recipe for ParamSpec {
         &self.shape
     }
     fn derivation(&self) -> Option<(DeriveRule, &[Self])> {
-        self.derivation.as_ref().map(|(rule, inputs)| (*rule, &inputs[..]))
+        self.derivation
+            .as_ref()
+            .map(|(rule, inputs)| (*rule, &inputs[..]))
     }
 }
 
