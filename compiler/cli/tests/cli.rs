@@ -340,7 +340,7 @@ fn compile_prints_each_backends_code() {
     // The JIT's IR: the schedule, one runtime call per step with its operands' arena offsets.
     // (No step kernel is generated: each measured slower than the runtime's, BENCHMARKS.md.)
     let clif = text("clif");
-    for needle in ["; the schedule", "call fn0", "stack_store", "imul_imm"] {
+    for needle in ["; the schedule", "call fn0", "stack_addr", "imul"] {
         assert!(clif.contains(needle), "clif lacks `{needle}`");
     }
     // The machine code of the same function, under the same heading.
