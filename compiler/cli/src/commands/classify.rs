@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
 
-use super::{progress_bar, PassFlags, Threads};
+use super::{progress_bar, ModelFlags, PassFlags, Threads};
 use crate::classify::{self, Outcome};
 use crate::engine::{Backend, Engine};
 use crate::{Error, ModelSpec};
@@ -14,12 +14,8 @@ use crate::{Error, ModelSpec};
 /// Classify images: top-k labels with softmax probabilities, per image.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Preset, config.json, model directory or hub id (from the HF cache, else downloaded).
-    #[arg(long)]
-    model: String,
-    /// Checkpoint (default: the model's own).
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelFlags,
     /// Image files and directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
@@ -44,12 +40,11 @@ pub struct Args {
 
 /// Loads a model for classification at its preprocessing size, on `backend`.
 pub fn load_classifier(
-    model: &str,
-    weights: Option<&Path>,
+    model: &ModelFlags,
     pipeline: &Pipeline,
     backend: Backend,
 ) -> Result<(Engine, cnx_runtime::preprocess::PreprocessConfig), Error> {
-    let spec = ModelSpec::resolve(model)?;
+    let spec = ModelSpec::resolve(&model.model)?;
     if spec.config.num_labels() == 0 {
         return Err(Error::Usage(format!(
             "{} has no classifier (num_labels 0): nothing to classify with",
@@ -57,19 +52,14 @@ pub fn load_classifier(
         )));
     }
     let cfg = classify::preprocess_config(&spec)?;
-    let loaded = spec.load_with(weights, (cfg.size, cfg.size), pipeline)?;
+    let loaded = spec.load_with(model.weights.as_deref(), (cfg.size, cfg.size), pipeline)?;
     Ok((Engine::new(loaded, backend, &[outputs::LOGITS])?, cfg))
 }
 
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) = load_classifier(
-            &self.model,
-            self.weights.as_deref(),
-            &pipeline,
-            self.backend,
-        )?;
+        let (engine, cfg) = load_classifier(&self.model, &pipeline, self.backend)?;
         let labels = engine.model().config.id2label.clone();
         let inputs = classify::collect_inputs(&self.inputs);
         if inputs.is_empty() {

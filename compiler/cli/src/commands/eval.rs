@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::classify::load_classifier;
-use super::{progress_bar, PassFlags, Threads};
+use super::{progress_bar, ModelFlags, PassFlags, Threads};
 use crate::classify::{self, Outcome};
 use crate::engine::Backend;
 use crate::Error;
@@ -13,10 +13,8 @@ use crate::Error;
 /// top-1, top-5 and mean cross-entropy.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    model: String,
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelFlags,
     dir: PathBuf,
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
@@ -41,12 +39,7 @@ struct Score {
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) = load_classifier(
-            &self.model,
-            self.weights.as_deref(),
-            &pipeline,
-            Backend::Jit,
-        )?;
+        let (engine, cfg) = load_classifier(&self.model, &pipeline, Backend::Jit)?;
         let labels = engine.model().config.id2label.clone();
         let (inputs, targets) = image_folder(&self.dir, &labels)?;
         let batch = self.batch as usize;

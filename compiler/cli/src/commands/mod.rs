@@ -15,6 +15,19 @@ use cnx_compiler::passes::Pipeline;
 
 use crate::{Error, ModelSpec};
 
+/// `--model M [--weights F]`: the model and, optionally, its checkpoint.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelFlags {
+    /// Preset (`tiny-1k-224`, `facebook/convnextv2-tiny-1k-224`), config.json, model directory
+    /// or hub id (from the HF cache, else downloaded).
+    #[arg(long)]
+    pub model: String,
+    /// Checkpoint: model.safetensors, a sharded index.json, or a directory holding one.
+    /// Default: the model's own (beside its config.json, or the hub's).
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+}
+
 /// `--threads N`: worker threads (default: one per core). Results do not depend on it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Threads {

@@ -5,20 +5,15 @@ use std::time::Instant;
 
 use cnx_compiler::ir::outputs;
 
-use super::{PassFlags, Threads};
+use super::{ModelFlags, PassFlags, Threads};
 use crate::engine::{Backend, Engine};
 use crate::{io, Error, ModelSpec};
 
 /// Run a model on HF `pixel_values` (.npy) and write its outputs (.npz).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Preset (`tiny-1k-224`, `facebook/convnextv2-tiny-1k-224`), config.json, or model directory.
-    #[arg(long)]
-    model: String,
-    /// Checkpoint: model.safetensors, a sharded index.json, or a directory holding one.
-    /// Default: the one beside the model's config.json.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelFlags,
     /// float32 .npy of shape (batch, num_channels, H, W), exactly HF's pixel_values.
     #[arg(long)]
     input: PathBuf,
@@ -42,7 +37,7 @@ impl Args {
     pub fn run(self) -> Result<(), Error> {
         let start = Instant::now();
         let pipeline = self.passes.pipeline()?;
-        let spec = ModelSpec::resolve(&self.model)?;
+        let spec = ModelSpec::resolve(&self.model.model)?;
         let pixel_values = io::read_npy(&self.input)?;
         let shape = pixel_values.shape().to_vec();
         let channels = spec.config.num_channels;
@@ -54,7 +49,11 @@ impl Args {
                 ),
             });
         }
-        let loaded = spec.load_with(self.weights.as_deref(), (shape[2], shape[3]), &pipeline)?;
+        let loaded = spec.load_with(
+            self.model.weights.as_deref(),
+            (shape[2], shape[3]),
+            &pipeline,
+        )?;
         let name = loaded.name.clone();
         // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
         let mut wanted = outputs::all(loaded.config.num_stages);
