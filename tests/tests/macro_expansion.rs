@@ -194,5 +194,25 @@ fn bad_input_is_an_error_not_a_panic() {
         "{err}"
     );
     assert!(Custom::load(Path::new("/no/such/model.safetensors")).is_err());
+    // NaN or infinite pixel values: refused with their count and the first one's index,
+    // unless the caller asks for IEEE propagation.
+    let (c, h, w) = (
+        Custom::INPUT_CHANNELS,
+        Custom::INPUT_HEIGHT,
+        Custom::INPUT_WIDTH,
+    );
+    let mut x = vec![0.25f32; c * h * w];
+    x[h * w + 2 * w + 3] = f32::NAN;
+    let err = model.forward(&x, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("1 value(s) are NaN or infinite, the first at [0, 1, 2, 3]"),
+        "{err}"
+    );
+    let propagated = Custom::load(&weights)
+        .unwrap()
+        .with_non_finite(convnextv2::program::NonFinite::Propagate)
+        .forward(&x, 1)
+        .unwrap();
+    assert!(propagated.iter().all(|v| v.is_nan()));
     let _ = WeightStore::from_bytes(&bytes).unwrap();
 }

@@ -37,6 +37,14 @@ impl Engine {
         })
     }
 
+    /// What runs do with NaN or infinite pixel values (default: refuse them).
+    pub fn with_non_finite(self, policy: cnx_runtime::program::NonFinite) -> Engine {
+        match self {
+            Engine::Interp(m, i) => Engine::Interp(m, i.with_non_finite(policy)),
+            Engine::Jit(j) => Engine::Jit(j.with_non_finite(policy)),
+        }
+    }
+
     /// The model (config, graph, weights).
     pub fn model(&self) -> &LoadedModel {
         match self {

@@ -280,6 +280,58 @@ fn bad_input_is_one_line_exit_2_and_no_file() {
     assert!(!out_path.exists());
 }
 
+/// Pixel values holding NaN or infinity: refused (exit 2, their count and the first one's
+/// index, no output) on both backends, unless `--allow-non-finite` asks for IEEE propagation.
+#[test]
+fn run_refuses_non_finite_pixel_values() {
+    let case = fixture("custom-nonsquare");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut x = cnx_cli::io::read_npy(&case.join("pixel_values.npy")).unwrap();
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    // Image 1, channel 2, row 5, column 7; and an infinity after it.
+    let at = ((3 + 2) * h + 5) * w + 7;
+    x.data_mut()[at] = f32::NAN;
+    x.data_mut()[at + 1] = f32::NEG_INFINITY;
+    let input = tmp.path().join("nan.npy");
+    cnx_cli::io::write_npy(&input, &x).unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out_path = out_dir.join("out.npz");
+    for backend in ["interp", "jit"] {
+        let args = [
+            "run",
+            "--model",
+            s(&case),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out_path),
+        ];
+        let out = cnx(&[&args[..], &["--backend", backend]].concat());
+        assert_user_error(
+            &out,
+            "2 value(s) are NaN or infinite, the first at [1, 2, 5, 7]",
+            Some(&out_path),
+        );
+        let out = cnx(&[&args[..], &["--backend", backend, "--allow-non-finite"]].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let logits = &read_npz(&out_path).unwrap()["logits"];
+        assert!(
+            logits.data[7..].iter().all(|v| v.is_nan()),
+            "image 1's logits are NaN"
+        );
+        assert!(
+            logits.data[..7].iter().all(|v| v.is_finite()),
+            "image 0 is untouched"
+        );
+        std::fs::remove_file(&out_path).unwrap();
+    }
+}
+
 #[test]
 fn graph_lists_nodes_and_totals() {
     let out = cnx(&["graph", "facebook/convnextv2-tiny-1k-224", "--no-fuse"]);

@@ -22,7 +22,9 @@ use clif::Loc;
 use cnx_compiler::backend::interp::batch_shape;
 use cnx_compiler::{LoadedModel, RunError};
 use cnx_runtime::compiled::Workspace;
-use cnx_runtime::program::{execute, Program, Step, StepBuffers, SumsAccess, SumsBuffer};
+use cnx_runtime::program::{
+    check_finite, execute, NonFinite, Program, Step, StepBuffers, SumsAccess, SumsBuffer,
+};
 use cnx_runtime::{pool, Tensor};
 
 pub use clif::CodegenError;
@@ -59,6 +61,7 @@ pub struct JitModel {
     pub runtime_steps: usize,
     /// Time to lower and compile.
     pub compile_time: Duration,
+    non_finite: NonFinite,
 }
 
 /// What the runtime shims need, owned by the [`JitModel`] whose code calls them.
@@ -121,7 +124,14 @@ impl JitModel {
             generated_steps: 0,
             runtime_steps,
             compile_time: start.elapsed(),
+            non_finite: NonFinite::Refuse,
         })
+    }
+
+    /// What runs do with NaN or infinite pixel values (default: refuse them).
+    pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
+        self.non_finite = policy;
+        self
     }
 
     /// The compiled model's graph and weights.
@@ -160,6 +170,7 @@ impl JitModel {
     ) -> Result<HashMap<String, Tensor>, RunError> {
         let program = &self.context.program;
         let batch = program.check_input(pixel_values.shape())?;
+        check_finite(pixel_values.data(), program.chw(), self.non_finite)?;
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         ws.for_batch(batch);
         ws.set(program.input_value.slot, pixel_values.data());

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cnx_runtime::compiled::{Weights, Workspace};
-use cnx_runtime::program::{run_step, Program};
+use cnx_runtime::program::{check_finite, run_step, NonFinite, Program};
 use cnx_runtime::{pool, Tensor};
 
 use crate::error::RunError;
@@ -47,6 +47,7 @@ pub fn run_threaded(
 pub struct Interpreter {
     program: Program,
     workspace: Mutex<Workspace>,
+    non_finite: NonFinite,
 }
 
 impl Interpreter {
@@ -54,7 +55,17 @@ impl Interpreter {
     pub fn new(model: &LoadedModel, wanted: &[&str]) -> Result<Interpreter, RunError> {
         let program = crate::lower::lower_outputs(&model.graph, wanted)?;
         let workspace = Mutex::new(program.workspace());
-        Ok(Interpreter { program, workspace })
+        Ok(Interpreter {
+            program,
+            workspace,
+            non_finite: NonFinite::Refuse,
+        })
+    }
+
+    /// What runs do with NaN or infinite pixel values (default: refuse them).
+    pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
+        self.non_finite = policy;
+        self
     }
 
     pub fn program(&self) -> &Program {
@@ -70,19 +81,14 @@ impl Interpreter {
         threads: usize,
     ) -> Result<BTreeMap<String, Tensor>, RunError> {
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        run_on(
-            &self.program,
-            &model.weights,
-            &mut ws,
-            pixel_values,
-            threads,
-            None,
-        )
+        let input = (pixel_values, self.non_finite);
+        run_on(&self.program, &model.weights, &mut ws, input, threads, None)
     }
 }
 
 /// Runs `program` with `weights` (the table it was lowered against) on `threads` threads;
 /// returns every program output by name. With `profile`, each step's wall time, in order.
+/// NaN or infinite pixel values are refused.
 pub fn run_program(
     program: &Program,
     weights: &Weights,
@@ -91,15 +97,17 @@ pub fn run_program(
     profile: Option<&mut Vec<Duration>>,
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
     let mut ws = program.workspace();
-    run_on(program, weights, &mut ws, pixel_values, threads, profile)
+    let input = (pixel_values, NonFinite::Refuse);
+    run_on(program, weights, &mut ws, input, threads, profile)
 }
 
-/// [`run_program`] on a given workspace (laid out for `program`).
+/// [`run_program`] on a given workspace (laid out for `program`), with a policy for
+/// non-finite pixel values.
 fn run_on(
     program: &Program,
     weights: &Weights,
     ws: &mut Workspace,
-    pixel_values: &Tensor,
+    (pixel_values, non_finite): (&Tensor, NonFinite),
     threads: usize,
     mut profile: Option<&mut Vec<Duration>>,
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
@@ -110,6 +118,7 @@ fn run_on(
         });
     }
     let batch = program.check_input(pixel_values.shape())?;
+    check_finite(pixel_values.data(), program.chw(), non_finite)?;
     ws.for_batch(batch);
     ws.set(program.input_value.slot, pixel_values.data());
     pool::install(threads, || {

@@ -990,6 +990,7 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
             weights: ::convnextv2::compiled::Weights,
             workspace: ::convnextv2::compiled::SharedWorkspace,
             threads: usize,
+            non_finite: ::convnextv2::program::NonFinite,
         }
 
         impl #name {
@@ -1041,7 +1042,16 @@ fn model_methods(
                 weights: ::convnextv2::compiled::Weights::load(store, #module::CHECKPOINT.iter().copied(), &#module::WEIGHTS)?,
                 workspace: ::convnextv2::compiled::SharedWorkspace::new(&#module::SLOT_SIZES, &#module::SUMS_SIZES),
                 threads: ::convnextv2::pool::available(),
+                non_finite: ::convnextv2::program::NonFinite::Refuse,
             })
+        }
+
+        /// What forward calls do with NaN or infinite pixel values: refuse them (the default,
+        /// `Error::NonFiniteInput` with their count and the first one's index) or, with
+        /// `NonFinite::Propagate`, run and let IEEE arithmetic carry them to the logits.
+        pub fn with_non_finite(mut self, policy: ::convnextv2::program::NonFinite) -> Self {
+            self.non_finite = policy;
+            self
         }
 
         /// Runs on `threads` threads (default: the machine's cores). Results do not
@@ -1062,6 +1072,7 @@ fn model_methods(
         /// As [`Self::forward`], into `logits` (`batch x NUM_LABELS`).
         pub fn forward_into(&self, pixel_values: &[f32], batch: usize, logits: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
             ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
+            ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
             if logits.len() != batch * Self::NUM_LABELS {
                 return Err(::convnextv2::Error::InputShape {
                     what: "logits".into(),

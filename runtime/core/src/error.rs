@@ -109,6 +109,10 @@ pub enum Error {
     /// A derived parameter could not be computed.
     #[error(transparent)]
     Derive(#[from] crate::weights::derive::DeriveError),
+    /// `pixel_values` holding NaN or infinity, refused (the default [`crate::program::NonFinite`]
+    /// policy): every output they reach would be NaN or infinite, with no word.
+    #[error("pixel_values: {count} value(s) are NaN or infinite, the first at [{}] (batch, channel, row, column); refused rather than propagated to the outputs", .first.map(|i| i.to_string()).join(", "))]
+    NonFiniteInput { count: usize, first: [usize; 4] },
     /// An input tensor has the wrong shape or size.
     #[error("{what}: expected shape {expected:?}, found {found:?}")]
     InputShape {

@@ -264,10 +264,14 @@ impl Program {
         self.outputs.iter().find(|o| o.name == name)
     }
 
+    /// `pixel_values`' channels, height and width per image.
+    pub fn chw(&self) -> [usize; 3] {
+        [self.input.channels, self.input.height, self.input.width]
+    }
+
     /// Checks `shape` (`[batch, C, H, W]`) against the program's input; returns the batch.
     pub fn check_input(&self, shape: &[usize]) -> crate::Result<usize> {
-        let chw = [self.input.channels, self.input.height, self.input.width];
-        check_pixel_values(shape, shape.iter().product(), chw)
+        check_pixel_values(shape, shape.iter().product(), self.chw())
     }
 }
 
@@ -285,6 +289,35 @@ pub fn check_pixel_values(shape: &[usize], len: usize, chw: [usize; 3]) -> crate
         });
     }
     Ok(batch)
+}
+
+/// What a forward pass does with `pixel_values` holding NaN or infinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Refuse them with [`crate::Error::NonFiniteInput`] (their count and the first one's
+    /// index), before running anything: the default.
+    #[default]
+    Refuse,
+    /// Run anyway, IEEE arithmetic propagating them: every output they reach is NaN or
+    /// infinite. For callers who check their outputs themselves.
+    Propagate,
+}
+
+/// Checks that `pixel_values` (`[batch, C, H, W]` with `chw` per image) holds only finite
+/// values, under `policy`. One pass (vectorised) when they are all finite; a second one
+/// counts the others.
+pub fn check_finite(pixel_values: &[f32], chw: [usize; 3], policy: NonFinite) -> crate::Result<()> {
+    if policy == NonFinite::Propagate || pixel_values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let count = pixel_values.iter().filter(|v| !v.is_finite()).count();
+    let at = pixel_values
+        .iter()
+        .position(|v| !v.is_finite())
+        .unwrap_or(0);
+    let [c, h, w] = chw.map(|d| d.max(1));
+    let first = [at / (c * h * w), at / (h * w) % c, at / w % h, at % w];
+    Err(crate::Error::NonFiniteInput { count, first })
 }
 
 /// The buffers one step runs on: its operands (in [`Step::operands`] order), its output and
@@ -574,5 +607,47 @@ impl fmt::Display for Program {
             writeln!(f, "output {} = {} {}", o.name, o.value, o.ty)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_values_must_fit_the_input() {
+        assert_eq!(
+            check_pixel_values(&[2, 3, 4, 5], 120, [3, 4, 5]).unwrap(),
+            2
+        );
+        assert!(check_pixel_values(&[0, 3, 4, 5], 0, [3, 4, 5]).is_err());
+        assert!(check_pixel_values(&[1, 3, 4, 6], 72, [3, 4, 5]).is_err());
+        assert!(check_pixel_values(&[1, 3, 4, 5], 59, [3, 4, 5]).is_err());
+        assert!(check_pixel_values(&[3, 4, 5], 60, [3, 4, 5]).is_err());
+    }
+
+    /// NaN and both infinities are refused with their count and the first one's index (batch,
+    /// channel, row, column); the opt-out lets them through.
+    #[test]
+    fn non_finite_pixel_values_are_refused_unless_propagation_is_asked_for() {
+        let chw = [3, 4, 5];
+        let mut x = vec![0.5f32; 2 * 60];
+        assert!(check_finite(&x, chw, NonFinite::Refuse).is_ok());
+        // Image 1, channel 2, row 3, column 4: the last value; and two more before it.
+        x[119] = f32::NAN;
+        x[60 + 20 + 5 + 1] = f32::INFINITY;
+        x[61] = f32::NEG_INFINITY;
+        match check_finite(&x, chw, NonFinite::Refuse) {
+            Err(crate::Error::NonFiniteInput { count, first }) => {
+                assert_eq!(count, 3);
+                assert_eq!(first, [1, 0, 0, 1]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = check_finite(&x, chw, NonFinite::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("3 value(s) are NaN or infinite, the first at [1, 0, 0, 1]"));
+        assert!(check_finite(&x, chw, NonFinite::Propagate).is_ok());
     }
 }

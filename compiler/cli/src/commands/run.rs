@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cnx_compiler::ir::outputs;
+use cnx_runtime::program::NonFinite;
 
 use super::{ModelFlags, PassFlags, Threads};
 use crate::engine::{Backend, Engine};
@@ -31,6 +32,10 @@ pub struct Args {
     backend: Backend,
     #[command(flatten)]
     passes: PassFlags,
+    /// Run pixel values holding NaN or infinity anyway (refused by default: every output they
+    /// reach would be NaN or infinite).
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 impl Args {
@@ -62,7 +67,12 @@ impl Args {
         }
         let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
         let loaded_at = start.elapsed();
-        let engine = Engine::new(loaded, self.backend, &wanted_refs)?;
+        let policy = if self.allow_non_finite {
+            NonFinite::Propagate
+        } else {
+            NonFinite::Refuse
+        };
+        let engine = Engine::new(loaded, self.backend, &wanted_refs)?.with_non_finite(policy);
         let compile = match &engine {
             Engine::Jit(j) => format!(
                 " (JIT compile {:.0} ms)",
