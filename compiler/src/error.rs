@@ -36,21 +36,35 @@ pub enum Error {
     #[error("this is a bug in cnx: {0}")]
     Verify(#[from] VerifyError),
     #[error("this is a bug in cnx: {0}")]
-    Lower(#[from] LowerError),
+    Lower(LowerError),
     #[error("this is a bug in cnx: {0}")]
     Graph(#[from] GraphError),
-    #[error("this is a bug in cnx: {0}")]
+    /// The emitter failed: the input size does not fit the model (a user error), or a bug.
+    #[error("{0}")]
     Emit(#[from] crate::backend::rust::EmitError),
+}
+
+impl From<LowerError> for Error {
+    /// An output the graph does not have is the caller's mistake; any other lowering failure
+    /// is a bug.
+    fn from(e: LowerError) -> Self {
+        match e {
+            LowerError::UnknownOutput(name) => Error::Run(RunError::UnknownOutput(name)),
+            e => Error::Lower(e),
+        }
+    }
 }
 
 impl Error {
     /// Whether the error is the user's input (exit code 2) rather than a bug in cnx (1).
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::Config { .. } | Error::Build(_) | Error::Weights(_) => true,
+            Error::Io { .. } | Error::Config { .. } | Error::Build(_) => true,
+            Error::Weights(e) => e.is_user_error(),
             Error::Pass(e) => matches!(e, crate::passes::PassError::UnknownPass { .. }),
             Error::Run(e) => e.is_user_error(),
-            Error::Verify(_) | Error::Lower(_) | Error::Graph(_) | Error::Emit(_) => false,
+            Error::Emit(e) => e.is_user_error(),
+            Error::Verify(_) | Error::Lower(_) | Error::Graph(_) => false,
         }
     }
 }
@@ -69,6 +83,8 @@ pub enum RunError {
     WeightTable { program: usize, loaded: usize },
     #[error("this is a bug in cnx: output `{name}` does not fill its shape")]
     OutputSize { name: String },
+    #[error(transparent)]
+    Program(#[from] cnx_runtime::program::ProgramError),
     /// A step failed inside generated code's call into the runtime (a panic caught there).
     #[error("this is a bug in cnx: step `{step}` failed: {reason}")]
     Step { step: String, reason: String },
@@ -86,6 +102,10 @@ impl From<LowerError> for RunError {
 impl RunError {
     /// Bad input (exit code 2) rather than a bug (1).
     pub fn is_user_error(&self) -> bool {
-        matches!(self, RunError::Input(_) | RunError::UnknownOutput(_))
+        match self {
+            RunError::Input(e) => e.is_user_error(),
+            RunError::UnknownOutput(_) => true,
+            _ => false,
+        }
     }
 }

@@ -48,6 +48,19 @@ impl MemoryPlan {
         for w in wanted {
             last_use.insert(*w, usize::MAX);
         }
+        // The last position at which each producer's sums of squares are read.
+        let mut last_sums_use: HashMap<NodeId, usize> = HashMap::new();
+        for &id in &order {
+            if let Op::GrnScale {
+                source: GrnSource::ProducerSums,
+                ..
+            } = graph.node(id).op
+            {
+                for i in graph.inputs(id) {
+                    last_sums_use.insert(i, position[&id]);
+                }
+            }
+        }
         let mut plan = MemoryPlan {
             order: order.clone(),
             wanted: wanted.to_vec(),
@@ -75,15 +88,17 @@ impl MemoryPlan {
                     free[plan.slot[&i]] = true;
                 }
             }
-            // A producer's sums have one reader, its GRN scale: free once it has run.
+            // A producer's sums are read by GRN scales only: free after the last one has run.
             if let Op::GrnScale {
                 source: GrnSource::ProducerSums,
                 ..
             } = graph.node(id).op
             {
                 for i in graph.inputs(id) {
-                    if let Some(&s) = plan.sums_slot.get(&i) {
-                        sums_free[s] = true;
+                    if last_sums_use.get(&i) == Some(&pos) {
+                        if let Some(&s) = plan.sums_slot.get(&i) {
+                            sums_free[s] = true;
+                        }
                     }
                 }
             }
@@ -156,6 +171,29 @@ mod tests {
                 assert!(plan.slot_sizes[s] >= graph.node(id).ty.numel());
                 holder.insert(s, id);
             }
+            // Sums: a slot taken by a producer is not taken again before its readers ran.
+            let mut sums_holder: HashMap<usize, NodeId> = HashMap::new();
+            for &id in &plan.order {
+                if let Some(&s) = plan.sums_slot.get(&id) {
+                    if let Some(prev) = sums_holder.insert(s, id) {
+                        let readers_left = plan.order[pos[&id]..].iter().any(|&later| {
+                            matches!(
+                                graph.node(later).op,
+                                Op::GrnScale {
+                                    source: GrnSource::ProducerSums,
+                                    ..
+                                }
+                            ) && graph.inputs(later).contains(&prev)
+                        });
+                        assert!(!readers_left, "sums slot {s} overwritten while live");
+                    }
+                }
+            }
+            assert!(
+                !fused || plan.sums_slots <= 2,
+                "{} sums slots",
+                plan.sums_slots
+            );
             // A block needs a handful of slots, not one per value.
             assert!(plan.slots() <= 6, "{} slots", plan.slots());
             assert!(plan.order.len() > 20);

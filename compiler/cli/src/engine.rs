@@ -13,8 +13,8 @@ use crate::Error;
 pub enum Backend {
     /// The interpreter over the runtime's ops and kernels.
     Interp,
-    /// The program compiled by Cranelift at run time (schedule and memory-bound steps
-    /// generated, matrix products and convolutions through the runtime).
+    /// The program compiled by Cranelift at run time (its schedule; every step through the
+    /// runtime's kernels).
     Jit,
 }
 

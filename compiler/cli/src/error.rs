@@ -93,6 +93,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Compiler(e) => e.is_user_error(),
+            Error::Weights(e) => e.is_user_error(),
             Error::Run(e) => e.is_user_error(),
             Error::Jit(e) => e.is_user_error(),
             _ => true,

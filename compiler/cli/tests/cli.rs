@@ -413,6 +413,18 @@ fn compile_prints_each_backends_code() {
         pwconv1.contains("linear(") && pwconv1.contains("bias=w") && pwconv1.contains("sums->s"),
         "{pwconv1}"
     );
+    // An input the model cannot take is the user's error, whatever is emitted.
+    for emit in ["program", "rust", "clif"] {
+        let out = cnx(&[
+            "compile",
+            "atto-1k-224",
+            "--input-size",
+            "8",
+            "--emit",
+            emit,
+        ]);
+        assert_user_error(&out, "cannot build the graph for a 8x8 input", None);
+    }
     let out = cnx(&["compile", s(&case), "--emit", "wasm"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -119,10 +119,18 @@ pub fn compile(schedule: &Schedule) -> Fail<Compiled> {
             sums: p[2],
             batch: p[3],
             step_fn: module.declare_func_in_func(step_fn, b.func),
+            operands: b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                8 * 3,
+                3,
+            )),
+            exit: b.create_block(),
         };
         for step in &schedule.steps {
             e.step(&mut b, step);
         }
+        b.ins().jump(e.exit, &[]);
+        b.switch_to_block(e.exit);
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(frontend);
@@ -173,6 +181,10 @@ struct Entry {
     sums: Value,
     batch: Value,
     step_fn: cranelift_codegen::ir::FuncRef,
+    /// Room for a step's operand pointers (at most three), reused by every step.
+    operands: cranelift_codegen::ir::StackSlot,
+    /// The block that returns.
+    exit: cranelift_codegen::ir::Block,
 }
 
 impl Entry {
@@ -188,24 +200,25 @@ impl Entry {
         b.ins().iadd(base, bytes)
     }
 
-    /// One step: its operand pointers in a stack array, then the runtime call.
+    /// One step: its operand pointers in the stack array, then the runtime call; a failed
+    /// step (the shim returns non-zero) ends the schedule at once.
     fn step(&self, b: &mut FunctionBuilder<'_>, step: &Step) {
-        let slot = b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            8 * step.operands.len().max(1) as u32,
-            3,
-        ));
         for (k, &loc) in step.operands.iter().enumerate() {
             let addr = self.addr(b, loc);
-            b.ins().stack_store(types::I64, addr, slot, 8 * k as i32);
+            b.ins()
+                .stack_store(types::I64, addr, self.operands, 8 * k as i32);
         }
-        let array = b.ins().stack_addr(types::I64, slot, 0);
+        let array = b.ins().stack_addr(types::I64, self.operands, 0);
         let index = b.ins().iconst(types::I64, step.step as i64);
         let n = b.ins().iconst(types::I64, step.operands.len() as i64);
         let out = self.addr(b, step.out);
         let zero = b.ins().iconst(types::I64, 0);
         let sums = step.sums.map_or(zero, |l| self.addr(b, l));
         let args = [self.ctx, index, array, n, out, sums, self.batch];
-        b.ins().call(self.step_fn, &args);
+        let call = b.ins().call(self.step_fn, &args);
+        let failed = b.inst_results(call)[0];
+        let next = b.create_block();
+        b.ins().brif(failed, self.exit, &[], next, &[]);
+        b.switch_to_block(next);
     }
 }

@@ -36,6 +36,8 @@ pub enum JitError {
     Compiler(#[from] cnx_compiler::Error),
     #[error("this is a bug in cnx: {0}")]
     Codegen(#[from] CodegenError),
+    #[error(transparent)]
+    Program(#[from] cnx_runtime::program::ProgramError),
 }
 
 impl JitError {
@@ -101,6 +103,8 @@ impl JitModel {
     ) -> Result<JitModel, JitError> {
         let start = Instant::now();
         let program = model.program(wanted)?;
+        // The code trusts every offset and length it is compiled with: checked once, here.
+        program.validate()?;
         let context = Box::new(Context {
             model,
             program,

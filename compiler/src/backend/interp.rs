@@ -54,6 +54,7 @@ impl Interpreter {
     /// The program computing `model`'s outputs `wanted`.
     pub fn new(model: &LoadedModel, wanted: &[&str]) -> Result<Interpreter, RunError> {
         let program = crate::lower::lower_outputs(&model.graph, wanted)?;
+        program.validate()?;
         let workspace = Mutex::new(program.workspace());
         Ok(Interpreter {
             program,

@@ -39,16 +39,24 @@ pub enum EmitError {
     /// The input size does not fit the model (a user error).
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error(transparent)]
+    #[error("this is a bug in cnx: {0}")]
     Verify(#[from] VerifyError),
-    #[error(transparent)]
+    #[error("this is a bug in cnx: {0}")]
     Pass(#[from] PassError),
-    #[error(transparent)]
+    #[error("this is a bug in cnx: {0}")]
     Lower(#[from] LowerError),
-    #[error("the graph has no logits")]
+    #[error("this is a bug in cnx: the graph has no logits")]
     NoLogits,
-    #[error("emitted invalid Rust: {0}")]
+    #[error("this is a bug in cnx: emitted invalid Rust: {0}")]
     InvalidRust(String),
+}
+
+impl EmitError {
+    /// Whether the caller's input is at fault (an input size the model cannot take) rather
+    /// than cnx.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, EmitError::Build(_))
+    }
 }
 
 /// What to compile: a model config, an input size, fused or not, and what to call it.

@@ -77,10 +77,7 @@ impl Weights {
             // Every checkpoint slot must be in the validated checkpoint; a table that says
             // otherwise is refused here rather than trusted.
             if store.get(&s.param.name).is_none() {
-                return Err(Error::Derive(crate::weights::derive::DeriveError {
-                    derived: s.param.name.to_string(),
-                    missing: s.param.name.to_string(),
-                }));
+                return Err(Error::WeightTable(s.param.name.to_string()));
             }
         }
         // Tensors that only fed derivations are not needed to run.
@@ -265,6 +262,10 @@ impl Workspace {
 
     /// Sizes the arenas for `batch` images (no allocation at a batch size already seen).
     pub fn for_batch(&mut self, batch: usize) {
+        if batch != self.batch {
+            // Nothing written at another batch size is a value at this one.
+            self.lens.iter_mut().for_each(|l| *l = 0);
+        }
         self.batch = batch;
         self.values.resize(self.per_image * batch, 0.0);
         self.sums.resize(self.sums_per_image * batch, 0.0);

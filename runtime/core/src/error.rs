@@ -106,9 +106,13 @@ pub enum Error {
     /// `preprocessor_config.json` is malformed or asks for something unsupported.
     #[error("preprocessor config: {reason}")]
     InvalidPreprocessor { reason: String },
-    /// A derived parameter could not be computed.
-    #[error(transparent)]
+    /// A derived parameter could not be computed (after validation passed: a bug).
+    #[error("this is a bug in cnx: {0}")]
     Derive(#[from] crate::weights::derive::DeriveError),
+    /// A weight table names a checkpoint tensor the validated checkpoint does not hold (the
+    /// table and its checkpoint list disagree: a bug in whatever emitted them).
+    #[error("this is a bug in cnx: weight table slot `{0}` is not among the checkpoint tensors it was validated against")]
+    WeightTable(String),
     /// `pixel_values` holding NaN or infinity, refused (the default [`crate::program::NonFinite`]
     /// policy): every output they reach would be NaN or infinite, with no word.
     #[error("pixel_values: {count} value(s) are NaN or infinite, the first at [{}] (batch, channel, row, column); refused rather than propagated to the outputs", .first.map(|i| i.to_string()).join(", "))]
@@ -120,6 +124,14 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+}
+
+impl Error {
+    /// Whether the caller's input is at fault (exit code 2 in the `cnx` command) rather than
+    /// cnx (1).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Derive(_) | Error::WeightTable(_))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,7 +7,8 @@
 //! lowering), and the workspace slots of its operands, its output and its sums. The
 //! interpreter runs `for step in program: run_step`; the JIT compiles the same steps; the
 //! `convnextv2!` macro emits them as Rust. [`execute`] is the one place that turns a step into
-//! a call of [`crate::ops`].
+//! a call of [`crate::ops`] at run time; the macro's emitter writes the same calls out as Rust
+//! (the macro tests hold the two bit-equal).
 
 use std::fmt;
 
@@ -168,6 +169,29 @@ impl Step {
         }
     }
 
+    /// The weight-table indices it reads.
+    pub fn params(&self) -> Vec<usize> {
+        let affine = |a: &Option<AffineParams>| a.map(|a| [a.gamma, a.beta]);
+        match &self.op {
+            StepOp::Conv2d {
+                weight, bias, norm, ..
+            } => [*weight, *bias]
+                .into_iter()
+                .chain(affine(norm).into_iter().flatten())
+                .collect(),
+            StepOp::LayerNorm { affine: a, .. } => affine(a).into_iter().flatten().collect(),
+            StepOp::Linear { weight, bias, .. } | StepOp::PoolNormLinear { weight, bias, .. } => {
+                vec![*weight, *bias]
+            }
+            StepOp::Grn { gamma, beta, .. } => vec![*gamma, *beta],
+            StepOp::GrnScale { gamma, .. } => vec![*gamma],
+            StepOp::Activation { .. }
+            | StepOp::Add { .. }
+            | StepOp::GlobalAvgPool { .. }
+            | StepOp::Permute { .. } => Vec::new(),
+        }
+    }
+
     /// Short name of its op, for listings and profiles.
     pub fn kind(&self) -> &'static str {
         match &self.op {
@@ -253,7 +277,62 @@ pub struct Program {
     pub outputs: Vec<ProgramOutput>,
 }
 
+/// A program whose steps do not fit its own slots: a bug in whatever built it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this is a bug in cnx: step `{step}` of the program: {reason}")]
+pub struct ProgramError {
+    pub step: String,
+    pub reason: String,
+}
+
 impl Program {
+    /// Checks what generated code relies on without checking it again: every value a step
+    /// reads or writes fits its slot, no step writes the slot of one of its operands, every
+    /// sums access fits its sums slot, every parameter is in the weight table.
+    pub fn validate(&self) -> Result<(), ProgramError> {
+        let fail = |step: &str, reason: String| {
+            Err(ProgramError {
+                step: step.to_string(),
+                reason,
+            })
+        };
+        let fits = |v: Value| {
+            self.slot_sizes
+                .get(v.slot)
+                .is_some_and(|&size| v.len <= size)
+        };
+        for v in std::iter::once(self.input_value).chain(self.outputs.iter().map(|o| o.value)) {
+            if !fits(v) {
+                return fail("(input or output)", format!("{v} of {} values", v.len));
+            }
+        }
+        for step in &self.steps {
+            for v in step.operands().iter().chain([step.out]) {
+                if !fits(v) {
+                    return fail(&step.name, format!("{v} does not hold {} values", v.len));
+                }
+            }
+            if step.operands().iter().any(|v| v.slot == step.out.slot) {
+                return fail(
+                    &step.name,
+                    format!("writes {}, one of its operands", step.out),
+                );
+            }
+            if let SumsAccess::Read { slot, len } | SumsAccess::Write { slot, len } = step.sums() {
+                if self.sums_sizes.get(slot).is_none_or(|&size| len > size) {
+                    return fail(&step.name, format!("sums slot s{slot} does not hold {len}"));
+                }
+            }
+            if let Some(p) = step.params().into_iter().find(|&p| p >= self.weights.len()) {
+                return fail(
+                    &step.name,
+                    format!("parameter w{p} is not in the weight table"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A workspace for this program's slots.
     pub fn workspace(&self) -> Workspace {
         Workspace::new(&self.slot_sizes, &self.sums_sizes)
@@ -284,7 +363,12 @@ pub fn check_pixel_values(shape: &[usize], len: usize, chw: [usize; 3]) -> crate
     if !fits || len != shape.iter().product::<usize>() {
         return Err(crate::Error::InputShape {
             what: "pixel_values".into(),
-            expected: vec![batch.max(1), chw[0], chw[1], chw[2]],
+            expected: vec![
+                if shape.len() == 4 { batch.max(1) } else { 1 },
+                chw[0],
+                chw[1],
+                chw[2],
+            ],
             found: if fits { vec![len] } else { shape.to_vec() },
         });
     }

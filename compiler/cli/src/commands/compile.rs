@@ -15,7 +15,7 @@ pub enum Emit {
     Program,
     /// The Rust the `convnextv2!` macro expands to.
     Rust,
-    /// The Cranelift IR the JIT generates (random weights: their addresses are immediates).
+    /// The Cranelift IR the JIT generates (the schedule: one runtime call per step).
     Clif,
     /// The x86-64 (or host) machine code the JIT generates from that IR, as Cranelift lists it.
     Asm,

@@ -452,8 +452,8 @@ mod x86 {
     }
 
     /// LayerNorm of each pixel (`c` values) of `row`, in place: mean, then the biased
-    /// variance from the deviations (two passes, f32 lanes, as PyTorch's CPU LayerNorm and
-    /// the JIT's generated one), then `(x - mean) / sqrt(var + eps)`, affine if given.
+    /// variance from the deviations (two passes, f32 lanes, as PyTorch's CPU LayerNorm),
+    /// then `(x - mean) / sqrt(var + eps)`, affine if given.
     #[inline(always)]
     unsafe fn layer_norm_pixels<V: Lanes>(
         row: &mut [f32],
