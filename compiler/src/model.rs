@@ -22,8 +22,6 @@ pub struct LoadedModel {
     pub graph: Graph,
     /// The graph's weight table, loaded: every program lowered from `graph` indexes it.
     pub weights: Weights,
-    /// Parameters of the checkpoint as transformers counts them (`num_parameters()`).
-    pub checkpoint_parameters: usize,
     /// Rewrites made by each pass.
     pub pass_report: Vec<(&'static str, usize)>,
 }
@@ -71,10 +69,6 @@ impl LoadedModel {
             .into_iter()
             .map(|p| (p.name.clone(), p.shape.clone()))
             .collect();
-        let checkpoint_parameters = checkpoint
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
         let pass_report = pipeline.run(&mut graph)?;
         verify::verify(&graph)?;
         let (table, _) = weight_table(&graph)?;
@@ -89,7 +83,6 @@ impl LoadedModel {
             config,
             graph,
             weights,
-            checkpoint_parameters,
             pass_report,
         })
     }

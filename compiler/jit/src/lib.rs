@@ -57,9 +57,8 @@ pub struct JitModel {
     context: Box<Context>,
     /// The workspace the code runs on, laid out as the code was compiled for.
     workspace: Mutex<Workspace>,
-    /// Steps generated in Cranelift (none today: see the crate docs), and steps calling the
-    /// runtime.
-    pub generated_steps: usize,
+    /// Steps the compiled schedule hands to the runtime (every step today: see the crate
+    /// docs).
     pub runtime_steps: usize,
     /// Time to lower and compile.
     pub compile_time: Duration,
@@ -114,18 +113,17 @@ impl JitModel {
         let program = &context.program;
         let workspace = program.workspace();
         let steps = schedule(program, &workspace);
+        let runtime_steps = steps.len();
         let code = clif::compile(&clif::Schedule {
             steps,
             step_shim: cnx_jit_step as *const u8,
             verify: options.verify,
             disassemble: options.disassemble,
         })?;
-        let runtime_steps = program.steps.len();
         Ok(JitModel {
             context,
             code,
             workspace: Mutex::new(workspace),
-            generated_steps: 0,
             runtime_steps,
             compile_time: start.elapsed(),
             non_finite: NonFinite::Refuse,

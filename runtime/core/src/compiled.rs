@@ -271,11 +271,6 @@ impl Workspace {
         self.sums.resize(self.sums_per_image * batch, 0.0);
     }
 
-    /// The batch the arenas are sized for.
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-
     /// Slot `slot`'s region for the current batch.
     fn region(&self, slot: usize) -> std::ops::Range<usize> {
         let start = self.offsets[slot] * self.batch;

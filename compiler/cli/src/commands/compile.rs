@@ -91,8 +91,7 @@ impl Args {
             }
         );
         eprintln!(
-            "cnx: {} generated steps, {} runtime calls, compiled in {:.0} ms",
-            jit.generated_steps,
+            "cnx: {} steps, each a runtime call, compiled in {:.0} ms",
             jit.runtime_steps,
             jit.compile_time.as_secs_f64() * 1e3
         );
