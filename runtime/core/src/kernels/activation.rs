@@ -133,18 +133,30 @@ impl Activation {
 /// An activation applied in place by a kernel's epilogue, over a whole tile at a time (the
 /// runtime's vectorised function for it).
 #[derive(Clone, Copy)]
-pub struct ActivationKernel(fn(&mut [f32]));
+pub struct ActivationKernel {
+    slice: fn(&mut [f32]),
+    activation: Activation,
+}
 
 impl ActivationKernel {
     /// The runtime's kernel for `act`.
     pub fn of(act: Activation) -> ActivationKernel {
-        ActivationKernel(act.f32_slice_fn())
+        ActivationKernel {
+            slice: act.f32_slice_fn(),
+            activation: act,
+        }
+    }
+
+    /// Which activation it computes (a GEMM epilogue evaluates some in registers, with the
+    /// same arithmetic).
+    pub fn activation(&self) -> Activation {
+        self.activation
     }
 
     /// Applies the activation to `values` in place.
     #[inline]
     pub fn apply(&self, values: &mut [f32]) {
-        (self.0)(values)
+        (self.slice)(values)
     }
 }
 
@@ -210,18 +222,16 @@ fn gelu_lanes(v: &mut [f32]) {
 /// widest vector unit the CPU has (identical results: the scalar form's `mul_add` is the
 /// same single-rounding fma, in hardware or in libm).
 pub fn gelu_slice(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX-512F and FMA (just checked).
-            return unsafe { gelu_avx512(v) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (just checked).
-            return unsafe { gelu_avx2(v) };
-        }
+    match super::gemm::Isa::detect() {
+        // SAFETY: `Isa::detect` names only an ISA the CPU supports (AVX-512F with FMA, AVX2
+        // with FMA).
+        #[cfg(target_arch = "x86_64")]
+        super::gemm::Isa::Avx512 => unsafe { gelu_avx512(v) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        super::gemm::Isa::Avx2 => unsafe { gelu_avx2(v) },
+        super::gemm::Isa::Portable => gelu_lanes(v),
     }
-    gelu_lanes(v)
 }
 
 #[cfg(target_arch = "x86_64")]

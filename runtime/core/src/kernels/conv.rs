@@ -171,11 +171,9 @@ fn depthwise_nhwc_portable(
 }
 
 /// The vectorised depthwise rows: the JIT's schedule with 16-channel (AVX-512) or 8-channel
-/// (AVX2 + FMA) vectors, one generic kernel over a [`x86::Lanes`] implementation each.
+/// (AVX2 + FMA) vectors, one generic kernel over a [`Lanes`](super::simd::Lanes) implementation each.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
-
     /// What one output row needs: the sample's input image `[H, W, C]`, the tap-major weights
     /// and the bias, the geometry (padding `ph`, `pw`; a `kh x KW` kernel).
     pub struct Rows<'a> {
@@ -190,142 +188,7 @@ mod x86 {
         pub pw: usize,
     }
 
-    /// One vector of `LANES` f32 and its masked memory access. Every method is `unsafe`:
-    /// the CPU must have the ISA, and a masked access touches only the lanes below `lanes`.
-    pub trait Lanes: Copy {
-        const LANES: usize;
-        type Mask: Copy;
-        unsafe fn mask(lanes: usize) -> Self::Mask;
-        unsafe fn zero() -> Self;
-        unsafe fn splat(v: f32) -> Self;
-        unsafe fn load(m: Self::Mask, p: *const f32) -> Self;
-        unsafe fn store(m: Self::Mask, p: *mut f32, v: Self);
-        unsafe fn add(a: Self, b: Self) -> Self;
-        unsafe fn sub(a: Self, b: Self) -> Self;
-        unsafe fn mul(a: Self, b: Self) -> Self;
-        /// `a * b + c`, one rounding.
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-        unsafe fn sum(a: Self) -> f32;
-        /// `v` with the lanes outside `m` zeroed.
-        unsafe fn keep(m: Self::Mask, v: Self) -> Self;
-    }
-
-    /// The lane-wise methods every [`Lanes`] vector maps one to one onto an intrinsic.
-    macro_rules! arithmetic {
-        ($v:ident, $zero:ident, $splat:ident, $add:ident, $sub:ident, $mul:ident, $fma:ident) => {
-            #[inline(always)]
-            unsafe fn zero() -> Self {
-                $v($zero())
-            }
-            #[inline(always)]
-            unsafe fn splat(v: f32) -> Self {
-                $v($splat(v))
-            }
-            #[inline(always)]
-            unsafe fn add(a: Self, b: Self) -> Self {
-                $v($add(a.0, b.0))
-            }
-            #[inline(always)]
-            unsafe fn sub(a: Self, b: Self) -> Self {
-                $v($sub(a.0, b.0))
-            }
-            #[inline(always)]
-            unsafe fn mul(a: Self, b: Self) -> Self {
-                $v($mul(a.0, b.0))
-            }
-            #[inline(always)]
-            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-                $v($fma(a.0, b.0, c.0))
-            }
-        };
-    }
-
-    #[derive(Clone, Copy)]
-    pub struct V512(__m512);
-
-    impl Lanes for V512 {
-        const LANES: usize = 16;
-        type Mask = __mmask16;
-        #[inline(always)]
-        unsafe fn mask(lanes: usize) -> __mmask16 {
-            if lanes >= 16 {
-                0xffff
-            } else {
-                (1u16 << lanes) - 1
-            }
-        }
-        #[inline(always)]
-        unsafe fn load(m: __mmask16, p: *const f32) -> Self {
-            // SAFETY: the trait's contract (masked-off lanes are not read).
-            V512(unsafe { _mm512_maskz_loadu_ps(m, p) })
-        }
-        #[inline(always)]
-        unsafe fn store(m: __mmask16, p: *mut f32, v: Self) {
-            // SAFETY: as `load`.
-            unsafe { _mm512_mask_storeu_ps(p, m, v.0) }
-        }
-        arithmetic!(
-            V512,
-            _mm512_setzero_ps,
-            _mm512_set1_ps,
-            _mm512_add_ps,
-            _mm512_sub_ps,
-            _mm512_mul_ps,
-            _mm512_fmadd_ps
-        );
-        #[inline(always)]
-        unsafe fn sum(a: Self) -> f32 {
-            _mm512_reduce_add_ps(a.0)
-        }
-        #[inline(always)]
-        unsafe fn keep(m: __mmask16, v: Self) -> Self {
-            V512(_mm512_maskz_mov_ps(m, v.0))
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    pub struct V256(__m256);
-
-    impl Lanes for V256 {
-        const LANES: usize = 8;
-        type Mask = __m256i;
-        #[inline(always)]
-        unsafe fn mask(lanes: usize) -> __m256i {
-            // Lane i is on when i < lanes (the sign bit of each 32-bit lane).
-            let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), index)
-        }
-        #[inline(always)]
-        unsafe fn load(m: __m256i, p: *const f32) -> Self {
-            // SAFETY: the trait's contract (masked-off lanes are not read).
-            V256(unsafe { _mm256_maskload_ps(p, m) })
-        }
-        #[inline(always)]
-        unsafe fn store(m: __m256i, p: *mut f32, v: Self) {
-            // SAFETY: as `load`.
-            unsafe { _mm256_maskstore_ps(p, m, v.0) }
-        }
-        arithmetic!(
-            V256,
-            _mm256_setzero_ps,
-            _mm256_set1_ps,
-            _mm256_add_ps,
-            _mm256_sub_ps,
-            _mm256_mul_ps,
-            _mm256_fmadd_ps
-        );
-        #[inline(always)]
-        unsafe fn sum(a: Self) -> f32 {
-            let quad = _mm_add_ps(_mm256_castps256_ps128(a.0), _mm256_extractf128_ps(a.0, 1));
-            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-            _mm_cvtss_f32(one)
-        }
-        #[inline(always)]
-        unsafe fn keep(m: __m256i, v: Self) -> Self {
-            V256(_mm256_and_ps(v.0, _mm256_castsi256_ps(m)))
-        }
-    }
+    use crate::kernels::simd::{Lanes, V256, V512};
 
     /// Output row `y` of one sample into `dst` (`[W, C]`), then each pixel's LayerNorm if
     /// `norm` is given, while the row is in L1.

@@ -3,21 +3,40 @@
 //! at load, into `NR`-column panels laid out `[K][NR]` (the last panel zero-padded).
 //!
 //! The register-blocked microkernels compute an `MR x NR` tile: AVX-512F (6 x 32: twelve zmm
-//! accumulators), AVX2+FMA (6 x 16: twelve ymm), chosen at run time; a portable kernel (4 x 16,
-//! plain loops the compiler vectorises) everywhere else and as a tested fallback. Loops: rows
-//! in blocks of [`MC`] (the block of A stays in L2 across all panels), panels, tiles. Every
-//! output element is a sum over `k` in increasing order in f32 FMA, whatever the blocking or
-//! thread split, so results are identical for any thread count.
+//! accumulators), AVX2+FMA (6 x 16: twelve ymm), both one generic kernel over
+//! [`Lanes`](super::simd::Lanes); a portable kernel (4 x 16, plain loops) everywhere else and
+//! as a tested fallback. Loops (BLIS's order): rows in blocks of [`MC`] (the block of A stays
+//! in L2), `K` in blocks whose slice of a weight panel fits in L1 beside the A rows it meets
+//! ([`PANEL_BLOCK_BYTES`]), panels, row tiles. A tile's partial sums go to the output between
+//! `K` blocks and come back exactly, so every output element is still one sum over `k` in
+//! increasing order in f32 FMA, whatever the blocking or thread split: results are identical
+//! for any thread count. The epilogue (bias, exact GELU, residual) is applied to the
+//! accumulators in registers before the tile's one store to the output; tiles cut by the
+//! matrix's edge, and activations other than GELU, take the same arithmetic through a tile on
+//! the stack.
+
+use super::reference::{LinearEpilogue, LinearPrologue, SquareSums};
+use super::ActivationKernel;
+use crate::Activation;
 
 /// Rows of A per cache block (a multiple of every kernel's `MR`, and of 64 so that GRN's
-/// fixed-order sum-of-squares blocks never straddle two threads).
+/// fixed-order sum-of-squares blocks never straddle two blocks).
 pub const MC: usize = 192;
 
-// Thread chunks of whole MC blocks must also be whole sum-of-squares blocks.
+// Row blocks must also be whole sum-of-squares blocks.
 const _: () = assert!(MC.is_multiple_of(super::reference::SUM_SQUARES_BLOCK));
 
-/// Which microkernel runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bytes of one weight panel's `K` block: it stays in L1 (32 KiB on Zen 3 / Zen 4, 48 KiB on
+/// Ice Lake) while every row tile of the A block streams past it, with room for those rows'
+/// slices of A.
+pub const PANEL_BLOCK_BYTES: usize = 16 * 1024;
+
+/// The environment variable that caps the instruction set the kernels use
+/// (`portable`, `avx2`, `avx512`), so that one machine measures and tests every path.
+pub const ISA_ENV: &str = "CNX_ISA";
+
+/// Which microkernel runs (ordered: a later variant needs more of the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
@@ -26,31 +45,86 @@ pub enum Isa {
     Avx512,
 }
 
+/// `CNX_ISA` names no instruction set cnx knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownIsa(pub String);
+
+impl std::fmt::Display for UnknownIsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{ISA_ENV}={:?} names no instruction set (expected portable, avx2 or avx512)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownIsa {}
+
 impl Isa {
-    /// The best kernel this CPU runs.
+    /// The kernels that run: the best this CPU has, capped by `CNX_ISA` when it is set (a
+    /// request above what the CPU has gets the CPU's best; an unknown name is ignored here,
+    /// and refused by [`Isa::requested`], which the `cnx` binary checks first).
     pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let best = Isa::best();
+            match Isa::requested() {
+                Ok(Some(cap)) => cap.min(best),
+                _ => best,
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
+        })
     }
 
-    /// Every kernel this CPU can run (for tests and benchmarks).
+    /// The instruction set `CNX_ISA` asks for, if it is set.
+    pub fn requested() -> Result<Option<Isa>, UnknownIsa> {
+        match std::env::var(ISA_ENV) {
+            Err(_) => Ok(None),
+            Ok(name) if name.is_empty() => Ok(None),
+            Ok(name) => Isa::from_name(&name).map(Some).ok_or(UnknownIsa(name)),
+        }
+    }
+
+    /// `portable`, `avx2` or `avx512` (any case).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        match name.to_ascii_lowercase().as_str() {
+            "portable" => Some(Isa::Portable),
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Some(Isa::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name [`Isa::from_name`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The best kernel this CPU runs, whatever `CNX_ISA` says.
+    pub fn best() -> Isa {
+        *Isa::available()
+            .last()
+            .expect("the portable kernel always runs")
+    }
+
+    /// Every kernel this CPU can run (for tests and benchmarks), lowest first.
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 v.push(Isa::Avx2);
-            }
-            if is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
+                if is_x86_feature_detected!("avx512f") {
+                    v.push(Isa::Avx512);
+                }
             }
         }
         v
@@ -123,14 +197,25 @@ impl PackedWeights {
     fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * self.nr..(p + 1) * self.k * self.nr]
     }
+
+    /// The `K` blocks the product runs in: equal lengths of at most
+    /// [`PANEL_BLOCK_BYTES`] of a panel each (one empty block when `K` is 0).
+    fn k_blocks(&self) -> Vec<std::ops::Range<usize>> {
+        let most = (PANEL_BLOCK_BYTES / (4 * self.nr)).max(1);
+        let count = self.k.div_ceil(most).max(1);
+        let len = self.k.div_ceil(count);
+        (0..count)
+            .map(|b| (b * len).min(self.k)..((b + 1) * len).min(self.k))
+            .collect()
+    }
 }
 
 /// What is applied to each output element after the product.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     pub bias: &'a [f32],
-    /// Applied after the bias, in place over each output row segment.
-    pub activation: Option<super::ActivationKernel>,
+    /// Applied after the bias.
+    pub activation: Option<ActivationKernel>,
     /// Added last: `[rows, N]`, the same rows as the output.
     pub residual: Option<&'a [f32]>,
 }
@@ -142,7 +227,7 @@ pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, o
 
 /// Where a GEMM's epilogue accumulates the squares of its outputs: the region's partials,
 /// and the region row of the GEMM's first row.
-pub type SumsSink<'s, 'a> = (&'s mut super::reference::SquareSums<'a>, usize);
+pub type SumsSink<'s, 'a> = (&'s mut SquareSums<'a>, usize);
 
 /// [`gemm`] for the output columns of `panels` only (`NR` columns each, the last possibly
 /// fewer): `out` is `[rows, cols]` for those columns; `epilogue.bias` and
@@ -167,79 +252,61 @@ pub fn gemm_panels(
     if let Some(r) = epilogue.residual {
         assert_eq!(r.len(), rows * n);
     }
-    // Scratch: the microkernel's output tile, and a zero-padded copy of the last, partial
-    // row tile's rows.
-    crate::scratch::with_f32(mr * nr + mr * k, |scratch| {
-        let (tile, edge_rows) = scratch.split_at_mut(mr * nr);
-        for m0 in (0..rows).step_by(MC) {
-            let m_block = MC.min(rows - m0);
+    let k_blocks = w.k_blocks();
+    for m0 in (0..rows).step_by(MC) {
+        let m_block = MC.min(rows - m0);
+        for kr in &k_blocks {
+            let last = kr.end == k;
             for p in panels.clone() {
-                let panel = w.panel(p);
                 let cols = nr.min(n - p * nr);
-                for t in (0..m_block).step_by(mr) {
-                    let r0 = m0 + t;
-                    let rs = mr.min(rows - r0);
-                    let a_tile = if rs == mr {
-                        &a[r0 * k..(r0 + mr) * k]
-                    } else {
-                        edge_rows.iter_mut().for_each(|v| *v = 0.0);
-                        edge_rows[..rs * k].copy_from_slice(&a[r0 * k..(r0 + rs) * k]);
-                        &edge_rows[..]
+                let panel = &w.panel(p)[kr.start * nr..kr.end * nr];
+                for r0 in (m0..m0 + m_block).step_by(mr) {
+                    let tile_rows = mr.min(rows - r0);
+                    let at = r0 * width + p * nr - col0;
+                    let tile = Tile {
+                        a: &a[r0 * k + kr.start..],
+                        lda: k,
+                        rows: tile_rows,
+                        kc: kr.len(),
+                        panel,
+                        c: &mut out[at..],
+                        ldc: width,
+                        cols,
+                        first: kr.start == 0,
+                        epilogue: last.then(|| TileEpilogue {
+                            bias: &epilogue.bias[p * nr..p * nr + cols],
+                            activation: epilogue.activation,
+                            residual: epilogue.residual.map(|r| (&r[r0 * n + p * nr..], n)),
+                        }),
                     };
-                    microkernel(w.isa, a_tile, k, panel, tile);
-                    let bias = &epilogue.bias[p * nr..p * nr + cols];
-                    if let Some(act) = &epilogue.activation {
-                        // Bias, then the activation over the whole tile in one call: its
-                        // rows' vectors are independent, so a long polynomial's latency
-                        // overlaps (one call per 32-float row left it latency-bound). The
-                        // padding columns hold 0 (zero-padded panel) and are not stored.
-                        for row in tile[..rs * nr].chunks_exact_mut(nr) {
-                            row.iter_mut().zip(bias).for_each(|(t, &b)| *t += b);
-                        }
-                        act.apply(&mut tile[..rs * nr]);
-                    }
-                    for i in 0..rs {
-                        let at = (r0 + i) * width + p * nr - col0;
-                        let dst = &mut out[at..at + cols];
-                        let row = &tile[i * nr..i * nr + cols];
-                        if epilogue.activation.is_some() {
-                            dst.copy_from_slice(row);
-                        } else {
-                            for ((d, &t), &b) in dst.iter_mut().zip(row).zip(bias) {
-                                *d = t + b;
-                            }
-                        }
-                        if let Some(res) = epilogue.residual {
-                            let from = (r0 + i) * n + p * nr;
-                            dst.iter_mut()
-                                .zip(&res[from..from + cols])
-                                .for_each(|(d, &r)| *d += r);
-                        }
-                        if let Some((sums, row0)) = sums.as_mut() {
-                            sums.add(*row0 + r0 + i, p * nr - col0, dst);
+                    microkernel(w.isa, tile);
+                    if let (true, Some((sums, row0))) = (last, sums.as_mut()) {
+                        for i in 0..tile_rows {
+                            let row = &out[at + i * width..][..cols];
+                            sums.add(*row0 + r0 + i, p * nr - col0, row);
                         }
                     }
                 }
             }
         }
-    })
+    }
 }
 
 /// The optimised twin of [`reference::linear_fused`](super::reference::linear_fused): the
 /// prologue (LayerNorm normalisation, GRN's per-sample scale) is applied while copying each
-/// [`MC`]-row block of A into a scratch buffer (the "packing" of A), the product runs on the
-/// packed weights, and bias, activation and residual are the GEMM's epilogue (with `sums`,
-/// GRN's sums of squares of the outputs too).
+/// [`MC`]-row block of A into a scratch buffer, the product runs on the packed weights, and
+/// bias, activation and residual are the GEMM's epilogue (with `sums`, GRN's sums of squares
+/// of the outputs too).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_fused_packed(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
     bias: &[f32],
-    prologue: super::reference::LinearPrologue<'_>,
-    epilogue: super::reference::LinearEpilogue<'_>,
+    prologue: LinearPrologue<'_>,
+    epilogue: LinearEpilogue<'_>,
     out: &mut [f32],
-    sums: Option<&mut super::reference::SquareSums<'_>>,
+    sums: Option<&mut SquareSums<'_>>,
 ) {
     linear_fused_packed_panels(
         x,
@@ -263,10 +330,10 @@ pub fn linear_fused_packed_panels(
     w: &PackedWeights,
     panels: std::ops::Range<usize>,
     bias: &[f32],
-    prologue: super::reference::LinearPrologue<'_>,
-    epilogue: super::reference::LinearEpilogue<'_>,
+    prologue: LinearPrologue<'_>,
+    epilogue: LinearEpilogue<'_>,
     out: &mut [f32],
-    mut sums: Option<&mut super::reference::SquareSums<'_>>,
+    mut sums: Option<&mut SquareSums<'_>>,
 ) {
     let (k, n) = (w.k, w.n);
     let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
@@ -274,7 +341,7 @@ pub fn linear_fused_packed_panels(
     assert_eq!(out.len(), rows * width);
     let activation = epilogue
         .activation
-        .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
+        .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act)));
     let scratch_len = if prologue.is_identity() {
         0
     } else {
@@ -334,7 +401,21 @@ pub fn peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
                     let mut calls = 0u64;
                     while start.elapsed().as_secs_f64() < seconds {
                         for _ in 0..64 {
-                            microkernel(isa, &a, k, &panel, &mut tile);
+                            microkernel(
+                                isa,
+                                Tile {
+                                    a: &a,
+                                    lda: k,
+                                    rows: mr,
+                                    kc: k,
+                                    panel: &panel,
+                                    c: &mut tile,
+                                    ldc: nr,
+                                    cols: nr,
+                                    first: true,
+                                    epilogue: None,
+                                },
+                            );
                             std::hint::black_box(&mut tile);
                         }
                         calls += 64;
@@ -352,95 +433,311 @@ pub fn peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
     calls.iter().sum::<u64>() as f64 * per_call / elapsed / 1e9
 }
 
-/// One `MR x NR` tile: `tile[i][j] = sum_k a[i, k] panel[k][j]` (`a` holds `MR` rows).
-fn microkernel(isa: Isa, a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
-    match isa {
-        Isa::Portable => portable::<4, 16>(a, k, panel, tile),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers pass the `Isa` of a `PackedWeights` (whose `pack` asserts the CPU runs
-        // it) or one `peak_gflops` checked; `a` has 6 rows of `k`, `panel` `k x 16`, `tile`
-        // 6 x 16 (gemm's sizes; the kernel asserts them).
-        Isa::Avx2 => unsafe { x86::avx2_6x16(a, k, panel, tile) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX-512F; `panel` is `k x 32`, `tile` 6 x 32.
-        Isa::Avx512 => unsafe { x86::avx512_6x32(a, k, panel, tile) },
+/// One microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets
+/// `sum_{kk < kc} a[i * lda + kk] panel[kk * NR + j]`, added to what `c` holds unless `first`;
+/// with `epilogue` (the last `K` block), then bias, activation and residual.
+struct Tile<'t> {
+    /// Row `i < rows` of A's `K` block starts at `i * lda`.
+    a: &'t [f32],
+    lda: usize,
+    rows: usize,
+    kc: usize,
+    /// `kc x NR`: the `K` block of one packed panel.
+    panel: &'t [f32],
+    c: &'t mut [f32],
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    epilogue: Option<TileEpilogue<'t>>,
+}
+
+/// The tile's epilogue: `bias` (`cols` values), the activation, and the residual's rows (at
+/// `i * row_stride`).
+#[derive(Clone, Copy)]
+struct TileEpilogue<'t> {
+    bias: &'t [f32],
+    activation: Option<ActivationKernel>,
+    residual: Option<(&'t [f32], usize)>,
+}
+
+impl Tile<'_> {
+    /// The sizes every kernel relies on (its memory safety too): checked once per call.
+    fn check(&self, mr: usize, nr: usize) {
+        assert!((1..=mr).contains(&self.rows) && (1..=nr).contains(&self.cols));
+        assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kc && self.kc <= self.lda);
+        assert!(self.panel.len() >= self.kc * nr);
+        assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols && self.cols <= self.ldc);
+        if let Some(e) = &self.epilogue {
+            assert!(e.bias.len() >= self.cols);
+            if let Some((r, stride)) = e.residual {
+                assert!(r.len() >= (self.rows - 1) * stride + self.cols && self.cols <= stride);
+            }
+        }
     }
 }
 
-/// The portable microkernel: the same summation order as the SIMD ones (FMA per k).
-fn portable<const MR: usize, const NR: usize>(
-    a: &[f32],
-    k: usize,
-    panel: &[f32],
-    tile: &mut [f32],
-) {
-    let mut acc = [[0f32; NR]; MR];
-    for kk in 0..k {
-        let b = &panel[kk * NR..(kk + 1) * NR];
-        for (i, acc_row) in acc.iter_mut().enumerate() {
-            let av = a[i * k + kk];
+impl TileEpilogue<'_> {
+    /// The epilogue on a tile held in `tile` (`rows x cols` of a row stride `nr`): the same
+    /// operations, in the same order, as the in-register one.
+    fn apply(&self, tile: &mut [f32], nr: usize, rows: usize, cols: usize) {
+        for (i, row) in tile.chunks_exact_mut(nr).take(rows).enumerate() {
+            let row = &mut row[..cols];
+            row.iter_mut().zip(self.bias).for_each(|(t, &b)| *t += b);
+            if let Some(act) = &self.activation {
+                act.apply(row);
+            }
+            if let Some((r, stride)) = self.residual {
+                let r = &r[i * stride..i * stride + cols];
+                row.iter_mut().zip(r).for_each(|(t, &v)| *t += v);
+            }
+        }
+    }
+}
+
+/// Copies `rows x cols` between a tile of row stride `nr` and C's rows (stride `ldc`).
+fn tile_from_c(tile: &mut [f32], nr: usize, c: &[f32], ldc: usize, rows: usize, cols: usize) {
+    for i in 0..rows {
+        tile[i * nr..i * nr + cols].copy_from_slice(&c[i * ldc..i * ldc + cols]);
+    }
+}
+
+fn tile_to_c(tile: &[f32], nr: usize, c: &mut [f32], ldc: usize, rows: usize, cols: usize) {
+    for i in 0..rows {
+        c[i * ldc..i * ldc + cols].copy_from_slice(&tile[i * nr..i * nr + cols]);
+    }
+}
+
+fn microkernel(isa: Isa, t: Tile<'_>) {
+    let (mr, nr) = isa.tile();
+    t.check(mr, nr);
+    match isa {
+        Isa::Portable => portable::<4, 16>(t),
+        // SAFETY: callers pass the `Isa` of a `PackedWeights` (whose `pack` asserts the CPU runs
+        // it) or one `peak_gflops` checked; `check` asserted every size the kernel reads and
+        // writes for its (MR, NR).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::avx2_6x16(t) },
+        // SAFETY: as above, for AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::avx512_6x32(t) },
+    }
+}
+
+/// The portable microkernel: the same summation order as the SIMD ones (FMA per k), the
+/// epilogue on the tile.
+fn portable<const MR: usize, const NR: usize>(t: Tile<'_>) {
+    let mut tile = [[0f32; NR]; MR];
+    let flat = tile.as_flattened_mut();
+    if !t.first {
+        tile_from_c(flat, NR, t.c, t.ldc, t.rows, t.cols);
+    }
+    for kk in 0..t.kc {
+        let b = &t.panel[kk * NR..(kk + 1) * NR];
+        for (i, acc_row) in tile.iter_mut().enumerate().take(t.rows) {
+            let av = t.a[i * t.lda + kk];
             for (c, &bv) in acc_row.iter_mut().zip(b) {
                 *c = av.mul_add(bv, *c);
             }
         }
     }
-    for (i, acc_row) in acc.iter().enumerate() {
-        tile[i * NR..(i + 1) * NR].copy_from_slice(acc_row);
+    let flat = tile.as_flattened_mut();
+    if let Some(e) = &t.epilogue {
+        e.apply(flat, NR, t.rows, t.cols);
     }
+    tile_to_c(flat, NR, t.c, t.ldc, t.rows, t.cols);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
+    use super::super::activation::{GELU_ERF_CLAMP, GELU_ERF_DENOMINATOR, GELU_ERF_NUMERATOR};
+    use super::super::simd::{Lanes, V256, V512};
+    use super::{tile_from_c, tile_to_c, Activation, Tile};
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA. `a` holds 6 rows of `k` floats, `panel` `k x 16`,
-    /// `tile` at least 6 x 16.
+    /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2_6x16(a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
-        assert!(a.len() >= 6 * k && panel.len() >= 16 * k && tile.len() >= 96);
-        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-        let (ap, bp) = (a.as_ptr(), panel.as_ptr());
-        for kk in 0..k {
-            // SAFETY: kk < k, so the 16 floats at kk * 16 lie inside `panel`, and a[i * k + kk]
-            // inside `a` for i < 6 (the caller's sizes).
-            let b0 = _mm256_loadu_ps(bp.add(kk * 16));
-            let b1 = _mm256_loadu_ps(bp.add(kk * 16 + 8));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*ap.add(i * k + kk));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            // SAFETY: tile holds 6 x 16 floats.
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * 16), row[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * 16 + 8), row[1]);
-        }
+    pub unsafe fn avx2_6x16(t: Tile<'_>) {
+        // SAFETY: the caller's contract.
+        unsafe { tile::<V256, 6, 2>(t) }
     }
 
     /// # Safety
-    /// The CPU must support AVX-512F. `a` holds 6 rows of `k` floats, `panel` `k x 32`,
-    /// `tile` at least 6 x 32.
+    /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512_6x32(a: &[f32], k: usize, panel: &[f32], tile: &mut [f32]) {
-        assert!(a.len() >= 6 * k && panel.len() >= 32 * k && tile.len() >= 192);
-        let mut acc = [[_mm512_setzero_ps(); 2]; 6];
-        let (ap, bp) = (a.as_ptr(), panel.as_ptr());
-        for kk in 0..k {
-            // SAFETY: as in `avx2_6x16`, with 32-float panel rows.
-            let b0 = _mm512_loadu_ps(bp.add(kk * 32));
-            let b1 = _mm512_loadu_ps(bp.add(kk * 32 + 16));
+    pub unsafe fn avx512_6x32(t: Tile<'_>) {
+        // SAFETY: the caller's contract.
+        unsafe { tile::<V512, 6, 2>(t) }
+    }
+
+    /// An `MR x (NV * LANES)` tile: `MR x NV` accumulators; per `k`, `NV` panel loads and `MR`
+    /// broadcasts of A feed `MR * NV` FMAs. A whole tile reads and writes C directly; a tile
+    /// cut by the matrix's edge goes through a tile on the stack.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s ISA; `t` passed `Tile::check(MR, NV * V::LANES)`.
+    #[inline(always)]
+    unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(t: Tile<'_>) {
+        let nr = NV * V::LANES;
+        if t.rows < MR || t.cols < nr {
+            // SAFETY: the caller's contract.
+            return unsafe { edge_tile::<V, MR, NV>(t) };
+        }
+        let c = t.c.as_mut_ptr();
+        // SAFETY (every access to C and the residual here): `check` proved C holds `cols == nr`
+        // floats from each of its `rows == MR` row starts `i * ldc`, the residual likewise.
+        let mut acc = [[unsafe { V::zero() }; NV]; MR];
+        if !t.first {
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i * k + kk));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = unsafe { V::loadu(c.add(i * t.ldc + j * V::LANES)) };
+                }
             }
         }
+        // SAFETY: the caller's contract.
+        unsafe { accumulate(&mut acc, &t) };
+        let in_registers = |e: &super::TileEpilogue<'_>| {
+            e.activation
+                .is_none_or(|a| a.activation() == Activation::Gelu)
+        };
+        match &t.epilogue {
+            Some(e) if !in_registers(e) => {
+                // SAFETY: the caller's contract.
+                return unsafe { through_stack(&acc, t) };
+            }
+            Some(e) => {
+                let gelu = e.activation.is_some();
+                let mut bias = [unsafe { V::zero() }; NV];
+                for (j, b) in bias.iter_mut().enumerate() {
+                    *b = unsafe { V::loadu(e.bias.as_ptr().add(j * V::LANES)) };
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        unsafe {
+                            let mut v = V::add(v, bias[j]);
+                            if gelu {
+                                v = gelu_erf(v);
+                            }
+                            if let Some((r, stride)) = e.residual {
+                                let r = r.as_ptr().add(i * stride + j * V::LANES);
+                                v = V::add(v, V::loadu(r));
+                            }
+                            V::storeu(c.add(i * t.ldc + j * V::LANES), v);
+                        }
+                    }
+                }
+            }
+            None => {
+                for (i, row) in acc.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        unsafe { V::storeu(c.add(i * t.ldc + j * V::LANES), v) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sums over this `K` block, added to `acc`. Rows past `t.rows` repeat the last row
+    /// (computed, never stored).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    unsafe fn accumulate<V: Lanes, const MR: usize, const NV: usize>(
+        acc: &mut [[V; NV]; MR],
+        t: &Tile<'_>,
+    ) {
+        let nr = NV * V::LANES;
+        // SAFETY: `check` proved row `i < rows` of A holds `kc` floats from `i * lda` and the
+        // panel `kc * nr` floats.
+        let mut a_rows = [t.a.as_ptr(); MR];
+        for (i, row) in a_rows.iter_mut().enumerate() {
+            *row = unsafe { t.a.as_ptr().add(i.min(t.rows - 1) * t.lda) };
+        }
+        let b = t.panel.as_ptr();
+        for kk in 0..t.kc {
+            // (Plain loops, no closures: a closure does not inherit the caller's target
+            // features, and its intrinsics would become calls.)
+            let mut bv = [unsafe { V::zero() }; NV];
+            for (j, v) in bv.iter_mut().enumerate() {
+                *v = unsafe { V::loadu(b.add(kk * nr + j * V::LANES)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = unsafe { V::splat(*a_rows[i].add(kk)) };
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = unsafe { V::fma(av, bv[j], *v) };
+                }
+            }
+        }
+    }
+
+    /// A tile cut by the matrix's edge: C's part of it in and out through a tile on the stack.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    unsafe fn edge_tile<V: Lanes, const MR: usize, const NV: usize>(t: Tile<'_>) {
+        let mut acc = [[unsafe { V::zero() }; NV]; MR];
+        if !t.first {
+            let mut stack = [[0f32; 32]; MR];
+            tile_from_c(stack.as_flattened_mut(), 32, t.c, t.ldc, t.rows, t.cols);
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    // SAFETY: NV * LANES <= 32 floats per stack row.
+                    *v = unsafe { V::loadu(stack[i].as_ptr().add(j * V::LANES)) };
+                }
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe {
+            accumulate(&mut acc, &t);
+            through_stack(&acc, t)
+        }
+    }
+
+    /// Stores the accumulators to a tile on the stack, applies the epilogue there (the same
+    /// operations as in registers) and copies the tile's `rows x cols` to C.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s ISA; `NV * V::LANES <= 32`.
+    #[inline(always)]
+    unsafe fn through_stack<V: Lanes, const MR: usize, const NV: usize>(
+        acc: &[[V; NV]; MR],
+        t: Tile<'_>,
+    ) {
+        let mut stack = [[0f32; 32]; MR];
         for (i, row) in acc.iter().enumerate() {
-            // SAFETY: tile holds 6 x 32 floats.
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * 32), row[0]);
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * 32 + 16), row[1]);
+            for (j, &v) in row.iter().enumerate() {
+                // SAFETY: NV * LANES <= 32 floats per stack row.
+                unsafe { V::storeu(stack[i].as_mut_ptr().add(j * V::LANES), v) };
+            }
+        }
+        let flat = stack.as_flattened_mut();
+        if let Some(e) = &t.epilogue {
+            e.apply(flat, 32, t.rows, t.cols);
+        }
+        tile_to_c(flat, 32, t.c, t.ldc, t.rows, t.cols);
+    }
+
+    /// [`gelu_f32`](super::super::activation::gelu_f32) on a vector: the same clamp, Horner
+    /// chains of FMAs, division and products, in the same order (identical bits).
+    #[inline(always)]
+    unsafe fn gelu_erf<V: Lanes>(x: V) -> V {
+        unsafe {
+            let c = V::min(
+                V::max(x, V::splat(-GELU_ERF_CLAMP)),
+                V::splat(GELU_ERF_CLAMP),
+            );
+            let c2 = V::mul(c, c);
+            let (mut p, mut q) = (
+                V::splat(GELU_ERF_NUMERATOR[5]),
+                V::splat(GELU_ERF_DENOMINATOR[5]),
+            );
+            for k in (0..5).rev() {
+                p = V::fma(p, c2, V::splat(GELU_ERF_NUMERATOR[k]));
+                q = V::fma(q, c2, V::splat(GELU_ERF_DENOMINATOR[k]));
+            }
+            let erf = V::div(V::mul(c, p), q);
+            V::mul(V::mul(V::splat(0.5), x), V::add(erf, V::splat(1.0)))
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod activation;
 pub mod conv;
 pub mod gemm;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd;
 
 pub use activation::{Activation, ActivationKernel};
 
