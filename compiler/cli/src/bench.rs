@@ -73,37 +73,90 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Wall time per op kind over one forward pass at `batch` (the interpreter, step by step),
-/// most expensive first: `(kind, milliseconds, share)`.
+/// One step of the program in a profile: its median wall time over the profiled passes and
+/// what it computes and moves.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRow {
+    /// The Hugging Face module (`convnextv2.encoder.stages.0.layers.1.pwconv1`).
+    pub name: String,
+    /// The op and its fusions (`Linear pwconv1 (+act, GRN sums)`).
+    pub kind: String,
+    pub ms: f64,
+    /// FLOPs of the whole batch (two per multiply-add; 0 for ops without products).
+    pub flops: f64,
+    /// Bytes of activations read and written by the whole batch.
+    pub bytes: f64,
+}
+
+impl ProfileRow {
+    pub fn gflops(&self) -> f64 {
+        self.flops / (self.ms / 1e3) / 1e9
+    }
+
+    pub fn gbytes_per_s(&self) -> f64 {
+        self.bytes / (self.ms / 1e3) / 1e9
+    }
+
+    /// The encoder stage the step belongs to (`stage 2`), or the part of the model outside
+    /// the stages (`embeddings`, `head`).
+    pub fn stage(&self) -> String {
+        match self.name.split_once(".stages.") {
+            Some((_, rest)) => format!("stage {}", rest.split('.').next().unwrap_or("?")),
+            None if self.name.contains("embeddings") => "embeddings".into(),
+            None => "head".into(),
+        }
+    }
+}
+
+/// The kind of a step as a profile groups it (the fused linear layers by their role).
+fn profile_kind(step: &cnx_runtime::program::Step) -> &'static str {
+    match &step.op {
+        StepOp::Conv2d { conv, .. } if conv.is_depthwise() => "DepthwiseConv2d (+norm)",
+        StepOp::Conv2d { .. } => "Conv2d (stem, downsample)",
+        StepOp::Linear { linear, .. } if linear.activation.is_some() => {
+            "Linear pwconv1 (+act, GRN sums)"
+        }
+        StepOp::Linear { linear, .. } if linear.residual => "Linear pwconv2 (+scale, residual)",
+        _ => step.kind(),
+    }
+}
+
+/// Per-step wall time of the interpreter's forward pass at `batch`: `passes` timed passes
+/// after one warm-up, each step's median, in program order.
 pub fn profile(
     model: &LoadedModel,
     batch: usize,
     threads: usize,
-) -> Result<Vec<(String, f64, f64)>, Error> {
+    passes: usize,
+) -> Result<Vec<ProfileRow>, Error> {
     let x = random::random_pixel_values(&model.graph, batch, 1);
     let program = model.program(&[outputs::LOGITS])?;
-    let mut times = Vec::new();
-    interp::run_program(&program, &model.weights, &x, threads, Some(&mut times))?;
-    let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
-    for (step, d) in program.steps.iter().zip(&times) {
-        let kind = match &step.op {
-            StepOp::Conv2d { conv, .. } if conv.is_depthwise() => "DepthwiseConv2d (+norm)",
-            StepOp::Conv2d { .. } => "Conv2d (stem, downsample)",
-            StepOp::Linear { linear, .. } if linear.activation.is_some() => {
-                "Linear pwconv1 (+act, GRN sums)"
-            }
-            StepOp::Linear { linear, .. } if linear.residual => "Linear pwconv2 (+scale, residual)",
-            _ => step.kind(),
-        };
-        *by_kind.entry(kind.to_string()).or_default() += d.as_secs_f64() * 1e3;
+    let mut per_step = vec![Vec::new(); program.steps.len()];
+    for pass in 0..=passes.max(1) {
+        let mut times = Vec::new();
+        interp::run_program(&program, &model.weights, &x, threads, Some(&mut times))?;
+        if pass > 0 {
+            per_step
+                .iter_mut()
+                .zip(&times)
+                .for_each(|(v, d)| v.push(ms(*d)));
+        }
     }
-    let total: f64 = by_kind.values().sum();
-    let mut rows: Vec<(String, f64, f64)> = by_kind
-        .into_iter()
-        .map(|(k, ms)| (k, ms, ms / total))
-        .collect();
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(rows)
+    Ok(program
+        .steps
+        .iter()
+        .zip(per_step)
+        .map(|(step, mut times)| {
+            times.sort_by(f64::total_cmp);
+            ProfileRow {
+                name: step.name.clone(),
+                kind: profile_kind(step).into(),
+                ms: times[times.len() / 2],
+                flops: 2.0 * step.macs_per_image() as f64 * batch as f64,
+                bytes: step.activation_bytes_per_image() as f64 * batch as f64,
+            }
+        })
+        .collect())
 }
 
 /// The model a benchmark runs: its checkpoint, or random weights generated in memory; on the

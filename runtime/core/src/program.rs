@@ -145,6 +145,30 @@ impl Step {
         o
     }
 
+    /// Multiply-adds for one image: the products of convolutions, linear layers and the
+    /// classifier (what GFLOP/s figures count, two FLOPs each); 0 for every other op.
+    pub fn macs_per_image(&self) -> u64 {
+        let out = &self.out_ty;
+        match &self.op {
+            StepOp::Conv2d { conv: c, .. } => {
+                (out.numel() * (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]) as u64
+            }
+            StepOp::Linear { linear: l, .. } => {
+                (out.pixels() * l.in_features * l.out_features) as u64
+            }
+            StepOp::PoolNormLinear {
+                channels, classes, ..
+            } => (channels * classes) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of activations it reads and writes for one image (operands and output, f32;
+    /// weights apart): what a memory-bound op's GB/s counts.
+    pub fn activation_bytes_per_image(&self) -> usize {
+        4 * (self.operands().iter().map(|v| v.len).sum::<usize>() + self.out.len)
+    }
+
     /// The sums slot it reads (a GRN scale from its producer's sums) or writes (a linear layer
     /// accumulating them), with the sums' length per image.
     pub fn sums(&self) -> SumsAccess {

@@ -35,7 +35,9 @@ pub struct Args {
     /// Execution backend.
     #[arg(long, value_enum, default_value_t = Backend::Interp)]
     backend: Backend,
-    /// Also print where one forward pass spends its time, per op kind.
+    /// Also print where the forward pass (interpreter, first batch size) spends its time: one
+    /// row per step (median over --runs passes) with GFLOP/s and % of the microkernel's peak
+    /// for products, GB/s of activations for the rest; then totals per op kind and per stage.
     #[arg(long)]
     profile: bool,
     /// Also measure the GEMM microkernel's own peak (GFLOP/s) and report % of it.
@@ -66,21 +68,34 @@ impl Args {
             reference_kernels: self.reference_kernels,
             backend: self.backend,
         };
-        let peak = self.peak.then(|| {
-            let isa = cnx_runtime::kernels::gemm::Isa::detect();
+        let isa = cnx_runtime::kernels::gemm::Isa::detect();
+        let peak = (self.peak || self.profile).then(|| {
             let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
-            println!(
-                "peak: {isa:?} microkernel, {} threads: {gflops:.1} GFLOP/s",
-                cfg.threads
-            );
+            if !self.json {
+                println!(
+                    "peak: {} microkernel, {} threads: {gflops:.1} GFLOP/s",
+                    isa.name(),
+                    cfg.threads
+                );
+            }
             gflops
         });
         if self.profile {
             let batch = cfg.batches[0];
             let m = bench::load_model(&cfg)?;
-            println!("profile, batch {batch}, {} threads:", cfg.threads);
-            for (kind, ms, share) in bench::profile(&m, batch, cfg.threads)? {
-                println!("  {kind:<36} {ms:>9.1} ms {:>5.1}%", share * 100.0);
+            let rows = bench::profile(&m, batch, cfg.threads, cfg.runs)?;
+            if self.json {
+                let report = serde_json::json!({ "profile": rows, "batch": batch,
+                    "threads": cfg.threads, "isa": isa.name(), "peak_gflops": peak });
+                println!("{report}");
+            } else {
+                print_profile(
+                    &rows,
+                    batch,
+                    cfg.threads,
+                    cfg.runs,
+                    peak.unwrap_or(f64::NAN),
+                );
             }
         }
         for mut r in bench::bench(&cfg)? {
@@ -125,4 +140,73 @@ fn print_result(r: &BenchResult) {
     if let Some(pct) = r.percent_of_peak {
         println!("  {pct:.1}% of the microkernel's peak");
     }
+}
+
+/// The per-step table, then the totals by op kind and by stage.
+fn print_profile(rows: &[bench::ProfileRow], batch: usize, threads: usize, runs: usize, peak: f64) {
+    println!("profile: batch {batch}, {threads} threads, median of {runs} passes per step");
+    println!(
+        "  {:<52} {:<34} {:>8} {:>8} {:>6} {:>7}",
+        "step", "kind", "ms", "GFLOP/s", "%peak", "GB/s"
+    );
+    for r in rows {
+        let name = r.name.trim_start_matches("convnextv2.");
+        let (gflops, pct) = if r.flops > 0.0 {
+            (
+                format!("{:.1}", r.gflops()),
+                format!("{:.0}", 100.0 * r.gflops() / peak),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        println!(
+            "  {name:<52} {:<34} {:>8.2} {gflops:>8} {pct:>6} {:>7.1}",
+            r.kind,
+            r.ms,
+            r.gbytes_per_s()
+        );
+    }
+    let total_ms: f64 = rows.iter().map(|r| r.ms).sum();
+    let group = |key: &dyn Fn(&bench::ProfileRow) -> String| {
+        let mut groups: Vec<(String, f64, f64, f64)> = Vec::new();
+        for r in rows {
+            let k = key(r);
+            match groups.iter_mut().find(|g| g.0 == k) {
+                Some(g) => {
+                    g.1 += r.ms;
+                    g.2 += r.flops;
+                    g.3 += r.bytes;
+                }
+                None => groups.push((k, r.ms, r.flops, r.bytes)),
+            }
+        }
+        groups
+    };
+    for (title, mut groups, sort) in [
+        ("by kind", group(&|r| r.kind.clone()), true),
+        ("by stage", group(&|r| r.stage()), false),
+    ] {
+        if sort {
+            groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        println!("  {title}:");
+        for (k, ms, flops, bytes) in groups {
+            let rate = flops / (ms / 1e3) / 1e9;
+            let products = if flops > 0.0 {
+                format!("{rate:>6.1} GFLOP/s {:>4.0}% of peak", 100.0 * rate / peak)
+            } else {
+                format!("{:>6.1} GB/s", bytes / (ms / 1e3) / 1e9)
+            };
+            println!(
+                "    {k:<36} {ms:>9.2} ms {:>5.1}%  {products}",
+                100.0 * ms / total_ms
+            );
+        }
+    }
+    let flops: f64 = rows.iter().map(|r| r.flops).sum();
+    let rate = flops / (total_ms / 1e3) / 1e9;
+    println!(
+        "  total {total_ms:.1} ms (sum of the steps' medians): {rate:.1} GFLOP/s, {:.0}% of peak",
+        100.0 * rate / peak
+    );
 }

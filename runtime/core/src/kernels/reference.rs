@@ -454,6 +454,34 @@ pub struct SquareSums<'a> {
     width: usize,
 }
 
+/// `partials[i] += values[i]^2` in f64 (a product, then a sum: no fused multiply-add, so
+/// every instruction set gives the same bits), on the widest vectors the CPU has: the GEMM
+/// epilogue calls it for every output row that feeds a GRN.
+#[inline]
+pub fn add_squares(partials: &mut [f64], values: &[f32]) {
+    assert_eq!(partials.len(), values.len());
+    match super::gemm::Isa::detect() {
+        super::gemm::Isa::Portable => add_squares_lanes(partials, values),
+        // SAFETY: `Isa::detect` names only an instruction set the CPU supports, and AVX2 comes
+        // with both x86 ones.
+        #[cfg(target_arch = "x86_64")]
+        _ => unsafe { add_squares_avx2(partials, values) },
+    }
+}
+
+#[inline(always)]
+fn add_squares_lanes(partials: &mut [f64], values: &[f32]) {
+    for (p, &v) in partials.iter_mut().zip(values) {
+        *p += v as f64 * v as f64;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_squares_avx2(partials: &mut [f64], values: &[f32]) {
+    add_squares_lanes(partials, values)
+}
+
 impl<'a> SquareSums<'a> {
     /// Segments covered by `rows` rows from global row `first_row`.
     pub fn segment_count(first_row: usize, rows: usize, rows_per_sample: usize) -> usize {
@@ -498,9 +526,7 @@ impl<'a> SquareSums<'a> {
         let segment = segment_of(self.first_row + row, self.rows_per_sample, self.period)
             - self.first_segment;
         let at = segment * self.width + col;
-        for (p, &v) in self.partials[at..at + values.len()].iter_mut().zip(values) {
-            *p += v as f64 * v as f64;
-        }
+        add_squares(&mut self.partials[at..at + values.len()], values);
     }
 
     /// Adds the partials, segment by segment in order, to `sums` (`[batch, n]`), columns

@@ -144,10 +144,14 @@ pub fn linear(
     let partials_len = sums.as_ref().map_or(0, |_| segments * l.out_features);
     scratch::with_f64(partials_len, |partials| {
         let sums = sums.map(|sums| SumsOut { partials, sums });
-        // Few rows (late stages at small batch): split the output columns over threads
-        // instead of the rows; every element is computed exactly as in the row split.
+        // Rows split over the threads in whole granules; but with fewer rows than output
+        // columns (late stages at small batch: each thread would stream every weight) or
+        // granules too coarse to balance the threads, split the output columns instead.
+        // Every element is computed exactly as in the row split.
+        let rows_per_thread = LinearJob::rows_per_thread(rows, threads, sums.is_some());
+        let imbalance = (rows_per_thread * threads) as f64 / rows.max(1) as f64;
         match p.packed {
-            Some(w) if threads > 1 && rows < 2 * threads * gemm::MC => {
+            Some(w) if threads > 1 && (rows < l.out_features || imbalance > 1.1) => {
                 job.by_columns(w, rows, threads, out, sums)
             }
             _ => job.by_rows(rows, threads, out, sums),
@@ -194,14 +198,21 @@ impl<'a> LinearJob<'a> {
         }
     }
 
+    /// Rows per thread of the row split: whole sum-of-squares blocks when the GEMM
+    /// accumulates GRN's sums (no segment straddles two threads, so the sums' order does not
+    /// depend on the thread count), else whole groups of 8 rows.
+    fn rows_per_thread(rows: usize, threads: usize, with_sums: bool) -> usize {
+        let granule = if with_sums { k::SUM_SQUARES_BLOCK } else { 8 };
+        rows.div_ceil(threads.max(1)).next_multiple_of(granule)
+    }
+
     /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops); with
     /// `sums`, each block accumulates its own segments of the partials (`[segments, N]`).
     fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32], sums: Option<SumsOut<'_>>) {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
-        // Whole MC blocks (multiples of the sums' 64-row block): no segment straddles two.
-        let rows_per_thread = rows.div_ceil(threads).div_ceil(gemm::MC) * gemm::MC;
         let pixels = self.pixels;
         let with_sums = sums.is_some();
+        let rows_per_thread = Self::rows_per_thread(rows, threads, with_sums);
         let rows_of = move |t: usize| t * rows_per_thread..((t + 1) * rows_per_thread).min(rows);
         let segments_of = move |t: usize| {
             let r = rows_of(t);
