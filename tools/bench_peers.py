@@ -81,6 +81,25 @@ def cpu_busy(interval=0.5):
         return None
 
 
+def numpy_sgemm_gflops(threads, n=2048, runs=9):
+    """numpy's float32 matmul n^3 (OpenBLAS), in a child process whose BLAS has `threads`
+    threads: the median rate of `runs` products after one warm-up."""
+    code = f"""
+import time, statistics, numpy as np
+rng = np.random.default_rng(0)
+a, b = (rng.standard_normal(({n}, {n})).astype(np.float32) for _ in range(2))
+a @ b
+times = []
+for _ in range({runs}):
+    t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)
+print(2 * {n} ** 3 / statistics.median(times) / 1e9)
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-1k-224", help="e.g. tiny-1k-224 (models/facebook/convnextv2-<model>)")
@@ -94,6 +113,9 @@ def parse_args():
     ap.add_argument("--cold-compile", action="store_true",
                     help="disable inductor's on-disk caches, so the compile time is a cold one")
     ap.add_argument("--json", action="store_true", help="one JSON object per (engine, batch) on stdout")
+    ap.add_argument("--sgemm", action="store_true",
+                    help="also measure numpy's float32 GEMM 2048^3 on --threads threads (the machine's "
+                         "SGEMM peak that issue 14's efficiency targets divide by)")
     args = ap.parse_args()
     try:
         args.batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -185,6 +207,9 @@ def main():
     if not os.path.isfile(config_path):
         sys.exit(f"error: no committed config {config_path}")
 
+    if args.sgemm:
+        b.sgemm_gflops = numpy_sgemm_gflops(args.threads)
+        b.notes.append(f"numpy sgemm 2048^3, {args.threads} threads: {b.sgemm_gflops:.1f} GFLOP/s (median of 9)")
     if "cnx" in args.engine_list:
         run_cnx(b, args)
 

@@ -19,6 +19,8 @@ use crate::{random, Error, ModelSpec};
 pub struct BenchResult {
     pub model: String,
     pub backend: String,
+    /// The kernels' instruction set (`avx512`, `avx2`, `portable`; `CNX_ISA` caps it).
+    pub isa: String,
     pub fused: bool,
     pub batch: usize,
     pub threads: usize,
@@ -223,6 +225,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
                 (_, true) => "interp-reference".into(),
                 _ => "interp".into(),
             },
+            isa: cnx_runtime::kernels::gemm::Isa::detect().name().into(),
             fused: cfg.fused,
             batch,
             threads: cfg.threads,

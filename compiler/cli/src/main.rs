@@ -46,7 +46,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // The kernels read CNX_ISA themselves; a name they do not know is refused here, once.
+    if let Err(e) = cnx_runtime::kernels::gemm::Isa::requested() {
+        eprintln!("cnx: error: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
         Command::Run(a) => a.run(),
         Command::Graph(a) => a.run(),
         Command::Compile(a) => a.run(),

@@ -112,13 +112,14 @@ impl Args {
 
 fn print_result(r: &BenchResult) {
     println!(
-        "{} {}x{} batch {} threads {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
+        "{} {}x{} batch {} threads {} {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
         r.model,
         r.height,
         r.width,
         r.batch,
         r.threads,
         r.backend,
+        r.isa,
         if r.fused { "fused" } else { "unfused" },
         r.median_ms,
         r.min_ms,

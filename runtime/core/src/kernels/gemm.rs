@@ -554,19 +554,38 @@ mod x86 {
     use super::{tile_from_c, tile_to_c, Activation, Tile};
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)`.
+    /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)` (so `rows <= 6`).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2_6x16(t: Tile<'_>) {
-        // SAFETY: the caller's contract.
-        unsafe { tile::<V256, 6, 2>(t) }
+        // SAFETY: the caller's contract; a tile of fewer rows runs the kernel of exactly its
+        // rows (49 rows of a late stage at batch 1: eight tiles of 6 and one of 1, not 6).
+        unsafe {
+            match t.rows {
+                1 => tile::<V256, 1, 2>(t),
+                2 => tile::<V256, 2, 2>(t),
+                3 => tile::<V256, 3, 2>(t),
+                4 => tile::<V256, 4, 2>(t),
+                5 => tile::<V256, 5, 2>(t),
+                _ => tile::<V256, 6, 2>(t),
+            }
+        }
     }
 
     /// # Safety
-    /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)`.
+    /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)` (so `rows <= 6`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn avx512_6x32(t: Tile<'_>) {
-        // SAFETY: the caller's contract.
-        unsafe { tile::<V512, 6, 2>(t) }
+        // SAFETY: as `avx2_6x16`.
+        unsafe {
+            match t.rows {
+                1 => tile::<V512, 1, 2>(t),
+                2 => tile::<V512, 2, 2>(t),
+                3 => tile::<V512, 3, 2>(t),
+                4 => tile::<V512, 4, 2>(t),
+                5 => tile::<V512, 5, 2>(t),
+                _ => tile::<V512, 6, 2>(t),
+            }
+        }
     }
 
     /// An `MR x (NV * LANES)` tile: `MR x NV` accumulators; per `k`, `NV` panel loads and `MR`
@@ -911,6 +930,51 @@ mod tests {
         for isa in Isa::available() {
             assert_eq!(run(isa), portable, "{isa:?}");
         }
+    }
+
+    /// The in-register epilogue (bias, exact GELU, residual) and the K blocks give the bits of
+    /// the portable kernel's tile-on-the-stack path: whole and edge tiles (every row count
+    /// below MR), several K blocks (K = 700), columns not a multiple of the panel width.
+    #[test]
+    fn register_epilogue_and_k_blocks_agree_bit_for_bit() {
+        use crate::kernels::ActivationKernel;
+        for (m, n, k) in [(49, 70, 700), (97, 32, 45), (11, 48, 300), (1, 16, 1)] {
+            let (a, w, bias, res) = (
+                values(m * k, 21),
+                values(n * k, 22),
+                values(n, 23),
+                values(m * n, 24),
+            );
+            for (act, residual) in [(None, false), (Some(crate::Activation::Gelu), true)] {
+                let run = |isa| {
+                    let mut out = vec![0.0; m * n];
+                    let e = Epilogue {
+                        bias: &bias,
+                        activation: act.map(ActivationKernel::of),
+                        residual: residual.then_some(&res[..]),
+                    };
+                    gemm(&a, m, &PackedWeights::pack(&w, n, k, isa), e, &mut out);
+                    out
+                };
+                let portable = run(Isa::Portable);
+                assert!(portable.iter().all(|v| v.is_finite()));
+                for isa in Isa::available() {
+                    assert_eq!(run(isa), portable, "{isa:?} {m}x{n}x{k} {act:?}");
+                }
+            }
+        }
+    }
+
+    /// `CNX_ISA` names, and the cap never exceeds what the CPU has.
+    #[test]
+    fn isa_names_round_trip_and_detect_is_available() {
+        for isa in Isa::available() {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+            assert_eq!(Isa::from_name(&isa.name().to_uppercase()), Some(isa));
+        }
+        assert_eq!(Isa::from_name("sse9"), None);
+        assert!(Isa::available().contains(&Isa::detect()));
+        assert!(Isa::detect() <= Isa::best());
     }
 
     /// GRN's sums of squares accumulated in the epilogue are the bits of the separate pass
