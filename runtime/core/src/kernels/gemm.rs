@@ -621,7 +621,7 @@ mod x86 {
         match &t.epilogue {
             Some(e) if !in_registers(e) => {
                 // SAFETY: the caller's contract.
-                return unsafe { through_stack(&acc, t) };
+                unsafe { through_stack(&acc, t) }
             }
             Some(e) => {
                 let gelu = e.activation.is_some();
