@@ -200,13 +200,12 @@ impl PackedWeights {
 
     /// The `K` blocks the product runs in: equal lengths of at most
     /// [`PANEL_BLOCK_BYTES`] of a panel each (one empty block when `K` is 0).
-    fn k_blocks(&self) -> Vec<std::ops::Range<usize>> {
-        let most = (PANEL_BLOCK_BYTES / (4 * self.nr)).max(1);
-        let count = self.k.div_ceil(most).max(1);
-        let len = self.k.div_ceil(count);
-        (0..count)
-            .map(|b| (b * len).min(self.k)..((b + 1) * len).min(self.k))
-            .collect()
+    /// (No allocation: a warm forward pass allocates nothing.)
+    fn k_blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> + Clone {
+        let (k, most) = (self.k, (PANEL_BLOCK_BYTES / (4 * self.nr)).max(1));
+        let count = k.div_ceil(most).max(1);
+        let len = k.div_ceil(count);
+        (0..count).map(move |b| (b * len).min(k)..((b + 1) * len).min(k))
     }
 }
 
@@ -255,7 +254,7 @@ pub fn gemm_panels(
     let k_blocks = w.k_blocks();
     for m0 in (0..rows).step_by(MC) {
         let m_block = MC.min(rows - m0);
-        for kr in &k_blocks {
+        for kr in k_blocks.clone() {
             let last = kr.end == k;
             for p in panels.clone() {
                 let cols = nr.min(n - p * nr);
@@ -557,33 +556,34 @@ mod x86 {
     /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)` (so `rows <= 6`).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2_6x16(t: Tile<'_>) {
-        // SAFETY: the caller's contract; a tile of fewer rows runs the kernel of exactly its
-        // rows (49 rows of a late stage at batch 1: eight tiles of 6 and one of 1, not 6).
-        unsafe {
-            match t.rows {
-                1 => tile::<V256, 1, 2>(t),
-                2 => tile::<V256, 2, 2>(t),
-                3 => tile::<V256, 3, 2>(t),
-                4 => tile::<V256, 4, 2>(t),
-                5 => tile::<V256, 5, 2>(t),
-                _ => tile::<V256, 6, 2>(t),
-            }
-        }
+        // SAFETY: the caller's contract.
+        unsafe { exact_rows::<V256>(t) }
     }
 
     /// # Safety
     /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)` (so `rows <= 6`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn avx512_6x32(t: Tile<'_>) {
-        // SAFETY: as `avx2_6x16`.
+        // SAFETY: the caller's contract.
+        unsafe { exact_rows::<V512>(t) }
+    }
+
+    /// The 6-row kernel, or for a tile of fewer rows the kernel of exactly its rows (49 rows
+    /// of a late stage at batch 1: eight tiles of 6 and one of 1, not 6).
+    ///
+    /// # Safety
+    /// The CPU has `V`'s ISA; `t` passed `Tile::check(6, 2 * V::LANES)`.
+    #[inline(always)]
+    unsafe fn exact_rows<V: Lanes>(t: Tile<'_>) {
+        // SAFETY: the caller's contract; `rows` is 1..=6, each kernel's MR >= rows.
         unsafe {
             match t.rows {
-                1 => tile::<V512, 1, 2>(t),
-                2 => tile::<V512, 2, 2>(t),
-                3 => tile::<V512, 3, 2>(t),
-                4 => tile::<V512, 4, 2>(t),
-                5 => tile::<V512, 5, 2>(t),
-                _ => tile::<V512, 6, 2>(t),
+                1 => tile::<V, 1, 2>(t),
+                2 => tile::<V, 2, 2>(t),
+                3 => tile::<V, 3, 2>(t),
+                4 => tile::<V, 4, 2>(t),
+                5 => tile::<V, 5, 2>(t),
+                _ => tile::<V, 6, 2>(t),
             }
         }
     }
