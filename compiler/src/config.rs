@@ -10,6 +10,8 @@
 use std::path::Path;
 
 use cnx_runtime::Activation;
+
+use crate::limits::{LimitError, Limits};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,6 +24,25 @@ pub const BLOCK_LAYER_NORM_EPS: f64 = 1e-6;
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+}
+
+/// A size over its limit, as the config error naming its key.
+fn over_limit(e: LimitError) -> ConfigError {
+    let key = e.key.unwrap_or("(file)");
+    let what = if e.what.is_empty() {
+        "the value".into()
+    } else {
+        e.what.clone()
+    };
+    bad(
+        key,
+        LimitError {
+            key: None,
+            what,
+            ..e
+        }
+        .to_string(),
+    )
 }
 
 fn bad(key: &str, message: impl Into<String>) -> ConfigError {
@@ -127,8 +148,14 @@ impl ConvNextV2Config {
         })
     }
 
-    /// Parses and validates `config.json` text.
+    /// Parses and validates `config.json` text, within the default [`Limits`].
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::from_json_with(text, &Limits::default())
+    }
+
+    /// Parses and validates `config.json` text; sizes over `limits` are refused before
+    /// anything is made from them.
+    pub fn from_json_with(text: &str, limits: &Limits) -> Result<Self, ConfigError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| bad("(file)", format!("not valid JSON: {e}")))?;
         if !value.is_object() {
@@ -136,10 +163,12 @@ impl ConvNextV2Config {
         }
         let raw: RawConfig =
             serde_json::from_value(value).map_err(|e| bad("(file)", e.to_string()))?;
-        Self::from_raw(raw)
+        let config = Self::from_raw(raw, limits)?;
+        limits.check_config(&config).map_err(over_limit)?;
+        Ok(config)
     }
 
-    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+    fn from_raw(raw: RawConfig, limits: &Limits) -> Result<Self, ConfigError> {
         if let Some(mt) = raw.model_type.as_deref() {
             if mt != "convnextv2" {
                 return Err(bad(
@@ -182,7 +211,7 @@ impl ConvNextV2Config {
         }
         let image_size = positive("image_size", raw.image_size.as_ref(), 224)?;
         let drop_path_rate = float("drop_path_rate", raw.drop_path_rate.as_ref(), 0.0)?;
-        let id2label = labels(raw.id2label.as_ref(), raw.num_labels.as_ref())?;
+        let id2label = labels(raw.id2label.as_ref(), raw.num_labels.as_ref(), limits)?;
         match raw.label2id.as_ref() {
             None | Some(Value::Null) | Some(Value::Object(_)) => {}
             Some(v) => {
@@ -240,9 +269,11 @@ fn stage_names(num_stages: usize) -> Vec<String> {
 fn labels(
     id2label: Option<&Value>,
     num_labels: Option<&Value>,
+    limits: &Limits,
 ) -> Result<Vec<String>, ConfigError> {
     match id2label {
         Some(Value::Object(map)) => {
+            limits.check_labels(map.len() as u64).map_err(over_limit)?;
             let mut labels = vec![None; map.len()];
             for (k, v) in map {
                 let i: usize = k.parse().ok().filter(|&i| i < map.len()).ok_or_else(|| {
@@ -270,6 +301,8 @@ fn labels(
                     .and_then(|n| usize::try_from(n).ok())
                     .ok_or_else(|| bad("num_labels", format!("expected an integer, found {v}")))?,
             };
+            // Checked before the names are made: `num_labels: 1e12` must not allocate them.
+            limits.check_labels(n as u64).map_err(over_limit)?;
             Ok((0..n).map(|i| format!("LABEL_{i}")).collect())
         }
         Some(v) => Err(bad("id2label", format!("expected an object, found {v}"))),

@@ -33,8 +33,8 @@ fn resized_pixels_equal_pillows() {
         if !info["decodable"].as_bool().unwrap_or(false) {
             continue;
         }
-        let img =
-            images::decode(&images_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let img = images::decode(&images_dir().join(name), &cnx_compiler::Limits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             (img.width as u64, img.height as u64),
             (
@@ -47,7 +47,8 @@ fn resized_pixels_equal_pillows() {
             let cfg = PreprocessConfig::for_size(size);
             let ours = preprocess::resize_and_crop(&img, &cfg);
             let file = info[size.to_string()]["resized_png"].as_str().unwrap();
-            let want = images::decode(&images_dir().join(file)).unwrap();
+            let want =
+                images::decode(&images_dir().join(file), &cnx_compiler::Limits::default()).unwrap();
             assert_eq!(
                 (ours.width, ours.height),
                 (want.width, want.height),
@@ -151,7 +152,7 @@ fn bad_images_are_errors_naming_the_problem() {
         ("not_an_image.jpg", ""),
         ("does_not_exist.png", "No such file"),
     ] {
-        let err = images::decode(&images_dir().join(name))
+        let err = images::decode(&images_dir().join(name), &cnx_compiler::Limits::default())
             .err()
             .unwrap_or_else(|| panic!("{name} decoded"))
             .to_string();

@@ -55,12 +55,31 @@ pub fn preprocess_config(spec: &ModelSpec) -> Result<PreprocessConfig, Error> {
 
 /// Decodes and preprocesses one image: `pixel_values` `(1, 3, S, S)`.
 pub fn pixel_values(path: &Path, cfg: &PreprocessConfig) -> Result<Tensor, Error> {
-    let img = images::decode(path).map_err(|reason| Error::Image {
+    let image_error = |reason: String| Error::Image {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
-    })?;
-    let (h, w, data) = preprocess::preprocess(&img, cfg);
-    Ok(Tensor::from_vec(&[1, 3, h, w], data)?)
+        reason,
+    };
+    let limits = crate::limits();
+    let img = images::decode(path, limits).map_err(|e| image_error(e.to_string()))?;
+    preprocess_image(&img, cfg, limits).map_err(image_error)
+}
+
+/// Preprocesses a decoded image: `pixel_values` `(1, 3, S, S)`. The resize target is checked
+/// against the pixel limit first (a 1 x 100000 strip resized to a 256-pixel short edge would
+/// be 25.6 M pixels wide).
+pub fn preprocess_image(
+    img: &preprocess::RgbImage,
+    cfg: &PreprocessConfig,
+    limits: &cnx_compiler::Limits,
+) -> Result<Tensor, String> {
+    if cfg.do_resize {
+        let (h, w) = cfg.resize_target(img.height, img.width);
+        limits
+            .check_image(w as u64, h as u64)
+            .map_err(|e| format!("resized for the model: {e}"))?;
+    }
+    let (h, w, data) = preprocess::preprocess(img, cfg);
+    Tensor::from_vec(&[1, 3, h, w], data).map_err(|e| e.to_string())
 }
 
 /// The files named on the command line, directories walked (recursively, sorted, image

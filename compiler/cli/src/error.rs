@@ -42,6 +42,9 @@ pub enum Error {
     Run(#[from] cnx_compiler::RunError),
     #[error(transparent)]
     Jit(#[from] cnx_jit::JitError),
+    /// A size over one of the limits (`--limit` raises them).
+    #[error(transparent)]
+    Limit(#[from] cnx_compiler::LimitError),
     /// A flag's value or a combination of arguments that cannot work.
     #[error("{0}")]
     Usage(String),

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cnx_compiler::Limits;
 use cnx_runtime::preprocess::RgbImage;
 use image::ImageDecoder;
 
@@ -22,6 +23,9 @@ pub enum ImageError {
     Decode(String),
     #[error("image is {width}x{height}")]
     Empty { width: usize, height: usize },
+    /// Over the pixel limit (checked from the header, before decoding).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// File extensions `cnx classify` picks up when walking a directory.
@@ -34,20 +38,49 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Decodes `path` into upright 8-bit RGB; the error names the problem.
-pub fn decode(path: &Path) -> Result<RgbImage, ImageError> {
+/// Decodes `path` into upright 8-bit RGB; the error names the problem. An image over
+/// `limits.image_pixels` is refused from its header, before its pixels are allocated.
+pub fn decode(path: &Path, limits: &Limits) -> Result<RgbImage, ImageError> {
+    let read = |e: std::io::Error| ImageError::Read(e.to_string());
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    // No encoding within the pixel limit takes more than 16 bytes a pixel (16-bit RGBA
+    // uncompressed is 8): refuse a larger file before reading it.
+    let most = limits
+        .image_pixels
+        .saturating_mul(16)
+        .saturating_add(1 << 20);
+    if len > most {
+        return Err(ImageError::TooLarge(format!(
+            "the file is {len} bytes, more than any image within the limit of {} pixels takes (raise it with --limit image-pixels=N)",
+            limits.image_pixels
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    decode_bytes(&bytes, limits)
+}
+
+/// [`decode`] for an image held in memory.
+pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageError> {
     let read = |e: std::io::Error| ImageError::Read(e.to_string());
     let decode = |e: image::ImageError| ImageError::Decode(e.to_string());
-    let reader = image::ImageReader::open(path)
-        .map_err(read)?
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(read)?;
     match reader.format() {
         None => return Err(ImageError::UnknownFormat),
-        Some(image::ImageFormat::Jpeg) => check_jpeg_complete(path)?,
+        Some(image::ImageFormat::Jpeg) => check_jpeg_complete(bytes)?,
         Some(_) => {}
     }
+    // The decoders' own allocation cap, in line with the pixel limit (16-bit RGBA at most),
+    // never below the crate's default 512 MiB.
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.image_pixels.saturating_mul(8).max(512 << 20));
+    reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(decode)?;
+    let (w, h) = decoder.dimensions();
+    limits
+        .check_image(u64::from(w), u64::from(h))
+        .map_err(|e| ImageError::TooLarge(e.to_string()))?;
     // A broken EXIF block is not worth failing the image for: PIL ignores it too.
     let orientation = decoder
         .orientation()
@@ -69,8 +102,7 @@ pub fn decode(path: &Path) -> Result<RgbImage, ImageError> {
 /// refuses such files ("image file is truncated"), and so do we: the last start-of-scan marker
 /// (`FF DA`) must be followed by an end-of-image marker (`FF D9`). (Scan data escapes `FF`, so
 /// neither marker appears inside it; an EXIF thumbnail's markers come before the main image.)
-fn check_jpeg_complete(path: &Path) -> Result<(), ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError::Read(e.to_string()))?;
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
     let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
     match (last(0xDA), last(0xD9)) {
         (Some(sos), Some(eoi)) if eoi > sos => Ok(()),

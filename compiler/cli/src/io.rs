@@ -84,7 +84,12 @@ pub fn read_npy(path: &Path) -> Result<Tensor, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    let a = parse_npy(&bytes, path)?;
+    npy_tensor(&bytes, path)
+}
+
+/// A `.npy` file's bytes (float32 or float64) as an f32 tensor; `path` names it in errors.
+pub fn npy_tensor(bytes: &[u8], path: &Path) -> Result<Tensor, Error> {
+    let a = parse_npy(bytes, path)?;
     let data = a.data.into_iter().map(|v| v as f32).collect();
     Tensor::from_vec(&a.shape, data).map_err(|e| npy_error(path, e.to_string()))
 }

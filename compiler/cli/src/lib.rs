@@ -15,3 +15,18 @@ pub mod random;
 
 pub use error::Error;
 pub use model::ModelSpec;
+
+use cnx_compiler::Limits;
+
+static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+/// Sets the process's limits (`cnx --limit`), once, before any model is read; `false` if they
+/// were already set or read.
+pub fn set_limits(limits: Limits) -> bool {
+    LIMITS.set(limits).is_ok()
+}
+
+/// The process's limits: [`Limits::default`] unless [`set_limits`] changed them.
+pub fn limits() -> &'static Limits {
+    LIMITS.get_or_init(Limits::default)
+}

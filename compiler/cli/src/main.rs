@@ -17,6 +17,11 @@ use cnx_cli::commands::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Raise (or lower) a limit checked before anything is allocated: NAME=N, repeatable.
+    /// Names: stages, stage-depth, width, channels, patch-size, labels, input-side,
+    /// parameters, graph-nodes, image-pixels, memory-mb (README: "Limits").
+    #[arg(long = "limit", global = true, value_name = "NAME=N")]
+    limits: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +57,14 @@ fn main() -> ExitCode {
         eprintln!("cnx: error: {e}");
         return ExitCode::from(2);
     }
+    let mut limits = cnx_compiler::Limits::default();
+    for assignment in &cli.limits {
+        if let Err(e) = limits.apply(assignment) {
+            eprintln!("cnx: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    cnx_cli::set_limits(limits);
     let result = match cli.command {
         Command::Run(a) => a.run(),
         Command::Graph(a) => a.run(),

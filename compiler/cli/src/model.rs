@@ -61,12 +61,11 @@ impl ModelSpec {
             }
         }
         if let Some(preset) = presets::find(model) {
-            let config = ConvNextV2Config::from_json(preset.config_json).map_err(|source| {
-                Error::Config {
+            let config = ConvNextV2Config::from_json_with(preset.config_json, crate::limits())
+                .map_err(|source| Error::Config {
                     path: preset.hub_id(),
                     source,
-                }
-            })?;
+                })?;
             return Ok(ModelSpec {
                 name: preset.hub_id(),
                 config,
@@ -107,10 +106,13 @@ impl ModelSpec {
             path: config_path.to_path_buf(),
             source,
         })?;
-        let config = ConvNextV2Config::from_json(&config_json).map_err(|source| Error::Config {
-            path: config_path.display().to_string(),
-            source,
-        })?;
+        let config =
+            ConvNextV2Config::from_json_with(&config_json, crate::limits()).map_err(|source| {
+                Error::Config {
+                    path: config_path.display().to_string(),
+                    source,
+                }
+            })?;
         let dir = config_path.parent().map(Path::to_path_buf);
         let preprocessor_json = dir
             .as_ref()
@@ -123,6 +125,12 @@ impl ModelSpec {
             preprocessor_json,
             hub_id: None,
         })
+    }
+
+    /// Checks a run of `batch` images of `input_hw` against the limits (input sides; weights
+    /// plus workspace against the memory limit) before anything is allocated for it.
+    pub fn check_run(&self, batch: usize, input_hw: (usize, usize)) -> Result<(), Error> {
+        Ok(crate::limits().check_run(&self.config, batch, input_hw)?)
     }
 
     /// The checkpoint to load when none is given: the one beside `config.json`, else (for a

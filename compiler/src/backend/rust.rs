@@ -88,6 +88,13 @@ pub fn expand(args: TokenStream, manifest_dir: &Path) -> TokenStream {
     }
 }
 
+/// The macro's arguments parsed and resolved (presets, `config.json` read from
+/// `manifest_dir`, `image_size` checked), without compiling anything: what [`expand`] does
+/// before it emits. Fuzzed (`tests/fuzz`).
+pub fn parse_args(args: TokenStream, manifest_dir: &Path) -> syn::Result<EmitSpec> {
+    syn::parse2::<MacroArgs>(args).and_then(|a| a.into_spec(manifest_dir))
+}
+
 /// The model's items as formatted Rust source (what `cnx compile --emit rust` prints).
 pub fn emit_source(spec: &EmitSpec) -> Result<String, EmitError> {
     let tokens = emit(spec)?;

@@ -144,7 +144,8 @@ pub struct RgbImage {
 
 impl RgbImage {
     pub fn new(width: usize, height: usize, pixels: Vec<u8>) -> Result<RgbImage> {
-        if pixels.len() != width * height * 3 || width == 0 || height == 0 {
+        let expected = width.checked_mul(height).and_then(|n| n.checked_mul(3));
+        if expected != Some(pixels.len()) || width == 0 || height == 0 {
             return Err(Error::InputShape {
                 what: "RGB image".into(),
                 expected: vec![height, width, 3],

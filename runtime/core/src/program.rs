@@ -357,6 +357,13 @@ impl Program {
         Ok(())
     }
 
+    /// Bytes of workspace one image takes (value slots and sums, as laid out).
+    pub fn workspace_bytes_per_image(&self) -> usize {
+        let values = crate::compiled::arena_layout(&self.slot_sizes).1;
+        let sums = crate::compiled::arena_layout(&self.sums_sizes).1;
+        values * 4 + sums * 8
+    }
+
     /// A workspace for this program's slots.
     pub fn workspace(&self) -> Workspace {
         Workspace::new(&self.slot_sizes, &self.sums_sizes)

@@ -54,6 +54,7 @@ impl Args {
         if self.batch.contains(&0) {
             return Err(Error::Usage("--batch sizes must be at least 1".into()));
         }
+        spec.check_run(self.batch.iter().copied().max().unwrap_or(1), input_hw)?;
         let weights = self.weights.clone().or_else(|| spec.default_weights());
         let pipeline = self.passes.pipeline()?;
         let cfg = BenchConfig {

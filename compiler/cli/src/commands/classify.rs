@@ -38,11 +38,13 @@ pub struct Args {
     passes: PassFlags,
 }
 
-/// Loads a model for classification at its preprocessing size, on `backend`.
+/// Loads a model for classification at its preprocessing size, on `backend`, for batches of
+/// up to `batch` images.
 pub fn load_classifier(
     model: &ModelFlags,
     pipeline: &Pipeline,
     backend: Backend,
+    batch: usize,
 ) -> Result<(Engine, cnx_runtime::preprocess::PreprocessConfig), Error> {
     let spec = ModelSpec::resolve(&model.model)?;
     if spec.config.num_labels() == 0 {
@@ -52,6 +54,7 @@ pub fn load_classifier(
         )));
     }
     let cfg = classify::preprocess_config(&spec)?;
+    spec.check_run(batch, (cfg.size, cfg.size))?;
     let loaded = spec.load_with(model.weights.as_deref(), (cfg.size, cfg.size), pipeline)?;
     Ok((Engine::new(loaded, backend, &[outputs::LOGITS])?, cfg))
 }
@@ -59,7 +62,8 @@ pub fn load_classifier(
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) = load_classifier(&self.model, &pipeline, self.backend)?;
+        let (engine, cfg) =
+            load_classifier(&self.model, &pipeline, self.backend, self.batch as usize)?;
         let labels = engine.model().config.id2label.clone();
         let inputs = classify::collect_inputs(&self.inputs);
         if inputs.is_empty() {

@@ -44,6 +44,7 @@ impl Args {
     pub fn run(self) -> Result<(), Error> {
         let spec = ModelSpec::resolve(&self.model)?;
         let input_hw = self.input_size.hw(&spec)?;
+        spec.check_run(1, input_hw)?;
         if syn::parse_str::<syn::Ident>(&self.name).is_err() {
             return Err(Error::Usage(format!(
                 "--name `{}` is not a Rust type name",

@@ -39,7 +39,8 @@ struct Score {
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) = load_classifier(&self.model, &pipeline, Backend::Jit)?;
+        let (engine, cfg) =
+            load_classifier(&self.model, &pipeline, Backend::Jit, self.batch as usize)?;
         let labels = engine.model().config.id2label.clone();
         let (inputs, targets) = image_folder(&self.dir, &labels)?;
         let batch = self.batch as usize;

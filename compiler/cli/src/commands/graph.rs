@@ -32,6 +32,7 @@ impl Args {
         }
         let spec = ModelSpec::resolve(&self.model)?;
         let hw = self.input_size.hw(&spec)?;
+        spec.check_run(1, hw)?;
         let unfused = cnx_compiler::build_graph(&spec.config, hw)?;
         verify::verify(&unfused)?;
         let mut graph = unfused.clone();

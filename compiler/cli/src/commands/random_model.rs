@@ -27,6 +27,7 @@ impl Args {
     pub fn run(self) -> Result<(), Error> {
         let spec = ModelSpec::resolve(&self.model)?;
         let hw = self.input_size.hw(&spec)?;
+        spec.check_run(self.batch as usize, hw)?;
         let graph = cnx_compiler::build_graph(&spec.config, hw)?;
         let dir = &self.output;
         let io_err = |path: PathBuf| move |source| Error::Io { path, source };

@@ -54,6 +54,7 @@ impl Args {
                 ),
             });
         }
+        spec.check_run(shape[0], (shape[2], shape[3]))?;
         let loaded = spec.load_with(
             self.model.weights.as_deref(),
             (shape[2], shape[3]),

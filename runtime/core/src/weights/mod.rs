@@ -177,6 +177,25 @@ impl WeightStore {
         Self::from_raw(load_bytes(owned, Path::new("(memory)"))?)
     }
 
+    /// Reads a sharded checkpoint held in memory: the index's text and each shard's bytes by
+    /// the file name the index gives it (copied once). Validated as [`WeightStore::open`]
+    /// validates files; a shard the index names but `shards` lacks is a missing file.
+    pub fn from_sharded_bytes(
+        index_json: &str,
+        shards: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<WeightStore> {
+        let index_path = Path::new("(memory)").join(SHARD_INDEX);
+        let raw = load_index(index_json, &index_path, |shard| {
+            let path = Path::new("(memory)").join(shard);
+            let bytes = shards.get(shard).ok_or_else(|| Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such shard"),
+            })?;
+            load_bytes(Backing::Owned(Arc::new(bytes.clone())), &path)
+        })?;
+        Self::from_raw(raw)
+    }
+
     /// A store of in-memory tensors with Hugging Face names (random weights, tests).
     pub fn from_tensors(
         tensors: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>,
@@ -398,13 +417,24 @@ fn load_bytes(map: Backing, path: &Path) -> Result<Vec<(String, StoredTensor)>> 
 
 /// Reads `model.safetensors.index.json` and every shard it names.
 fn load_sharded(index_path: &Path) -> Result<Vec<(String, StoredTensor)>> {
+    let text = std::fs::read_to_string(index_path).map_err(io_error(index_path))?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    load_index(&text, index_path, |shard| load_file(&dir.join(shard)))
+}
+
+/// Reads the tensors of every shard a sharded index (`text`, named `index_path` in messages)
+/// names, each read by `load_shard` (called once per shard).
+fn load_index(
+    text: &str,
+    index_path: &Path,
+    mut load_shard: impl FnMut(&str) -> Result<Vec<(String, StoredTensor)>>,
+) -> Result<Vec<(String, StoredTensor)>> {
     let invalid = |reason: String| Error::InvalidIndex {
         path: index_path.to_path_buf(),
         reason,
     };
-    let text = std::fs::read_to_string(index_path).map_err(io_error(index_path))?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -422,11 +452,10 @@ fn load_sharded(index_path: &Path) -> Result<Vec<(String, StoredTensor)>> {
         }
         by_shard.entry(shard).or_default().push(tensor);
     }
-    let dir = index_path.parent().unwrap_or(Path::new("."));
     let mut all: Vec<(String, StoredTensor)> = Vec::new();
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     for (shard, listed) in by_shard {
-        let tensors = load_file(&dir.join(shard))?;
+        let tensors = load_shard(shard)?;
         for name in listed {
             if !tensors.iter().any(|(n, _)| n == name) {
                 return Err(invalid(format!(
