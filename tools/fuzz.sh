@@ -33,15 +33,18 @@ toolchain=()
 [ "$sanitizer" != none ] && toolchain=(+nightly)
 fuzz=tests/fuzz
 work=$fuzz/work/$target
-mkdir -p "$work" "$fuzz/corpus/$target" "$fuzz/regressions/$target"
-run() {
-    cargo "${toolchain[@]}" fuzz run --fuzz-dir "$fuzz" --sanitizer "$sanitizer" \
-        --debug-assertions --jobs 1 "$target" "$@"
-}
+mkdir -p "$work" "$fuzz/corpus/$target" "$fuzz/regressions/$target" "$fuzz/artifacts/$target"
+# Build once, then run the binary itself (CNX_FUZZ_NO_BUILD=1 reuses the last build).
+if [ -z "${CNX_FUZZ_NO_BUILD:-}" ]; then
+    cargo "${toolchain[@]}" fuzz build --fuzz-dir "$fuzz" --sanitizer "$sanitizer" \
+        --debug-assertions "$target"
+fi
+binary=$fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/$target
 echo "fuzzing $target for ${seconds}s (sanitizer: $sanitizer)" >&2
 # New inputs go to the first (uncommitted) directory; the others are read as seeds.
-run "$work" "$fuzz/corpus/$target" "$fuzz/regressions/$target" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" \
-    -dict="$fuzz/dict/$dict.dict" -print_final_stats=1 2>&1 | tee "$fuzz/work/$target.log"
+"$binary" "$work" "$fuzz/corpus/$target" "$fuzz/regressions/$target" \
+    -artifact_prefix="$fuzz/artifacts/$target/" -max_total_time="$seconds" \
+    -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" -dict="$fuzz/dict/$dict.dict" \
+    -print_final_stats=1 2>&1 | tee "$fuzz/work/$target.log"
 # Keep only what adds coverage.
-run "$fuzz/corpus/$target" "$work" -- -merge=1 -max_len="$max_len" 2>&1 | tail -2
+"$binary" -merge=1 -max_len="$max_len" "$fuzz/corpus/$target" "$work" 2>&1 | tail -1

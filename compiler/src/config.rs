@@ -138,7 +138,7 @@ fn float(key: &str, v: Option<&Value>, default: f64) -> Result<f64, ConfigError>
 impl ConvNextV2Config {
     /// Reads and validates a `config.json` file.
     pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+        let text = read_text(path).map_err(|source| crate::Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -180,6 +180,10 @@ impl ConvNextV2Config {
         let num_channels = positive("num_channels", raw.num_channels.as_ref(), 3)?;
         let patch_size = positive("patch_size", raw.patch_size.as_ref(), 4)?;
         let num_stages = positive("num_stages", raw.num_stages.as_ref(), 4)?;
+        // Before anything per stage is made (the out_features checks are quadratic in it).
+        limits
+            .check_config_key("num_stages", num_stages as u64)
+            .map_err(over_limit)?;
         let hidden_sizes = size_list(
             "hidden_sizes",
             raw.hidden_sizes.as_ref(),
@@ -258,6 +262,26 @@ impl ConvNextV2Config {
     }
 }
 
+/// The largest `config.json` read (published ones are under 100 KiB, `id2label` included).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads a `config.json` as UTF-8 text, refusing one over [`MAX_CONFIG_BYTES`] (or an endless
+/// file such as `/dev/zero`) after reading that many bytes.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: not a config.json"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 fn stage_names(num_stages: usize) -> Vec<String> {
     std::iter::once("stem".to_string())
         .chain((1..=num_stages).map(|i| format!("stage{i}")))
@@ -285,13 +309,17 @@ fn labels(
                 let name = v
                     .as_str()
                     .ok_or_else(|| bad("id2label", format!("label of `{k}` is not a string")))?;
-                labels[i] = Some(name.to_string());
+                // "1" and "01" are distinct keys naming the same index.
+                if labels[i].replace(name.to_string()).is_some() {
+                    return Err(bad("id2label", format!("index {i} is given twice")));
+                }
             }
-            // Keys are distinct integers below len, so every slot is filled.
-            Ok(labels
+            // len keys, each a distinct index below len: every slot is filled.
+            labels
                 .into_iter()
-                .map(|l| l.expect("every index filled"))
-                .collect())
+                .enumerate()
+                .map(|(i, l)| l.ok_or_else(|| bad("id2label", format!("index {i} is missing"))))
+                .collect()
         }
         None | Some(Value::Null) => {
             let n = match num_labels {
@@ -435,6 +463,7 @@ mod tests {
             (r#"{"hidden_act": "gelu_42"}"#, "hidden_act"),
             (r#"{"layer_norm_eps": "small"}"#, "layer_norm_eps"),
             (r#"{"id2label": {"0": "a", "2": "b"}}"#, "id2label"),
+            (r#"{"id2label": {"1": "a", "01": "b"}}"#, "id2label"),
             (r#"{"label2id": [1]}"#, "label2id"),
             (r#"{"out_features": ["stage9"]}"#, "out_features"),
             (r#"{"out_indices": [7]}"#, "out_indices"),

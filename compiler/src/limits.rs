@@ -106,26 +106,43 @@ pub const LIMIT_NAMES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The most each limit can be raised to: every size product the compiler forms (a width times
+/// four, a stage's values times the batch, parameters times eight bytes) then stays far from
+/// `u64::MAX`.
+pub const HARD_MAXIMA: &[(&str, u64)] = &[
+    ("stages", 1 << 10),
+    ("stage-depth", 1 << 20),
+    ("width", 1 << 24),
+    ("channels", 1 << 20),
+    ("patch-size", 1 << 20),
+    ("labels", 1 << 32),
+    ("input-side", 1 << 20),
+    ("parameters", 1 << 40),
+    ("graph-nodes", 1 << 32),
+    ("image-pixels", 1 << 40),
+    ("memory-mb", 1 << 30),
+];
+
 impl Limits {
-    /// No limits at all (every figure at its maximum).
-    pub fn none() -> Limits {
-        Limits {
-            stages: u64::MAX,
-            stage_depth: u64::MAX,
-            width: u64::MAX,
-            channels: u64::MAX,
-            patch_size: u64::MAX,
-            labels: u64::MAX,
-            input_side: u64::MAX,
-            parameters: u64::MAX,
-            graph_nodes: u64::MAX,
-            image_pixels: u64::MAX,
-            memory_bytes: Some(u64::MAX),
+    /// Every limit at its [`HARD_MAXIMA`] figure: the most `--limit` allows.
+    pub fn hard_maxima() -> Limits {
+        let mut limits = Limits::default();
+        for (name, max) in HARD_MAXIMA {
+            limits
+                .set(name, *max)
+                .expect("a known name within its maximum");
         }
+        limits
     }
 
-    /// Sets the limit `name` (one of [`LIMIT_NAMES`]) to `value`.
+    /// Sets the limit `name` (one of [`LIMIT_NAMES`]) to `value`, at most [`HARD_MAXIMA`]'s
+    /// figure: past those, sizes would overflow the builder's own arithmetic.
     pub fn set(&mut self, name: &str, value: u64) -> Result<(), String> {
+        if let Some((_, max)) = HARD_MAXIMA.iter().find(|(n, _)| *n == name) {
+            if value > *max {
+                return Err(format!("--limit {name}={value}: at most {max}"));
+            }
+        }
         let slot = match name {
             "stages" => &mut self.stages,
             "stage-depth" => &mut self.stage_depth,
@@ -187,6 +204,14 @@ impl Limits {
             })
         } else {
             Ok(())
+        }
+    }
+
+    /// One config figure checked on its own, as soon as it is read: `num_stages`.
+    pub fn check_config_key(&self, key: &'static str, figure: u64) -> Check {
+        match key {
+            "num_stages" => self.check_key(Some(key), "", figure, self.stages, "stages"),
+            _ => Ok(()),
         }
     }
 
@@ -281,8 +306,7 @@ impl Limits {
         let bytes = footprint
             .weight_bytes()
             .saturating_add(footprint.workspace_bytes(config, batch, input_hw));
-        let limit = self.memory_bytes.or_else(available_memory);
-        match limit {
+        match self.memory_limit() {
             Some(limit) => self.check(
                 format!("memory for weights and workspace at batch {batch}, {h}x{w} (bytes)"),
                 bytes,
@@ -291,6 +315,12 @@ impl Limits {
             ),
             None => Ok(()),
         }
+    }
+
+    /// The memory limit in bytes: the one set, else the memory available now (`None` where
+    /// that cannot be read).
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_bytes.or_else(available_memory)
     }
 
     /// One decoded image of `width` x `height` pixels.
@@ -465,8 +495,13 @@ mod tests {
                 "parameters",
             ),
         ];
+        // Parsed with every limit out of the way (fields are public: past `--limit`'s maxima).
+        let lax = Limits {
+            parameters: u64::MAX,
+            ..Limits::hard_maxima()
+        };
         for (json, key, name) in cases {
-            let c = ConvNextV2Config::from_json_with(json, &Limits::none()).unwrap();
+            let c = ConvNextV2Config::from_json_with(json, &lax).unwrap();
             let err = limits.check_config(&c).unwrap_err();
             assert_eq!(err.key, Some(key), "{json}: {err}");
             assert_eq!(err.name, name, "{json}: {err}");
@@ -498,6 +533,7 @@ mod tests {
         assert!(limits.apply("width").is_err());
         assert!(limits.apply("nope=1").is_err());
         assert!(limits.apply("width=x").is_err());
+        assert!(limits.apply("width=99999999999").is_err());
         limits.apply("width=32768").unwrap();
         assert_eq!(limits.width, 32768);
     }

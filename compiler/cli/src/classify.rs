@@ -99,6 +99,23 @@ pub fn collect_inputs(args: &[PathBuf]) -> Vec<Result<PathBuf, (PathBuf, String)
 }
 
 fn walk(dir: &Path, out: &mut Vec<Result<PathBuf, (PathBuf, String)>>) {
+    walk_once(dir, out, &mut std::collections::HashSet::new());
+}
+
+/// [`walk`], entering each directory once: symbolic links are followed, but a loop of them
+/// (`a -> .`) is not walked forever.
+fn walk_once(
+    dir: &Path,
+    out: &mut Vec<Result<PathBuf, (PathBuf, String)>>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) {
+    match std::fs::canonicalize(dir) {
+        Ok(real) if seen.contains(&real) => return,
+        Ok(real) => {
+            seen.insert(real);
+        }
+        _ => {}
+    }
     let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(e) => {
@@ -109,7 +126,7 @@ fn walk(dir: &Path, out: &mut Vec<Result<PathBuf, (PathBuf, String)>>) {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out);
+            walk_once(&p, out, seen);
         } else if images::has_image_extension(&p) {
             out.push(Ok(p));
         }
@@ -153,15 +170,36 @@ pub fn run_batches(
     let mut timing = Timing::default();
     let batch = batch.max(1);
     let s = engine.model().graph.input_type();
-    let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(2 * batch);
+    // Two batches ahead (bounded: the channel allocates its slots up front).
+    let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(
+        batch.saturating_mul(2).min(1024),
+    );
+    let want = [1, s.channels, s.height, s.width];
     std::thread::scope(|scope| -> Result<(), Error> {
         let worker = scope.spawn(move || {
             let mut busy = std::time::Duration::ZERO;
             for input in inputs {
                 let start = std::time::Instant::now();
-                let item = input.and_then(|path| match pixel_values(&path, cfg) {
-                    Ok(t) => Ok((path, t)),
-                    Err(e) => Err((path, error_reason(&e))),
+                let item = input.and_then(|path| {
+                    // A panic in a decoder (a bug of the image crate's on a crafted file) fails
+                    // that image, not the run.
+                    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pixel_values(&path, cfg)
+                    }));
+                    match decoded {
+                        Ok(Ok(t)) if t.shape() == want => Ok((path, t)),
+                        // do_resize: false keeps the image's own size.
+                        Ok(Ok(t)) => {
+                            let got = format!("{}x{}", t.shape()[2], t.shape()[3]);
+                            let reason = format!(
+                                "preprocessed to {got}, but the model takes {}x{}",
+                                want[2], want[3]
+                            );
+                            Err((path, reason))
+                        }
+                        Ok(Err(e)) => Err((path, error_reason(&e))),
+                        Err(_) => Err((path, "the image decoder failed on this file".into())),
+                    }
                 });
                 busy += start.elapsed();
                 if tx.send(item).is_err() {
@@ -211,9 +249,10 @@ pub fn run_batches(
             }
         }
         flush(&mut pending, &mut ready)?;
+        // The worker's only fallible calls are inside catch_unwind; send does not panic.
         timing.preprocess_s = worker
             .join()
-            .expect("the decoder does not panic")
+            .expect("the worker catches decoder panics")
             .as_secs_f64();
         Ok(())
     })?;

@@ -59,9 +59,16 @@ pub fn offline() -> bool {
 pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
     // A revision is a branch or tag (refs/<name> holds the commit) or a commit hash itself.
-    let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
-        .map(|c| c.trim().to_string())
-        .unwrap_or_else(|_| revision.to_string());
+    // A ref file holds one commit hash; anything else (a huge file, a path) is ignored.
+    let commit = std::fs::File::open(repo_dir.join("refs").join(revision))
+        .and_then(|f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 128), &mut text)?;
+            Ok(text.trim().to_string())
+        })
+        .ok()
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| revision.to_string());
     let snapshot = repo_dir.join("snapshots").join(commit);
     snapshot.join("config.json").is_file().then_some(snapshot)
 }

@@ -2,6 +2,7 @@
 //! `image` crate, EXIF orientation applied, converted to 8-bit RGB as PIL's `convert("RGB")`
 //! does (grey replicated, alpha dropped).
 
+use std::io::Read;
 use std::path::Path;
 
 use cnx_compiler::Limits;
@@ -42,20 +43,24 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// `limits.image_pixels` is refused from its header, before its pixels are allocated.
 pub fn decode(path: &Path, limits: &Limits) -> Result<RgbImage, ImageError> {
     let read = |e: std::io::Error| ImageError::Read(e.to_string());
-    let len = std::fs::metadata(path).map_err(read)?.len();
     // No encoding within the pixel limit takes more than 16 bytes a pixel (16-bit RGBA
-    // uncompressed is 8): refuse a larger file before reading it.
+    // uncompressed is 8): a larger file (or an endless one) is refused after that many bytes.
     let most = limits
         .image_pixels
         .saturating_mul(16)
-        .saturating_add(1 << 20);
-    if len > most {
+        .saturating_add(1 << 20)
+        .min(limits.memory_limit().map_or(u64::MAX, |m| m / 4));
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut bytes = Vec::new();
+    file.take(most.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > most {
         return Err(ImageError::TooLarge(format!(
-            "the file is {len} bytes, more than any image within the limit of {} pixels takes (raise it with --limit image-pixels=N)",
+            "the file is over {most} bytes, more than any image within the limit of {} pixels takes (raise it with --limit image-pixels=N)",
             limits.image_pixels
         )));
     }
-    let bytes = std::fs::read(path).map_err(read)?;
     decode_bytes(&bytes, limits)
 }
 

@@ -25,8 +25,76 @@ pub struct Array {
     pub dtype: String,
 }
 
+/// What a `.npy` header promises: where the data starts and how many elements it holds.
+struct NpyPromise {
+    data_start: u64,
+    numel: u64,
+}
+
+/// Checks what npyz would trust before it allocates: the header length against the file
+/// (a v2 header may claim 4 GiB) and the shape's element count (its product must not
+/// overflow). `bytes` may be the file's first bytes only.
+fn precheck_npy(bytes: &[u8], path: &Path) -> Result<Option<NpyPromise>, Error> {
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return Err(npy_error(path, "not a .npy file (no \\x93NUMPY magic)"));
+    }
+    let (start, header_len): (usize, usize) = match bytes[6] {
+        1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => (
+            12,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        ),
+        v => return Err(npy_error(path, format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(header_len))
+        .ok_or_else(|| {
+            npy_error(
+                path,
+                format!("header of {header_len} bytes does not fit the file: truncated"),
+            )
+        })?;
+    let header = String::from_utf8_lossy(header);
+    if let Some(shape) = header
+        .split_once("'shape'")
+        .and_then(|(_, rest)| rest.split_once('('))
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside)
+    {
+        let mut numel: u64 = 1;
+        for dim in shape.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let d: u64 = dim.trim_end_matches('L').parse().map_err(|_| {
+                npy_error(path, format!("shape entry `{dim}` is not a whole number"))
+            })?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| npy_error(path, format!("shape ({shape}) overflows")))?;
+        }
+        return Ok(Some(NpyPromise {
+            data_start: (start + header_len) as u64,
+            numel,
+        }));
+    }
+    Ok(None)
+}
+
 /// Parses one `.npy` image held in memory; float32 and float64, C order.
 fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
+    // Every element takes at least a byte, so a shape promising more elements than the file
+    // has bytes is truncated (and its byte count cannot overflow inside npyz).
+    if let Some(p) = precheck_npy(bytes, path)? {
+        // precheck found the whole header inside `bytes`: data_start <= bytes.len().
+        let available = bytes.len() as u64 - p.data_start;
+        if p.numel > available {
+            return Err(npy_error(
+                path,
+                format!(
+                    "header promises {} elements but {available} bytes of data follow: truncated",
+                    p.numel
+                ),
+            ));
+        }
+    }
     let mut cursor = Cursor::new(bytes);
     let header = NpyHeader::from_reader(&mut cursor)
         .map_err(|e| npy_error(path, format!("not a .npy file: {e}")))?;
@@ -78,13 +146,66 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
     Ok(Array { shape, data, dtype })
 }
 
-/// Reads a `.npy` file (float32 or float64) as an f32 tensor.
+/// Reads a `.npy` file (float32 or float64) as an f32 tensor. A file larger than the memory
+/// limit is refused unread.
 pub fn read_npy(path: &Path) -> Result<Tensor, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    // The bytes, the f64 array and the f32 tensor are alive at once: a quarter of the memory.
+    let cap = crate::limits().memory_limit().map_or(u64::MAX, |m| m / 4);
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // The header first: what it promises bounds what is read (and a file that is not a .npy,
+    // `/dev/zero` say, is refused after 64 KiB).
+    const PREFIX: u64 = 1 << 16;
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(PREFIX)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 == PREFIX {
+        // At most 8 bytes an element (float64) after the header.
+        let need = precheck_npy(&bytes, path)?
+            .map_or(u64::MAX, |p| {
+                p.data_start.saturating_add(p.numel.saturating_mul(8))
+            })
+            .min(cap);
+        (&mut file)
+            .take(need.saturating_sub(PREFIX).saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > cap {
+            return Err(npy_error(
+                path,
+                format!("larger than {cap} bytes, a quarter of the memory limit (see --limit memory-mb)"),
+            ));
+        }
+    }
     npy_tensor(&bytes, path)
+}
+
+/// Reads at most `cap` bytes of `path`; a longer file (or an endless one, such as
+/// `/dev/zero`) is an error naming it, after reading `cap + 1` bytes at most.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "larger than {cap} bytes, more than this file can be (see --limit)"
+            )),
+        });
+    }
+    Ok(bytes)
 }
 
 /// A `.npy` file's bytes (float32 or float64) as an f32 tensor; `path` names it in errors.
@@ -115,10 +236,17 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>, Error> {
         else {
             continue;
         };
+        // Read no more than the memory limit, whatever the entry claims (a zip bomb's
+        // declared size is a lie).
+        let cap = crate::limits().memory_limit().unwrap_or(u64::MAX);
         let mut bytes = Vec::new();
-        entry
+        (&mut entry)
+            .take(cap.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| npy_error(path, format!("{name}: {e}")))?;
+        if bytes.len() as u64 > cap {
+            return Err(npy_error(path, format!("{name}: larger than {cap} bytes")));
+        }
         let array = parse_npy(&bytes, &path.join(&name))?;
         arrays.insert(name, array);
     }

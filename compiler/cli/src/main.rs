@@ -51,6 +51,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust starts programs with SIGPIPE ignored, so printing into a closed pipe (`cnx graph M |
+    // head -1`) would panic in `print!`; restore the default, and cnx ends as `cat` does.
+    #[cfg(unix)]
+    // SAFETY: the first thing main does, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // The kernels read CNX_ISA themselves; a name they do not know is refused here, once.
     if let Err(e) = cnx_runtime::kernels::gemm::Isa::requested() {

@@ -102,10 +102,7 @@ impl ModelSpec {
     }
 
     fn from_config_file(name: &str, config_path: &Path) -> Result<ModelSpec, Error> {
-        let config_json = std::fs::read_to_string(config_path).map_err(|source| Error::Io {
-            path: config_path.to_path_buf(),
-            source,
-        })?;
+        let config_json = read_json(config_path)?;
         let config =
             ConvNextV2Config::from_json_with(&config_json, crate::limits()).map_err(|source| {
                 Error::Config {
@@ -116,7 +113,10 @@ impl ModelSpec {
         let dir = config_path.parent().map(Path::to_path_buf);
         let preprocessor_json = dir
             .as_ref()
-            .and_then(|d| std::fs::read_to_string(d.join("preprocessor_config.json")).ok());
+            .map(|d| d.join("preprocessor_config.json"))
+            .filter(|p| p.exists())
+            .map(|p| read_json(&p))
+            .transpose()?;
         Ok(ModelSpec {
             name: name.to_string(),
             config,
@@ -209,4 +209,13 @@ impl ModelSpec {
             pipeline,
         )?)
     }
+}
+
+/// A JSON file of the model's (`config.json`, `preprocessor_config.json`), read with the
+/// config's size cap.
+fn read_json(path: &Path) -> Result<String, Error> {
+    cnx_compiler::config::read_text(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -156,12 +156,20 @@ impl Parse for MacroArgs {
                 }
                 "name" => {
                     dup(args.name.is_some())?;
-                    args.name = Some(syn::parse2(value).map_err(|e| {
+                    let name: Ident = syn::parse2(value).map_err(|e| {
                         syn::Error::new(
                             e.span(),
                             "`name` takes a type name, e.g. `name = TinyClassifier`",
                         )
-                    })?);
+                    })?;
+                    // The emitter derives module names from it (`__cnx_<snake>`).
+                    if name.to_string().starts_with("r#") {
+                        return Err(syn::Error::new(
+                            name.span(),
+                            "`name` cannot be a raw identifier",
+                        ));
+                    }
+                    args.name = Some(name);
                 }
                 "image_size" => {
                     dup(args.image_size.is_some())?;
@@ -218,7 +226,7 @@ impl MacroArgs {
             } else {
                 model.clone()
             };
-            let text = std::fs::read_to_string(&path)
+            let text = crate::config::read_text(&path)
                 .map_err(|e| err(format!("cannot read {shown}: {e}")))?;
             let config =
                 ConvNextV2Config::from_json(&text).map_err(|e| err(format!("{shown}: {e}")))?;
@@ -1079,6 +1087,9 @@ fn model_methods(
         /// Logits (`batch x NUM_LABELS`, row-major) of `batch` images given as
         /// `pixel_values` in Hugging Face's NCHW layout, preprocessed.
         pub fn forward(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<f32>, ::convnextv2::Error> {
+            // Checked first, so that `batch` is the real number of images before it sizes
+            // anything.
+            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
             let mut logits = ::std::vec![0.0; batch * Self::NUM_LABELS];
             self.forward_into(pixel_values, batch, &mut logits)?;
             Ok(logits)
@@ -1088,7 +1099,7 @@ fn model_methods(
         pub fn forward_into(&self, pixel_values: &[f32], batch: usize, logits: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
             ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
             ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
-            if logits.len() != batch * Self::NUM_LABELS {
+            if Some(logits.len()) != batch.checked_mul(Self::NUM_LABELS) {
                 return Err(::convnextv2::Error::InputShape {
                     what: "logits".into(),
                     expected: ::std::vec![batch, Self::NUM_LABELS],
@@ -1252,6 +1263,10 @@ mod tests {
             (
                 "config = \"tiny-1k-224\", name = 3",
                 "`name` takes a type name",
+            ),
+            (
+                "config = \"tiny-1k-224\", name = r#Tiny",
+                "`name` cannot be a raw identifier",
             ),
             (
                 "config = \"tiny-1k-224\", fuse = 1",

@@ -12,6 +12,10 @@
 
 use crate::error::{Error, Result};
 
+/// The largest resize target side a `preprocessor_config.json` may ask for (4x the largest
+/// input cnx accepts by default).
+pub const MAX_SIDE: usize = 65536;
+
 /// The settings of a `preprocessor_config.json` that matter for ConvNeXt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessConfig {
@@ -94,6 +98,19 @@ impl PreprocessConfig {
         c.crop_pct = float("crop_pct", c.crop_pct)?;
         if !(c.crop_pct > 0.0 && c.crop_pct <= 1.0) {
             return Err(bad(format!("`crop_pct` {} is not in (0, 1]", c.crop_pct)));
+        }
+        // The resize target's short edge (size, or int(size / crop_pct) below 384) sizes
+        // every buffer after it.
+        let short_edge = if c.size >= 384 {
+            c.size as f64
+        } else {
+            c.size as f64 / c.crop_pct
+        };
+        if c.size > MAX_SIDE || short_edge > MAX_SIDE as f64 {
+            return Err(bad(format!(
+                "`size` {} with `crop_pct` {} resizes to a side over {MAX_SIDE}",
+                c.size, c.crop_pct
+            )));
         }
         c.rescale_factor = float("rescale_factor", c.rescale_factor)?;
         c.do_resize = flag("do_resize")?;
@@ -418,6 +435,12 @@ mod tests {
             "[",
         ] {
             assert!(PreprocessConfig::from_json(bad, 224).is_err(), "{bad}");
+        }
+        for huge in [
+            r#"{"size": {"shortest_edge": 100000}}"#,
+            r#"{"size": {"shortest_edge": 224}, "crop_pct": 1e-9}"#,
+        ] {
+            assert!(PreprocessConfig::from_json(huge, 224).is_err(), "{huge}");
         }
     }
 }

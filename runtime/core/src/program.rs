@@ -391,7 +391,9 @@ impl Program {
 pub fn check_pixel_values(shape: &[usize], len: usize, chw: [usize; 3]) -> crate::Result<usize> {
     let batch = shape.first().copied().unwrap_or(0);
     let fits = shape.len() == 4 && shape[1..] == chw && batch > 0;
-    if !fits || len != shape.iter().product::<usize>() {
+    // Checked: a shape whose product wraps (2^54 + 1 images of 3x224x224) must not match.
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if !fits || numel != Some(len) {
         return Err(crate::Error::InputShape {
             what: "pixel_values".into(),
             expected: vec![
@@ -739,6 +741,12 @@ mod tests {
         assert!(check_pixel_values(&[1, 3, 4, 6], 72, [3, 4, 5]).is_err());
         assert!(check_pixel_values(&[1, 3, 4, 5], 59, [3, 4, 5]).is_err());
         assert!(check_pixel_values(&[3, 4, 5], 60, [3, 4, 5]).is_err());
+        // 3 * 224 * 224 = 2^10 * 147: (2^54 + 1) images wrap around to exactly one image.
+        let chw = [3, 224, 224];
+        let wrapping = [(1usize << 54) + 1, 3, 224, 224];
+        assert!(check_pixel_values(&wrapping, 3 * 224 * 224, chw).is_err());
+        let data = vec![0f32; 3 * 224 * 224];
+        assert!(crate::Tensor::from_vec(&wrapping, data).is_err());
     }
 
     /// NaN and both infinities are refused with their count and the first one's index (batch,

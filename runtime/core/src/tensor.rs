@@ -19,8 +19,9 @@ impl Tensor {
 
     /// Wraps `data`; its length must equal the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
-        let expected: usize = shape.iter().product();
-        if expected != data.len() {
+        // Checked: a shape whose product wraps around to data.len() is not data.len().
+        let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if expected != Some(data.len()) {
             return Err(Error::InputShape {
                 what: "tensor data".into(),
                 expected: shape.to_vec(),

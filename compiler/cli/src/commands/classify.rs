@@ -56,6 +56,14 @@ pub fn load_classifier(
     let cfg = classify::preprocess_config(&spec)?;
     spec.check_run(batch, (cfg.size, cfg.size))?;
     let loaded = spec.load_with(model.weights.as_deref(), (cfg.size, cfg.size), pipeline)?;
+    // A bare `ConvNextV2Model` checkpoint has no classifier: its "logits" are the pooled
+    // features, whose indices are not labels.
+    if loaded.checkpoint().scheme() == cnx_runtime::NamingScheme::HuggingFaceBare {
+        return Err(Error::Usage(format!(
+            "{}: the checkpoint is a bare ConvNextV2Model (no classifier weights): nothing to classify with",
+            loaded.name
+        )));
+    }
     Ok((Engine::new(loaded, backend, &[outputs::LOGITS])?, cfg))
 }
 

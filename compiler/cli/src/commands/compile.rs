@@ -45,7 +45,8 @@ impl Args {
         let spec = ModelSpec::resolve(&self.model)?;
         let input_hw = self.input_size.hw(&spec)?;
         spec.check_run(1, input_hw)?;
-        if syn::parse_str::<syn::Ident>(&self.name).is_err() {
+        // A raw identifier (`r#Foo`) parses, but the emitter derives module names from it.
+        if syn::parse_str::<syn::Ident>(&self.name).is_err() || self.name.starts_with("r#") {
             return Err(Error::Usage(format!(
                 "--name `{}` is not a Rust type name",
                 self.name

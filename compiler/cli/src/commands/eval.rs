@@ -56,6 +56,9 @@ impl Args {
                 bar.inc(1);
                 match outcome {
                     Outcome::Logits { path, logits } => {
+                        // Every decoded input came from image_folder, which named its class;
+                        // load_classifier made the logits num_labels wide, and image_folder
+                        // refused classes not below num_labels.
                         let target = targets[&path];
                         let probs = classify::softmax(&logits);
                         let rank = probs.iter().filter(|&&p| p > probs[target]).count();

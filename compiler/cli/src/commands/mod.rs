@@ -31,8 +31,8 @@ pub struct ModelFlags {
 /// `--threads N`: worker threads (default: one per core). Results do not depend on it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Threads {
-    /// Worker threads (default: one per core). Results do not depend on it.
-    #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Worker threads, 1 to 1024 (default: one per core). Results do not depend on it.
+    #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 }
 

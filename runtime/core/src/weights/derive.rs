@@ -90,6 +90,11 @@ pub fn evaluate<R: Recipe>(p: &R, checkpoint: &dyn WeightSource) -> Result<Vec<f
                 .flatten()
         })
         .collect();
+    // Indexing below is proven by the load order: `Weights::load_for` validates the checkpoint
+    // against the graph first, so every input's data length equals the product of its recipe
+    // shape; recipe shapes come from the compiler's graph (convolution weights of rank 4,
+    // every dimension >= 1 because config sizes are positive), so `per_in >= 1` and every index
+    // formed is below its input's length.
     match (rule, slices.as_deref()) {
         (DeriveRule::ScaleInputChannels, Some([w, gamma])) => {
             let per_in: usize = inputs[0].shape()[2..].iter().product();

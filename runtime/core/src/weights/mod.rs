@@ -57,8 +57,43 @@ enum Storage {
         offset: usize,
         len: usize,
     },
-    /// Converted (or unaligned) data.
+    /// Data held as f32 (tensors handed over in memory).
     Owned(Vec<f32>),
+    /// f16, bf16, f64 or unaligned f32 data: `bytes` bytes at `offset` of the file's bytes,
+    /// converted to f32 the first time they are read. Converting lazily means a tensor that
+    /// validation refuses (an unexpected 4 GiB one, say) never costs memory.
+    Encoded {
+        map: Backing,
+        offset: usize,
+        bytes: usize,
+        dtype: Dtype,
+        decoded: std::sync::OnceLock<Vec<f32>>,
+    },
+}
+
+/// Little-endian `dtype` values as f32; `bytes.len()` is a multiple of the dtype's size
+/// (safetensors checked the byte count against dtype and shape).
+fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    // chunks_exact(k) yields slices of exactly k bytes, so the conversions cannot fail.
+    match dtype {
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
+            .collect(),
+        // F32 (the only other dtype `load_bytes` stores as Encoded).
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
 }
 
 /// One tensor of a checkpoint, under its Hugging Face name and shape.
@@ -87,6 +122,13 @@ impl StoredTensor {
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
             }
             Storage::Owned(v) => v,
+            Storage::Encoded {
+                map,
+                offset,
+                bytes,
+                dtype,
+                decoded,
+            } => decoded.get_or_init(|| decode(&map[*offset..*offset + *bytes], *dtype)),
         }
     }
 
@@ -203,8 +245,8 @@ impl WeightStore {
         let raw = tensors
             .into_iter()
             .map(|(name, shape, data)| {
-                let numel: usize = shape.iter().product();
-                if numel != data.len() {
+                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel != Some(data.len()) {
                     return Err(Error::InputShape {
                         what: format!("tensor `{name}`"),
                         expected: shape,
@@ -356,7 +398,10 @@ fn load_bytes(map: Backing, path: &Path) -> Result<Vec<(String, StoredTensor)>> 
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.iter() {
         let bytes = view.data();
+        // safetensors' validation computed numel x dtype size with checked arithmetic and
+        // required it to equal the tensor's byte count, so neither product overflows.
         let numel: usize = view.shape().iter().product();
+        // `bytes` is a slice of `map`, so its address is at least `base`.
         let data_offset = bytes.as_ptr() as usize - base;
         let storage = match view.dtype() {
             Dtype::F32
@@ -369,30 +414,13 @@ fn load_bytes(map: Backing, path: &Path) -> Result<Vec<(String, StoredTensor)>> 
                     len: numel,
                 }
             }
-            Dtype::F32 => Storage::Owned(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ),
-            Dtype::F16 => Storage::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            Dtype::BF16 => Storage::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            Dtype::F64 => Storage::Owned(
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-                    .collect(),
-            ),
+            dtype @ (Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) => Storage::Encoded {
+                map: map.clone(),
+                offset: data_offset,
+                bytes: bytes.len(),
+                dtype,
+                decoded: std::sync::OnceLock::new(),
+            },
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: path.to_path_buf(),
@@ -417,7 +445,26 @@ fn load_bytes(map: Backing, path: &Path) -> Result<Vec<(String, StoredTensor)>> 
 
 /// Reads `model.safetensors.index.json` and every shard it names.
 fn load_sharded(index_path: &Path) -> Result<Vec<(String, StoredTensor)>> {
-    let text = std::fs::read_to_string(index_path).map_err(io_error(index_path))?;
+    // An index names each tensor once: published ones are a few KiB. 64 MiB bounds an endless
+    // or corrupt file without refusing any real one.
+    const MAX_INDEX_BYTES: u64 = 64 << 20;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            File::open(index_path).map_err(io_error(index_path))?,
+            MAX_INDEX_BYTES + 1,
+        ),
+        &mut bytes,
+    )
+    .map_err(io_error(index_path))?;
+    let invalid = |reason: &str| Error::InvalidIndex {
+        path: index_path.to_path_buf(),
+        reason: reason.into(),
+    };
+    if bytes.len() as u64 > MAX_INDEX_BYTES {
+        return Err(invalid("larger than 64 MiB: not a shard index"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text"))?;
     let dir = index_path.parent().unwrap_or(Path::new("."));
     load_index(&text, index_path, |shard| load_file(&dir.join(shard)))
 }

@@ -56,6 +56,8 @@ impl NamingScheme {
     /// `hf_name`. timm stores GRN parameters as `(C)` (older versions `(1, 1, 1, C)`) where HF
     /// has `(1, 1, 1, C)`, and the MLP of atto..nano as 1x1 convs `(O, I, 1, 1)` where HF has
     /// Linear `(O, I)`: the bytes are the same, only the shape differs.
+    /// Only reshapes (`[c]` to `[1, 1, 1, c]`, `[o, i, 1, 1]` to `[o, i]`): the element count is
+    /// unchanged, so the data still holds exactly the shape's product.
     pub fn to_hf_shape(self, hf_name: &str, shape: &[usize]) -> Vec<usize> {
         if self != NamingScheme::Timm {
             return shape.to_vec();
