@@ -93,6 +93,34 @@ fn atto_preset_matches_the_interpreter_and_transformers() {
     assert_eq!(Atto::LABELS[0], "tench, Tinca tinca");
 }
 
+/// `embed`: transformers' pooler_output, bit-equal to the interpreter's and within the
+/// fixture's tolerance of transformers'; each image's row as it is alone (batch-independent).
+#[test]
+fn embed_gives_pooler_output() {
+    let dir = fixtures_dir().join("atto-224-b2");
+    let fx = Fixture::load(&dir);
+    let weights = dir.join("model.safetensors");
+    let atto = Atto::load(&weights).unwrap();
+    let x = read_npy(&dir.join("pixel_values.npy")).unwrap();
+    let batch = x.shape()[0];
+    let ours = atto.embed(x.data(), batch).unwrap();
+    assert_eq!(ours.len(), batch * Atto::HIDDEN_SIZE);
+    let model = ModelSpec::resolve(dir.to_str().unwrap())
+        .unwrap()
+        .load_with(Some(&weights), (224, 224), &Pipeline::default_pipeline())
+        .unwrap();
+    let theirs = interp::run(&model, &x, &["pooler_output"]).unwrap();
+    assert_eq!(ours, theirs["pooler_output"].data());
+    let wide: Vec<f64> = ours.iter().map(|&v| v as f64).collect();
+    let err = max_abs_diff(&wide, &fx.expected["pooler_output"].data);
+    let tol = tolerance(fx.hf_gap("pooler_output"), fx.scale("pooler_output"));
+    assert!(err <= tol, "|ours - hf| {err:e} > {tol:e}");
+    let per_image = x.data().len() / batch;
+    let second = atto.embed(&x.data()[per_image..], 1).unwrap();
+    assert_eq!(second, ours[Atto::HIDDEN_SIZE..]);
+    assert!(atto.embed(x.data(), batch + 1).is_err());
+}
+
 #[test]
 fn custom_config_matches_from_file_bytes_and_embedded() {
     let weights = fixtures_dir().join("custom-square/model.safetensors");

@@ -136,10 +136,10 @@ fn walk_once(
 /// What became of one input.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Its logits (one row).
-    Logits {
+    /// Its row of the output asked for (logits, or pooled features).
+    Row {
         path: PathBuf,
-        logits: Vec<f32>,
+        values: Vec<f32>,
     },
     Failed {
         path: PathBuf,
@@ -156,15 +156,17 @@ pub struct Timing {
     pub inference_s: f64,
 }
 
-/// Classifies `inputs` in batches of `batch`: a worker thread decodes and preprocesses ahead
-/// (at most two batches) while the model runs; `emit` receives every input's outcome, in
-/// input order, as soon as its batch is done.
+/// Runs `inputs` in batches of `batch` for the engine's output `output` (`logits`,
+/// `pooler_output`): a worker thread decodes and preprocesses ahead (at most two batches) while
+/// the model runs; `emit` receives every input's outcome, in input order, as soon as its batch
+/// is done.
 pub fn run_batches(
     engine: &crate::engine::Engine,
     cfg: &PreprocessConfig,
     inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
     batch: usize,
     threads: usize,
+    output: &str,
     mut emit: impl FnMut(Outcome),
 ) -> Result<Timing, Error> {
     let mut timing = Timing::default();
@@ -221,7 +223,7 @@ pub fn run_batches(
                 }
                 let x = Tensor::from_vec(&[*ready, s.channels, s.height, s.width], data)?;
                 let start = std::time::Instant::now();
-                let logits = engine.logits(&x, threads)?;
+                let logits = engine.output(&x, threads, output)?;
                 timing.inference_s += start.elapsed().as_secs_f64();
                 let n = logits.shape()[1];
                 logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
@@ -229,9 +231,9 @@ pub fn run_batches(
             let mut rows = logits_rows.into_iter();
             for item in items {
                 emit(match item {
-                    Ok((path, _)) => Outcome::Logits {
+                    Ok((path, _)) => Outcome::Row {
                         path,
-                        logits: rows.next().expect("one row per decoded image"),
+                        values: rows.next().expect("one row per decoded image"),
                     },
                     Err((path, error)) => Outcome::Failed { path, error },
                 });

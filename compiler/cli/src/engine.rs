@@ -67,8 +67,13 @@ impl Engine {
 
     /// Logits of a batch of pixel values (an engine made for the logits).
     pub fn logits(&self, x: &Tensor, threads: usize) -> Result<Tensor, Error> {
+        self.output(x, threads, outputs::LOGITS)
+    }
+
+    /// The output `name` of a batch of pixel values (an engine made for it).
+    pub fn output(&self, x: &Tensor, threads: usize, name: &str) -> Result<Tensor, Error> {
         let mut out = self.run(x, threads)?;
-        out.remove(outputs::LOGITS)
-            .ok_or_else(|| Error::Run(cnx_compiler::RunError::UnknownOutput("logits".into())))
+        out.remove(name)
+            .ok_or_else(|| Error::Run(cnx_compiler::RunError::UnknownOutput(name.into())))
     }
 }

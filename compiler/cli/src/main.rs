@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cnx_cli::commands::{
-    bench, classify, compare, compile, eval, graph, preprocess, random_model, run,
+    bench, classify, compare, compile, embed, eval, graph, preprocess, random_model, run,
 };
 
 #[derive(Parser)]
@@ -38,6 +38,9 @@ enum Command {
     Bench(bench::Args),
     /// Classify images: top-k labels with softmax probabilities, per image.
     Classify(classify::Args),
+    /// Embed images: transformers' pooler_output per image (.npy + paths, or JSON lines),
+    /// optionally L2-normalised.
+    Embed(embed::Args),
     /// Write the pixel_values a model sees for an image (float32 NCHW .npy, as `cnx run` takes).
     Preprocess(preprocess::Args),
     /// Accuracy on an ImageFolder tree (one sub-folder per class, named by label or index):
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Compile(a) => a.run(),
         Command::Bench(a) => a.run(),
         Command::Classify(a) => a.run(),
+        Command::Embed(a) => a.run(),
         Command::Preprocess(a) => a.run(),
         Command::Eval(a) => a.run(),
         Command::Compare(a) => a.run(),

@@ -760,3 +760,119 @@ fn eval_reports_accuracy_and_cross_entropy() {
     let out = cnx(&["eval", "--model", s(&model), s(&root)]);
     assert_user_error(&out, "not-a-class", None);
 }
+
+/// `cnx embed`: each row is bit-equal to `cnx run`'s pooler_output for the same image (the run
+/// is tested against transformers), whatever the batch and the shard; --normalize gives unit
+/// rows; --jsonl the same numbers; a broken image is reported and skipped, the rest written.
+#[test]
+fn embed_writes_pooler_output_rows_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("atto-224-b2");
+    let names = ["rocket_exif6.jpg", "chelsea.png", "camera_grey.png"];
+    let files: Vec<PathBuf> = names.iter().map(|n| images().join(n)).collect();
+    let file_args: Vec<&str> = files.iter().map(|f| s(f)).collect();
+    let embed = |extra: &[&str], output: &Path| {
+        let mut args = vec!["embed", "--model", s(&model), "--backend", "interp"];
+        args.extend_from_slice(&file_args);
+        args.extend_from_slice(&["--output", s(output)]);
+        args.extend_from_slice(extra);
+        cnx(&args)
+    };
+    let all = dir.path().join("emb.npy");
+    let out = embed(&["--batch", "2"], &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let emb = cnx_cli::io::read_npy(&all).unwrap();
+    assert_eq!(emb.shape(), &[3, 320]);
+    let paths = std::fs::read_to_string(dir.path().join("emb.paths.txt")).unwrap();
+    assert_eq!(paths.lines().collect::<Vec<_>>(), file_args);
+    // Each row against `preprocess` + `run` of that image alone (batch 1).
+    for (i, file) in files.iter().enumerate() {
+        let pv = dir.path().join(format!("pv{i}.npy"));
+        let npz = dir.path().join(format!("out{i}.npz"));
+        let args = [
+            "preprocess",
+            "--model",
+            s(&model),
+            s(file),
+            "--output",
+            s(&pv),
+        ];
+        assert!(cnx(&args).status.success());
+        let args = [
+            "run",
+            "--model",
+            s(&model),
+            "--input",
+            s(&pv),
+            "--output",
+            s(&npz),
+            "--backend",
+            "interp",
+        ];
+        assert!(cnx(&args).status.success());
+        let pooled = &read_npz(&npz).unwrap()["pooler_output"];
+        let row: Vec<f64> = emb.data()[i * 320..(i + 1) * 320]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        assert_eq!(row, pooled.data, "{}", names[i]);
+    }
+    // Shards 0/2 and 1/2 of the sorted paths concatenate to the sorted whole.
+    let mut sorted: Vec<(String, usize)> = file_args
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), i))
+        .collect();
+    sorted.sort();
+    let mut joined = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let part = dir.path().join(format!("shard{}.npy", &shard[..1]));
+        assert!(embed(&["--shard", shard], &part).status.success());
+        joined.extend_from_slice(cnx_cli::io::read_npy(&part).unwrap().data());
+    }
+    let want: Vec<f32> = sorted
+        .iter()
+        .flat_map(|(_, i)| emb.data()[i * 320..(i + 1) * 320].to_vec())
+        .collect();
+    assert_eq!(joined, want);
+    // --normalize: unit rows, parallel to the raw ones; --jsonl: the same numbers.
+    let unit = dir.path().join("unit.jsonl");
+    assert!(embed(&["--normalize", "--jsonl"], &unit).status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&unit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["path"], file_args[i]);
+        let v: Vec<f64> = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-6, "{norm}");
+        let raw = &emb.data()[i * 320..(i + 1) * 320];
+        let raw_norm = raw.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        for (a, &b) in v.iter().zip(raw) {
+            assert!((a - b as f64 / raw_norm).abs() < 1e-6);
+        }
+    }
+    // A broken image among good ones: reported, exit 2, the good ones written in order.
+    let mixed = dir.path().join("mixed.npy");
+    let mut args = vec!["embed", "--model", s(&model), "--backend", "interp"];
+    let broken = images().join("truncated.jpg");
+    args.extend_from_slice(&[file_args[0], s(&broken), file_args[1]]);
+    args.extend_from_slice(&["--output", s(&mixed)]);
+    let out = cnx(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated.jpg"));
+    let got = cnx_cli::io::read_npy(&mixed).unwrap();
+    assert_eq!(got.data(), &emb.data()[..640]);
+}

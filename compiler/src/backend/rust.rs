@@ -451,7 +451,8 @@ pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
         Pipeline::default_pipeline().run(&mut graph)?;
         verify::verify(&graph)?;
     }
-    Ok((lower_outputs(&graph, &[outputs::LOGITS])?, checkpoint))
+    let wanted = [outputs::LOGITS, outputs::POOLER_OUTPUT];
+    Ok((lower_outputs(&graph, &wanted)?, checkpoint))
 }
 
 fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
@@ -482,6 +483,11 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
     let input_slot = program.input_value.slot;
     let logits = program
         .output(outputs::LOGITS)
+        .ok_or(EmitError::NoLogits)?
+        .value
+        .slot;
+    let pooled = program
+        .output(outputs::POOLER_OUTPUT)
         .ok_or(EmitError::NoLogits)?
         .value
         .slot;
@@ -516,6 +522,7 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
             pub(super) static WEIGHTS: [WeightSlot; #n_weights] = [#(#weight_slots),*];
             pub(super) const INPUT_SLOT: usize = #input_slot;
             pub(super) const LOGITS_SLOT: usize = #logits;
+            pub(super) const POOLED_SLOT: usize = #pooled;
             /// f32 per image of each workspace slot, and f64 per image of each sums slot.
             pub(super) const SLOT_SIZES: [usize; #n_slots] = [#(#slot_sizes),*];
             pub(super) const SUMS_SIZES: [usize; #n_sums] = [#(#sums_sizes),*];
@@ -983,6 +990,7 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
     let hidden = &spec.config.hidden_sizes;
     let depths = &spec.config.depths;
     let n_stages = hidden.len();
+    let hidden_size = hidden.last().copied().unwrap_or(0);
     let name = format_ident!("{}", spec.name);
     let fused = spec.fuse;
     let model = &spec.model;
@@ -1025,6 +1033,8 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
             pub const INPUT_WIDTH: usize = #w;
             /// Channels of each stage.
             pub const HIDDEN_SIZES: [usize; #n_stages] = [#(#hidden),*];
+            /// Features of an embedding (`pooler_output`): the last stage's channels.
+            pub const HIDDEN_SIZE: usize = #hidden_size;
             /// Blocks of each stage.
             pub const DEPTHS: [usize; #n_stages] = [#(#depths),*];
             pub const NUM_LABELS: usize = #n_labels;
@@ -1111,6 +1121,35 @@ fn model_methods(
                 ws.set(#module::INPUT_SLOT, pixel_values);
                 ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
                 logits.copy_from_slice(ws.get(#module::LOGITS_SLOT));
+            });
+            Ok(())
+        }
+
+        /// Embeddings (`batch x HIDDEN_SIZE`, row-major): transformers' `pooler_output`, the
+        /// final LayerNorm of the global average pool, of `batch` images.
+        pub fn embed(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<f32>, ::convnextv2::Error> {
+            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
+            let mut pooled = ::std::vec![0.0; batch * Self::HIDDEN_SIZE];
+            self.embed_into(pixel_values, batch, &mut pooled)?;
+            Ok(pooled)
+        }
+
+        /// As [`Self::embed`], into `pooled` (`batch x HIDDEN_SIZE`).
+        pub fn embed_into(&self, pixel_values: &[f32], batch: usize, pooled: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
+            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
+            ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
+            if Some(pooled.len()) != batch.checked_mul(Self::HIDDEN_SIZE) {
+                return Err(::convnextv2::Error::InputShape {
+                    what: "pooled".into(),
+                    expected: ::std::vec![batch, Self::HIDDEN_SIZE],
+                    found: ::std::vec![pooled.len()],
+                });
+            }
+            let weights = &self.weights;
+            self.workspace.with(batch, |ws| {
+                ws.set(#module::INPUT_SLOT, pixel_values);
+                ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
+                pooled.copy_from_slice(ws.get(#module::POOLED_SLOT));
             });
             Ok(())
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
 
-use super::{progress_bar, ModelFlags, PassFlags, Threads};
+use super::{input_path, progress_bar, ModelFlags, PassFlags, ShardFlag, Threads};
 use crate::classify::{self, Outcome};
 use crate::engine::{Backend, Engine};
 use crate::{Error, ModelSpec};
@@ -36,6 +36,8 @@ pub struct Args {
     backend: Backend,
     #[command(flatten)]
     passes: PassFlags,
+    #[command(flatten)]
+    shard: ShardFlag,
 }
 
 /// Loads a model for classification at its preprocessing size, on `backend`, for batches of
@@ -53,9 +55,7 @@ pub fn load_classifier(
             spec.name
         )));
     }
-    let cfg = classify::preprocess_config(&spec)?;
-    spec.check_run(batch, (cfg.size, cfg.size))?;
-    let loaded = spec.load_with(model.weights.as_deref(), (cfg.size, cfg.size), pipeline)?;
+    let (loaded, cfg) = load_for_images(spec, model, pipeline, batch)?;
     // A bare `ConvNextV2Model` checkpoint has no classifier: its "logits" are the pooled
     // features, whose indices are not labels.
     if loaded.checkpoint().scheme() == cnx_runtime::NamingScheme::HuggingFaceBare {
@@ -67,13 +67,35 @@ pub fn load_classifier(
     Ok((Engine::new(loaded, backend, &[outputs::LOGITS])?, cfg))
 }
 
+/// Loads `spec` (with `model`'s weights) at its preprocessing size for batches of up to
+/// `batch` images; and the preprocessing.
+pub fn load_for_images(
+    spec: ModelSpec,
+    model: &ModelFlags,
+    pipeline: &Pipeline,
+    batch: usize,
+) -> Result<
+    (
+        cnx_compiler::LoadedModel,
+        cnx_runtime::preprocess::PreprocessConfig,
+    ),
+    Error,
+> {
+    let cfg = classify::preprocess_config(&spec)?;
+    spec.check_run(batch, (cfg.size, cfg.size))?;
+    let loaded = spec.load_with(model.weights.as_deref(), (cfg.size, cfg.size), pipeline)?;
+    Ok((loaded, cfg))
+}
+
 impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
         let (engine, cfg) =
             load_classifier(&self.model, &pipeline, self.backend, self.batch as usize)?;
         let labels = engine.model().config.id2label.clone();
-        let inputs = classify::collect_inputs(&self.inputs);
+        let inputs = self
+            .shard
+            .select(classify::collect_inputs(&self.inputs), input_path);
         if inputs.is_empty() {
             return Err(Error::Usage("no images found".into()));
         }
@@ -89,6 +111,7 @@ impl Args {
             inputs,
             batch,
             self.threads.get(),
+            outputs::LOGITS,
             |outcome| {
                 bar.inc(1);
                 let Some(line) = self.line(outcome, &labels, &bar, &mut failed) else {
@@ -131,7 +154,10 @@ impl Args {
     ) -> Option<String> {
         let path_text = |p: &Path| p.display().to_string();
         match outcome {
-            Outcome::Logits { path, logits } => {
+            Outcome::Row {
+                path,
+                values: logits,
+            } => {
                 let top = classify::top_k(&logits, labels, self.top as usize);
                 Some(if self.json {
                     serde_json::json!({"path": path_text(&path), "top": top}).to_string()

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use cnx_compiler::ir::outputs;
+
 use super::classify::load_classifier;
 use super::{progress_bar, ModelFlags, PassFlags, Threads};
 use crate::classify::{self, Outcome};
@@ -52,10 +54,14 @@ impl Args {
             inputs,
             batch,
             self.threads.get(),
+            outputs::LOGITS,
             |outcome| {
                 bar.inc(1);
                 match outcome {
-                    Outcome::Logits { path, logits } => {
+                    Outcome::Row {
+                        path,
+                        values: logits,
+                    } => {
                         // Every decoded input came from image_folder, which named its class;
                         // load_classifier made the logits num_labels wide, and image_folder
                         // refused classes not below num_labels.

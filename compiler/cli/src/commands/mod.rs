@@ -5,6 +5,7 @@ pub mod bench;
 pub mod classify;
 pub mod compare;
 pub mod compile;
+pub mod embed;
 pub mod eval;
 pub mod graph;
 pub mod preprocess;
@@ -40,6 +41,42 @@ impl Threads {
     pub fn get(&self) -> usize {
         self.threads
             .map_or_else(cnx_runtime::pool::available, |t| t as usize)
+    }
+}
+
+/// `--shard I/N`: this process's share of a job split across N (an indexed batch job).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardFlag {
+    /// Process shard I of N (0-based): a contiguous, deterministic 1/N of the inputs sorted
+    /// by path, so the N outputs concatenate in order.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let usage = || format!("`{s}`: expected I/N with 0 <= I < N, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(usage)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| usage())?,
+        n.trim().parse().map_err(|_| usage())?,
+    );
+    if i >= n {
+        return Err(usage());
+    }
+    Ok((i, n))
+}
+
+impl ShardFlag {
+    /// `items` sorted by `key` (their path), then this shard's contiguous part: items
+    /// `[i*len/N, (i+1)*len/N)`. Without `--shard`, `items` as given.
+    pub fn select<T, K: Ord>(&self, mut items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+        let Some((i, n)) = self.shard else {
+            return items;
+        };
+        items.sort_by_key(key);
+        let len = items.len();
+        let (start, end) = (i * len / n, (i + 1) * len / n);
+        items.drain(start..end).collect()
     }
 }
 
@@ -109,6 +146,15 @@ impl PassFlags {
     }
 }
 
+/// The path of a collected input (found or not), to sort and shard by.
+pub fn input_path(
+    input: &Result<std::path::PathBuf, (std::path::PathBuf, String)>,
+) -> std::path::PathBuf {
+    match input {
+        Ok(p) | Err((p, _)) => p.clone(),
+    }
+}
+
 /// A progress bar on stderr for runs of more than one batch; hidden when stderr is not a
 /// terminal.
 pub fn progress_bar(len: usize, batch: usize) -> indicatif::ProgressBar {
@@ -128,6 +174,22 @@ pub fn progress_bar(len: usize, batch: usize) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_split_sorted_inputs_contiguously() {
+        let all: Vec<u32> = (0..10).rev().collect();
+        let mut joined = Vec::new();
+        for i in 0..3 {
+            let shard = ShardFlag {
+                shard: Some((i, 3)),
+            };
+            joined.extend(shard.select(all.clone(), |&v| v));
+        }
+        assert_eq!(joined, (0..10).collect::<Vec<_>>());
+        assert!(parse_shard("3/3").is_err() && parse_shard("1/0").is_err());
+        assert_eq!(parse_shard("1/4"), Ok((1, 4)));
+        assert_eq!(ShardFlag { shard: None }.select(all.clone(), |&v| v), all);
+    }
 
     #[test]
     fn sizes_parse_as_square_or_height_by_width() {
