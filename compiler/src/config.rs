@@ -12,6 +12,7 @@ use std::path::Path;
 use cnx_runtime::Activation;
 
 use crate::limits::{LimitError, Limits};
+use crate::loss::ProblemType;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -70,6 +71,8 @@ pub struct ConvNextV2Config {
     pub out_indices: Vec<usize>,
     /// Stochastic depth rate: training only, no effect at inference.
     pub drop_path_rate: f64,
+    /// What labels mean for the loss (`None`: decided from the labels, as transformers does).
+    pub problem_type: Option<ProblemType>,
 }
 
 /// `config.json` as written, before validation. Everything optional; unknown keys ignored.
@@ -90,6 +93,7 @@ struct RawConfig {
     out_features: Option<Value>,
     out_indices: Option<Value>,
     drop_path_rate: Option<Value>,
+    problem_type: Option<Value>,
 }
 
 fn positive(key: &str, v: Option<&Value>, default: usize) -> Result<usize, ConfigError> {
@@ -225,6 +229,22 @@ impl ConvNextV2Config {
                 ))
             }
         }
+        let problem_type = match raw.problem_type.as_ref() {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => {
+                Some(ProblemType::from_hf_name(name).ok_or_else(|| {
+                    let known: Vec<&str> = ProblemType::NAMES.iter().map(|(n, _)| *n).collect();
+                    bad(
+                        "problem_type",
+                        format!(
+                            "unknown problem type `{name}` (known: {})",
+                            known.join(", ")
+                        ),
+                    )
+                })?)
+            }
+            Some(v) => return Err(bad("problem_type", format!("expected a name, found {v}"))),
+        };
         let (out_features, out_indices) = out_features(
             num_stages,
             raw.out_features.as_ref(),
@@ -243,6 +263,7 @@ impl ConvNextV2Config {
             out_features,
             out_indices,
             drop_path_rate,
+            problem_type,
         })
     }
 
@@ -468,6 +489,7 @@ mod tests {
             (r#"{"out_features": ["stage9"]}"#, "out_features"),
             (r#"{"out_indices": [7]}"#, "out_indices"),
             (r#"{"model_type": "convnext"}"#, "model_type"),
+            (r#"{"problem_type": "ranking"}"#, "problem_type"),
             (r#"[1, 2]"#, "(file)"),
             (r#"{"depths": "#, "(file)"),
         ];

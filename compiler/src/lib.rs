@@ -20,6 +20,7 @@ pub mod error;
 pub mod ir;
 pub mod limits;
 pub mod listing;
+pub mod loss;
 pub mod lower;
 pub mod memory_plan;
 pub mod model;

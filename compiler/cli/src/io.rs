@@ -80,6 +80,12 @@ fn precheck_npy(bytes: &[u8], path: &Path) -> Result<Option<NpyPromise>, Error> 
 
 /// Parses one `.npy` image held in memory; float32 and float64, C order.
 fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
+    parse_npy_of(bytes, path, false)
+}
+
+/// [`parse_npy`], also taking integer arrays (int64, int32, uint8) when `integers`: values
+/// are exact in f64 up to 2^53.
+fn parse_npy_of(bytes: &[u8], path: &Path, integers: bool) -> Result<Array, Error> {
     // Every element takes at least a byte, so a shape promising more elements than the file
     // has bytes is truncated (and its byte count cannot overflow inside npyz).
     if let Some(p) = precheck_npy(bytes, path)? {
@@ -135,6 +141,14 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
             .map_err(read_err)?,
         Err(npy) => match npy.try_data::<f64>() {
             Ok(reader) => reader.collect::<Result<_, _>>().map_err(read_err)?,
+            Err(npy) if integers => read_integers(npy)
+                .ok_or_else(|| {
+                    npy_error(
+                        path,
+                        format!("dtype {dtype} is not supported (expected float32, float64, int64, int32 or uint8)"),
+                    )
+                })?
+                .map_err(read_err)?,
             Err(_) => {
                 return Err(npy_error(
                     path,
@@ -146,9 +160,39 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, Error> {
     Ok(Array { shape, data, dtype })
 }
 
+/// An int64, int32 or uint8 array's values as f64; `None` for any other dtype.
+fn read_integers(npy: NpyFile<&[u8]>) -> Option<std::io::Result<Vec<f64>>> {
+    let npy = match npy.try_data::<i64>() {
+        Ok(r) => return Some(r.map(|v| v.map(|v| v as f64)).collect()),
+        Err(npy) => npy,
+    };
+    let npy = match npy.try_data::<i32>() {
+        Ok(r) => return Some(r.map(|v| v.map(f64::from)).collect()),
+        Err(npy) => npy,
+    };
+    match npy.try_data::<u8>() {
+        Ok(r) => Some(r.map(|v| v.map(f64::from)).collect()),
+        Err(_) => None,
+    }
+}
+
+/// Reads a `.npy` file of float or integer values (labels) as an [`Array`]; read with the same
+/// caps as [`read_npy`].
+pub fn read_npy_array(path: &Path) -> Result<Array, Error> {
+    let bytes = read_npy_bytes(path)?;
+    parse_npy_of(&bytes, path, true)
+}
+
 /// Reads a `.npy` file (float32 or float64) as an f32 tensor. A file larger than the memory
 /// limit is refused unread.
 pub fn read_npy(path: &Path) -> Result<Tensor, Error> {
+    let bytes = read_npy_bytes(path)?;
+    npy_tensor(&bytes, path)
+}
+
+/// A `.npy` file's bytes, read no further than its header promises (and than a quarter of the
+/// memory limit).
+fn read_npy_bytes(path: &Path) -> Result<Vec<u8>, Error> {
     // The bytes, the f64 array and the f32 tensor are alive at once: a quarter of the memory.
     let cap = crate::limits().memory_limit().map_or(u64::MAX, |m| m / 4);
     let io = |source| Error::Io {
@@ -182,7 +226,7 @@ pub fn read_npy(path: &Path) -> Result<Tensor, Error> {
             ));
         }
     }
-    npy_tensor(&bytes, path)
+    Ok(bytes)
 }
 
 /// Reads at most `cap` bytes of `path`; a longer file (or an endless one, such as

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cnx_compiler::ir::outputs;
+use cnx_compiler::loss::Labels;
 use cnx_runtime::program::NonFinite;
 
 use super::{ModelFlags, PassFlags, Threads};
@@ -32,6 +33,12 @@ pub struct Args {
     backend: Backend,
     #[command(flatten)]
     passes: PassFlags,
+    /// Labels (.npy: int64 class indices, or float targets) to compute transformers' loss
+    /// for, written as `loss` (float32 scalar): cross-entropy, BCE with logits or mean squared
+    /// error as the config's `problem_type` says (when unset: decided from the labels, as
+    /// transformers does).
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// Run pixel values holding NaN or infinity anyway (refused by default: every output they
     /// reach would be NaN or infinite).
     #[arg(long)]
@@ -44,6 +51,7 @@ impl Args {
         let pipeline = self.passes.pipeline()?;
         let spec = ModelSpec::resolve(&self.model.model)?;
         let pixel_values = io::read_npy(&self.input)?;
+        let labels = self.labels.as_deref().map(io::read_npy_array).transpose()?;
         let shape = pixel_values.shape().to_vec();
         let channels = spec.config.num_channels;
         if shape.len() != 4 || shape[1] != channels || shape[0] == 0 {
@@ -83,8 +91,38 @@ impl Args {
         };
         let values = engine.run(&pixel_values, self.threads.get())?;
         let ran_at = start.elapsed();
-        let arrays: Vec<(&str, &cnx_runtime::Tensor)> =
+        let mut arrays: Vec<(&str, &cnx_runtime::Tensor)> =
             wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
+        let loss = match (&labels, self.labels.as_deref()) {
+            (Some(labels), Some(path)) => {
+                let logits = &values[outputs::LOGITS];
+                let num_labels = engine.model().config.num_labels();
+                if logits.shape()[1] != num_labels {
+                    return Err(Error::Usage(format!(
+                        "--labels: {name} has no classifier (its logits are the pooled features): no loss"
+                    )));
+                }
+                let labels = Labels {
+                    shape: labels.shape.clone(),
+                    values: labels.data.clone(),
+                    integer: !labels.dtype.contains('f'),
+                };
+                let problem = engine.model().config.problem_type;
+                let (loss, problem) =
+                    cnx_compiler::loss::loss(problem, logits.data(), num_labels, &labels).map_err(
+                        |e| Error::Npy {
+                            path: path.to_path_buf(),
+                            reason: e.to_string(),
+                        },
+                    )?;
+                eprintln!("cnx: loss ({}) {loss}", problem.hf_name());
+                Some(cnx_runtime::Tensor::from_vec(&[], vec![loss as f32])?)
+            }
+            _ => None,
+        };
+        if let Some(loss) = &loss {
+            arrays.push(("loss", loss));
+        }
         io::write_npz(&self.output, &arrays)?;
         eprintln!(
             "cnx: {name} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms{compile}; wrote {}",
