@@ -25,11 +25,17 @@ pub struct BuildOptions {
     /// Build the classifier head. `false` for a bare `ConvNextV2Model`; with 0 labels there is
     /// none either way. Without it, `logits` are the pooled features, as in transformers.
     pub classifier: bool,
+    /// Build `ConvNextV2Backbone` instead: embeddings, encoder, and one channels-first
+    /// LayerNorm per stage of `out_features` (outputs `feature_maps_<k>`); no pooling, no head.
+    pub backbone: bool,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { classifier: true }
+        BuildOptions {
+            classifier: true,
+            backbone: false,
+        }
     }
 }
 
@@ -114,6 +120,9 @@ impl Builder<'_> {
 
     /// `ConvNextV2ForImageClassification.forward`.
     fn image_classification(&mut self, options: BuildOptions) -> Result<(), GraphError> {
+        if options.backbone {
+            return self.backbone("convnextv2");
+        }
         let pixel_values = self.graph.input();
         let pooled = self.model("convnextv2", pixel_values)?;
         let logits = if options.classifier && self.config.num_labels() > 0 {
@@ -152,6 +161,36 @@ impl Builder<'_> {
         )?;
         self.graph.set_output(outputs::POOLER_OUTPUT, pooled);
         Ok(pooled)
+    }
+
+    /// `ConvNextV2Backbone.forward`: the encoder's hidden states of the stages in
+    /// `out_features`, in stage order, each through `hidden_states_norms[stage]` (a
+    /// channels-first LayerNorm, eps 1e-6). Named under `prefix` as the bare model is, so a
+    /// backbone checkpoint (`embeddings.*`, `encoder.*`, `hidden_states_norms.*`) reads as one.
+    fn backbone(&mut self, prefix: &str) -> Result<(), GraphError> {
+        let pixel_values = self.graph.input();
+        let embedding_output = self.embeddings(&format!("{prefix}.embeddings"), pixel_values)?;
+        let last_hidden_state = self.encoder(&format!("{prefix}.encoder"), embedding_output)?;
+        self.graph
+            .set_output(outputs::LAST_HIDDEN_STATE, last_hidden_state);
+        let names = self.config.stage_names();
+        let mut selected = self.config.out_indices.clone();
+        selected.sort_unstable();
+        selected.dedup();
+        for (k, i) in selected.into_iter().enumerate() {
+            let hidden_state = self
+                .graph
+                .output(&outputs::hidden_state(i))
+                .expect("the encoder records every hidden state");
+            let norm = self.layer_norm(
+                format!("{prefix}.hidden_states_norms.{}", names[i]),
+                hidden_state,
+                NormAxis::ChannelsFirst,
+                BLOCK_LAYER_NORM_EPS,
+            )?;
+            self.graph.set_output(outputs::feature_map(k), norm);
+        }
+        Ok(())
     }
 
     /// `ConvNextV2Embeddings`: patchify conv (kernel = stride = patch_size), channels-first LN.

@@ -495,6 +495,12 @@ pub mod outputs {
         format!("hidden_states_{i}")
     }
 
+    /// `feature_maps_<k>`: a backbone's k-th feature map (of the stages in `out_features`, in
+    /// stage order), through its `hidden_states_norms` LayerNorm.
+    pub fn feature_map(k: usize) -> String {
+        format!("feature_maps_{k}")
+    }
+
     /// Every output of a model with `num_stages` stages: logits, pooler_output,
     /// last_hidden_state, then the `num_stages + 1` hidden states.
     pub fn all(num_stages: usize) -> Vec<String> {

@@ -57,9 +57,11 @@ impl LoadedModel {
         isa: Option<Isa>,
     ) -> Result<Self, Error> {
         // A bare `ConvNextV2Model` checkpoint has no classifier: its logits are the pooled
-        // features, as `nn.Identity()` gives with zero labels.
+        // features, as `nn.Identity()` gives with zero labels. A `ConvNextV2Backbone` one is
+        // known by its `hidden_states_norms`: feature maps, no pooling, no head.
         let options = BuildOptions {
             classifier: store.scheme() != NamingScheme::HuggingFaceBare,
+            backbone: store.names().any(|n| n.contains("hidden_states_norms.")),
         };
         let mut graph = build_graph_with(&config, input_hw, options)?;
         verify::verify(&graph)?;
@@ -85,6 +87,13 @@ impl LoadedModel {
             weights,
             pass_report,
         })
+    }
+
+    /// Whether this is a `ConvNextV2Backbone` (outputs `feature_maps_<k>`, no logits).
+    pub fn is_backbone(&self) -> bool {
+        self.graph
+            .output(&crate::ir::outputs::feature_map(0))
+            .is_some()
     }
 
     /// The program computing the outputs `names` (`["logits"]`, ...).

@@ -171,7 +171,15 @@ fn heads_without_a_classifier_output_pooled_features() {
     let g = build_graph(&c, (64, 64)).unwrap();
     assert_eq!(g.output(outputs::LOGITS), g.output(outputs::POOLER_OUTPUT));
     assert!(g.find("classifier").is_none());
-    let bare = build_graph_with(&custom(), (64, 64), BuildOptions { classifier: false }).unwrap();
+    let bare = build_graph_with(
+        &custom(),
+        (64, 64),
+        BuildOptions {
+            classifier: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(
         bare.output(outputs::LOGITS),
         bare.output(outputs::POOLER_OUTPUT)

@@ -876,3 +876,49 @@ fn embed_writes_pooler_output_rows_in_input_order() {
     let got = cnx_cli::io::read_npy(&mixed).unwrap();
     assert_eq!(got.data(), &emb.data()[..640]);
 }
+
+/// `cnx run --backbone`: the npz holds feature_maps_0..k (as transformers returns them; the
+/// values are checked against transformers in tests/tests/backbones.rs) and last_hidden_state;
+/// a backbone without the flag, or the flag on a classifier, is one clear error.
+#[test]
+fn run_backbone_writes_feature_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = fixture("backbones/stages-1-3-nonsquare");
+    let input = case.join("pixel_values.npy");
+    let out_path = dir.path().join("maps.npz");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["run", "--model", s(&case), "--input", s(&input), "--output"];
+        a.push(s(&out_path));
+        a.extend_from_slice(extra);
+        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| cnx(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(args(&["--backbone"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let npz = read_npz(&out_path).unwrap();
+    let names: Vec<&str> = npz.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["feature_maps_0", "feature_maps_1", "last_hidden_state"]
+    );
+    assert_eq!(npz["feature_maps_0"].shape, [2, 8, 18, 10]);
+    assert_eq!(npz["feature_maps_1"].shape, [2, 24, 4, 2]);
+    std::fs::remove_file(&out_path).unwrap();
+    assert_user_error(&run(args(&[])), "pass --backbone", Some(&out_path));
+    let classifier = fixture("custom-square");
+    let out = cnx(&[
+        "run",
+        "--model",
+        s(&classifier),
+        "--input",
+        s(&classifier.join("pixel_values.npy")),
+        "--output",
+        s(&out_path),
+        "--backbone",
+    ]);
+    assert_user_error(&out, "not a ConvNextV2Backbone", Some(&out_path));
+}

@@ -436,11 +436,7 @@ pub type Checkpoint = Vec<(String, Vec<usize>)>;
 
 /// The model's program (logits only) and the checkpoint tensors it is validated against.
 pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
-    let mut graph = build_graph_with(
-        &spec.config,
-        spec.input_hw,
-        BuildOptions { classifier: true },
-    )?;
+    let mut graph = build_graph_with(&spec.config, spec.input_hw, BuildOptions::default())?;
     verify::verify(&graph)?;
     let checkpoint: Vec<(String, Vec<usize>)> = graph
         .checkpoint_params()

@@ -25,6 +25,11 @@ pub struct Args {
     /// Also write hidden_states_0 .. hidden_states_<num_stages> (NCHW, HF order).
     #[arg(long)]
     hidden_states: bool,
+    /// Run a ConvNextV2Backbone checkpoint (config `out_features` / `out_indices`, weights with
+    /// `hidden_states_norms.*`): write feature_maps_0..k (NCHW, each through its LayerNorm, in
+    /// stage order) and last_hidden_state instead of logits.
+    #[arg(long)]
+    backbone: bool,
     #[command(flatten)]
     threads: Threads,
     /// Execution backend (default: the JIT; the interpreter gives the same results to
@@ -69,10 +74,41 @@ impl Args {
             &pipeline,
         )?;
         let name = loaded.name.clone();
-        // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
-        let mut wanted = outputs::all(loaded.config.num_stages);
-        if !self.hidden_states {
-            wanted.truncate(3);
+        let stages = loaded.config.num_stages;
+        let wanted = match (self.backbone, loaded.is_backbone()) {
+            // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
+            (false, false) => {
+                let mut all = outputs::all(stages);
+                if !self.hidden_states {
+                    all.truncate(3);
+                }
+                all
+            }
+            // feature_maps_0..k, last_hidden_state, then (on request) the hidden states.
+            (true, true) => {
+                let maps = loaded.graph.outputs().iter().filter(|(n, _)| n.starts_with("feature_maps_")).count();
+                let mut all: Vec<String> = (0..maps).map(outputs::feature_map).collect();
+                all.push(outputs::LAST_HIDDEN_STATE.into());
+                if self.hidden_states {
+                    all.extend((0..=stages).map(outputs::hidden_state));
+                }
+                all
+            }
+            (false, true) => {
+                return Err(Error::Usage(format!(
+                    "{name}: the checkpoint is a ConvNextV2Backbone (it has hidden_states_norms): pass --backbone for its feature maps"
+                )))
+            }
+            (true, false) => {
+                return Err(Error::Usage(format!(
+                    "--backbone: {name}'s checkpoint has no hidden_states_norms.* tensors: not a ConvNextV2Backbone"
+                )))
+            }
+        };
+        if self.labels.is_some() && self.backbone {
+            return Err(Error::Usage(
+                "--labels: a backbone has no logits, so no loss".into(),
+            ));
         }
         let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
         let loaded_at = start.elapsed();
@@ -125,9 +161,10 @@ impl Args {
         }
         io::write_npz(&self.output, &arrays)?;
         eprintln!(
-            "cnx: {name} on {:?}: logits {:?}; load {:.0} ms, forward {:.0} ms{compile}; wrote {}",
+            "cnx: {name} on {:?}: {} {:?}; load {:.0} ms, forward {:.0} ms{compile}; wrote {}",
             shape,
-            values[outputs::LOGITS].shape(),
+            wanted[0],
+            values[&wanted[0]].shape(),
             loaded_at.as_secs_f64() * 1e3,
             (ran_at - loaded_at).as_secs_f64() * 1e3,
             self.output.display()
