@@ -12,6 +12,7 @@ pub mod images;
 pub mod io;
 pub mod model;
 pub mod random;
+pub mod serve;
 
 pub use error::Error;
 pub use model::ModelSpec;

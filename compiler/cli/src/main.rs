@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cnx_cli::commands::{
-    bench, classify, compare, compile, embed, eval, graph, preprocess, random_model, run,
+    bench, classify, compare, compile, embed, eval, graph, preprocess, random_model, run, serve,
 };
 
 #[derive(Parser)]
@@ -41,6 +41,9 @@ enum Command {
     /// Embed images: transformers' pooler_output per image (.npy + paths, or JSON lines),
     /// optionally L2-normalised.
     Embed(embed::Args),
+    /// Serve the model over HTTP (POST /v1/classify, /v1/embed; GET /health, /metrics), with
+    /// requests from all clients batched together.
+    Serve(serve::Args),
     /// Write the pixel_values a model sees for an image (float32 NCHW .npy, as `cnx run` takes).
     Preprocess(preprocess::Args),
     /// Accuracy on an ImageFolder tree (one sub-folder per class, named by label or index):
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => a.run(),
         Command::Classify(a) => a.run(),
         Command::Embed(a) => a.run(),
+        Command::Serve(a) => a.run(),
         Command::Preprocess(a) => a.run(),
         Command::Eval(a) => a.run(),
         Command::Compare(a) => a.run(),

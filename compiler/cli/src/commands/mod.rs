@@ -11,6 +11,7 @@ pub mod graph;
 pub mod preprocess;
 pub mod random_model;
 pub mod run;
+pub mod serve;
 
 use cnx_compiler::passes::Pipeline;
 

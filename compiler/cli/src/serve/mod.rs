@@ -1,0 +1,389 @@
+//! `cnx serve`: the model as an HTTP service, on tokio + axum (hyper underneath: the most used
+//! and best kept async HTTP stack in Rust; axum adds routing, extractors and graceful
+//! shutdown without a framework's weight).
+//!
+//! - `POST /v1/classify`, `POST /v1/embed`: a body of image bytes, JSON `{"image": base64}` /
+//!   `{"images": [...]}`, or a multipart form of images ([`request`]). Decoding and
+//!   preprocessing run on tokio's blocking pool; the forward passes on one inference thread
+//!   that batches images across requests ([`batcher`]).
+//! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
+//! - Errors are JSON `{"error": ...}`: 400 (undecodable image, bad body), 404, 405, 413 (body
+//!   over `--max-body-mb`), 503 with `Retry-After` (queue full), 500 (a failed batch).
+//! - SIGTERM or Ctrl-C: stop accepting, answer what is queued, exit 0.
+
+pub mod batcher;
+pub mod metrics;
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cnx_compiler::Limits;
+use cnx_runtime::preprocess::PreprocessConfig;
+use serde_json::json;
+
+use self::batcher::{BatchPolicy, Batcher, ImageResult, Job};
+use self::metrics::Metrics;
+use crate::engine::{Backend, Engine};
+use crate::Error;
+use cnx_compiler::ir::outputs;
+use cnx_compiler::LoadedModel;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub policy: BatchPolicy,
+    pub max_body_bytes: usize,
+}
+
+struct AppState {
+    batcher: Batcher,
+    metrics: Arc<Metrics>,
+    labels: Vec<String>,
+    preprocess: PreprocessConfig,
+    limits: Limits,
+    ready: AtomicBool,
+    max_images: usize,
+    /// The model's input per image, `[C, H, W]`.
+    input: [usize; 3],
+}
+
+type Shared = Arc<AppState>;
+
+/// A JSON error answer.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Serves `model` on `backend` until SIGTERM or Ctrl-C; then answers what is queued and
+/// returns.
+pub fn serve(
+    model: LoadedModel,
+    backend: Backend,
+    preprocess: PreprocessConfig,
+    options: ServeOptions,
+) -> Result<(), Error> {
+    let labels = model.config.id2label.clone();
+    let model_name = model.name.clone();
+    let t = model.graph.input_type();
+    let input = [t.channels, t.height, t.width];
+    let metrics = Arc::new(Metrics::default());
+    let make_engine =
+        move || Engine::new(model, backend, &[outputs::LOGITS, outputs::POOLER_OUTPUT]);
+    let (batcher, inference) = Batcher::start(make_engine, options.policy, metrics.clone())?;
+    let state = Arc::new(AppState {
+        batcher,
+        metrics,
+        labels,
+        preprocess,
+        limits: crate::limits().clone(),
+        ready: AtomicBool::new(true),
+        max_images: options.policy.queue,
+        input,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "(tokio runtime)".into(),
+            source,
+        })?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(options.addr)
+            .await
+            .map_err(|source| Error::Io {
+                path: options.addr.to_string().into(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| Error::Io {
+            path: options.addr.to_string().into(),
+            source,
+        })?;
+        eprintln!(
+            "cnx: serving {model_name} on http://{local} (max batch {}, max delay {} ms, queue {})",
+            options.policy.max_batch,
+            options.policy.max_delay.as_millis(),
+            options.policy.queue
+        );
+        axum::serve(listener, router(state.clone(), options.max_body_bytes))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|source| Error::Io {
+                path: local.to_string().into(),
+                source,
+            })
+    });
+    // Dropping the last queue handle lets the inference thread finish what is queued, then end.
+    drop(state);
+    drop(runtime);
+    inference.join().map_err(|_| {
+        Error::Usage("the inference thread panicked outside a batch (a bug in cnx)".into())
+    })?;
+    eprintln!("cnx: server stopped");
+    result
+}
+
+fn router(state: Shared, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/embed", post(embed))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("cnx: shutting down: finishing queued requests");
+}
+
+async fn not_found(State(s): State<Shared>) -> Response {
+    s.metrics.request("other", 404);
+    error(
+        StatusCode::NOT_FOUND,
+        "no such route (routes: POST /v1/classify, POST /v1/embed, GET /health, GET /metrics)",
+    )
+}
+
+async fn method_not_allowed(State(s): State<Shared>) -> Response {
+    s.metrics.request("other", 405);
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        s.metrics.request("health", 200);
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        s.metrics.request("health", 503);
+        error(StatusCode::SERVICE_UNAVAILABLE, "loading")
+    }
+}
+
+async fn metrics_text(State(s): State<Shared>) -> Response {
+    s.metrics.request("metrics", 200);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// What the images are for.
+#[derive(Clone, Copy)]
+enum Task {
+    Classify,
+    Embed,
+}
+
+impl Task {
+    fn route(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+            Task::Embed => "embed",
+        }
+    }
+}
+
+async fn classify(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    handle(s, Task::Classify, headers, body).await
+}
+
+async fn embed(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    handle(s, Task::Embed, headers, body).await
+}
+
+async fn handle(
+    s: Shared,
+    task: Task,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let response = answer(&s, task, headers, body).await;
+    s.metrics.request(task.route(), response.status().as_u16());
+    response
+}
+
+async fn answer(
+    s: &Shared,
+    task: Task,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is over --max-body-mb",
+            )
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let request = match request::parse(content_type.as_deref(), body.to_vec(), s.max_images).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
+    // Decode and preprocess off the async workers (and off the inference thread).
+    let start = Instant::now();
+    let images = request.images;
+    let (cfg, limits, want) = (s.preprocess.clone(), s.limits.clone(), s.input);
+    let pixels = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let pixels =
+                    std::panic::catch_unwind(|| preprocess_one(bytes, &cfg, &limits, want))
+                        .unwrap_or_else(|_| Err("the image decoder failed on this image".into()));
+                pixels.map_err(|e| format!("image {i}: {e}"))
+            })
+            .collect::<Result<Vec<Vec<f32>>, String>>()
+    })
+    .await;
+    s.metrics.preprocess.observe_duration(start.elapsed());
+    let pixels = match pixels {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "preprocessing failed"),
+    };
+    // Queue every image (all or none: a request that does not fit is refused whole).
+    let depth = s.metrics.queue_depth.load(Ordering::Relaxed) as usize;
+    if depth + pixels.len() > s.max_images {
+        return busy();
+    }
+    let mut replies = Vec::with_capacity(pixels.len());
+    for p in pixels {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            pixels: p,
+            enqueued: Instant::now(),
+            reply: tx,
+        };
+        if s.batcher.submit(job).is_err() {
+            return busy();
+        }
+        replies.push(rx);
+    }
+    let mut results: Vec<ImageResult> = Vec::with_capacity(replies.len());
+    for rx in replies {
+        match rx.await {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the inference thread stopped",
+                )
+            }
+        }
+    }
+    let answers: Vec<serde_json::Value> = match task {
+        Task::Classify => {
+            let k = request.top_k.unwrap_or(5).min(s.labels.len().max(1));
+            results
+                .iter()
+                .map(|r| {
+                    let top: Vec<serde_json::Value> = crate::classify::top_k(
+                        &r.logits, &s.labels, k,
+                    )
+                    .into_iter()
+                    .map(|p| json!({"label": p.label, "score": p.probability, "index": p.index}))
+                    .collect();
+                    serde_json::Value::Array(top)
+                })
+                .collect()
+        }
+        Task::Embed => results
+            .into_iter()
+            .map(|mut r| {
+                if request.normalize.unwrap_or(false) {
+                    crate::commands::embed::l2_normalize(&mut r.pooled);
+                }
+                json!({"embedding": r.pooled})
+            })
+            .collect(),
+    };
+    if request.many {
+        Json(serde_json::Value::Array(answers)).into_response()
+    } else {
+        let one = answers
+            .into_iter()
+            .next()
+            .unwrap_or(serde_json::Value::Null);
+        Json(one).into_response()
+    }
+}
+
+fn busy() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the queue is full; retry shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// One image's pixel values, as `cnx classify` makes them; the shape must be the model's.
+fn preprocess_one(
+    bytes: &[u8],
+    cfg: &PreprocessConfig,
+    limits: &Limits,
+    want: [usize; 3],
+) -> Result<Vec<f32>, String> {
+    let img = crate::images::decode_bytes(bytes, limits).map_err(|e| e.to_string())?;
+    let x = crate::classify::preprocess_image(&img, cfg, limits)?;
+    if x.shape()[1..] != want {
+        return Err(format!(
+            "preprocessed to {:?}, but the model takes {want:?}",
+            &x.shape()[1..]
+        ));
+    }
+    Ok(x.data().to_vec())
+}

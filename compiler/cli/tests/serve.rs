@@ -1,0 +1,408 @@
+//! `cnx serve` driven by a real HTTP client (ureq) on loopback: every route, every error
+//! code, results bit-equal to `cnx classify` / `cnx embed` whatever the batch, dynamic batching,
+//! a full queue, a client that goes away, and shutdown with requests in flight. Every wait is
+//! bounded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> PathBuf {
+    repo().join("tests/fixtures/atto-224-b2")
+}
+
+fn image(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/fixtures/images").join(name)).unwrap()
+}
+
+const IMAGES: [&str; 3] = ["chelsea.jpg", "rocket_exif6.jpg", "camera_grey.png"];
+
+/// A running server; killed (SIGKILL) if the test ends without stopping it.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cnx"))
+            .args(["serve", "--model"])
+            .arg(model())
+            .args(["--port", "0", "--backend", "interp"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let base = loop {
+            assert!(Instant::now() < deadline, "the server did not start");
+            let line = lines
+                .next()
+                .expect("the server printed its address")
+                .unwrap();
+            if let Some(at) = line.find("http://") {
+                let rest = &line[at..];
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// POSTs `body` with `content_type`; (status, JSON body, Retry-After).
+fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value, Option<String>) {
+    let response = match agent()
+        .post(url)
+        .set("Content-Type", content_type)
+        .send_bytes(body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let status = response.status();
+    let retry = response.header("Retry-After").map(str::to_string);
+    let json = response.into_json().unwrap_or(serde_json::Value::Null);
+    (status, json, retry)
+}
+
+fn get(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn multipart(images: &[Vec<u8>], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "cnx-test-boundary";
+    let mut body = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image{i}\"; filename=\"{i}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .unwrap();
+        body.extend_from_slice(img);
+        body.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in fields {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        )
+        .unwrap();
+    }
+    write!(body, "--{boundary}--\r\n").unwrap();
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `cnx classify --json` and `cnx embed` of the test images, offline (same backend).
+fn offline() -> (Vec<serde_json::Value>, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = IMAGES
+        .iter()
+        .map(|n| repo().join("tests/fixtures/images").join(n))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args(["classify", "--json", "--backend", "interp", "--model"])
+        .arg(model())
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let top: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["top"].clone())
+        .collect();
+    let npy = dir.path().join("emb.npy");
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args(["embed", "--backend", "interp", "--model"])
+        .arg(model())
+        .args(&files)
+        .arg("--output")
+        .arg(&npy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (top, cnx_cli::io::read_npy(&npy).unwrap().data().to_vec())
+}
+
+/// The server's `[{"label", "score", "index"}]` as `cnx classify --json`'s
+/// `[{"index", "label", "probability"}]`.
+fn as_offline(answer: &serde_json::Value) -> serde_json::Value {
+    serde_json::Value::Array(
+        answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| serde_json::json!({"index": p["index"], "label": p["label"], "probability": p["score"]}))
+            .collect(),
+    )
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn routes_results_batching_and_errors() {
+    let (top, embeddings) = offline();
+    let hidden = embeddings.len() / IMAGES.len();
+    let server = Server::start(&[
+        "--max-batch",
+        "4",
+        "--max-delay-ms",
+        "200",
+        "--max-body-mb",
+        "1",
+    ]);
+    let (status, body) = get(&server.url("/health"));
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    // Raw bytes, JSON with base64, multipart: the same numbers as offline.
+    let (status, answer, _) = post(&server.url("/v1/classify"), "image/jpeg", &image(IMAGES[0]));
+    assert_eq!(status, 200);
+    assert_eq!(as_offline(&answer), top[0]);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image(IMAGES[1]));
+    let json = serde_json::json!({"image": b64, "top_k": 5}).to_string();
+    let (status, answer, _) = post(
+        &server.url("/v1/classify"),
+        "application/json",
+        json.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(as_offline(&answer), top[1]);
+    let all: Vec<Vec<u8>> = IMAGES.iter().map(|n| image(n)).collect();
+    let (ct, body) = multipart(&all, &[("top_k", "2")]);
+    let (status, answer, _) = post(&server.url("/v1/classify"), &ct, &body);
+    assert_eq!(status, 200);
+    for (i, one) in answer.as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            as_offline(one).as_array().unwrap()[..],
+            top[i].as_array().unwrap()[..2]
+        );
+    }
+    let (ct, body) = multipart(&all, &[]);
+    let (status, answer, _) = post(&server.url("/v1/embed"), &ct, &body);
+    assert_eq!(status, 200);
+    for (i, one) in answer.as_array().unwrap().iter().enumerate() {
+        let row = &embeddings[i * hidden..(i + 1) * hidden];
+        assert_eq!(floats(&one["embedding"]), row, "{}", IMAGES[i]);
+    }
+    let json = serde_json::json!({"image": b64, "normalize": true}).to_string();
+    let (status, answer, _) = post(
+        &server.url("/v1/embed"),
+        "application/json",
+        json.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let unit = floats(&answer["embedding"]);
+    let norm: f64 = unit
+        .iter()
+        .map(|&v| v as f64 * v as f64)
+        .sum::<f64>()
+        .sqrt();
+    assert!((norm - 1.0).abs() < 1e-6);
+
+    // Many clients at once: batched together, each result as offline.
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let url = server.url("/v1/embed");
+            let img = image(IMAGES[i % 3]);
+            std::thread::spawn(move || (i, post(&url, "application/octet-stream", &img)))
+        })
+        .collect();
+    for client in clients {
+        let (i, (status, answer, _)) = client.join().unwrap();
+        assert_eq!(status, 200);
+        let k = i % 3;
+        assert_eq!(
+            floats(&answer["embedding"]),
+            &embeddings[k * hidden..(k + 1) * hidden]
+        );
+    }
+    let (_, metrics) = get(&server.url("/metrics"));
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (batches, images) = (value("cnx_batch_size_count"), value("cnx_batch_size_sum"));
+    // 17 images (1 + 1 + 3 + 3 + 1 + 8), in fewer batches than images: requests were batched
+    // together.
+    assert_eq!(images, 17.0);
+    assert!(batches < images, "{batches} batches for {images} images");
+    assert!(metrics.contains("cnx_requests_total{route=\"embed\",status=\"200\"} 10"));
+    for name in [
+        "cnx_queue_wait_seconds_count",
+        "cnx_inference_seconds_count",
+        "cnx_images_per_second",
+    ] {
+        assert!(metrics.contains(name), "{name}");
+    }
+
+    // Errors: JSON, with the right status.
+    let (status, answer, _) = post(&server.url("/v1/classify"), "image/png", b"not an image");
+    assert_eq!(status, 400);
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a recognised image format"));
+    let (status, answer, _) = post(&server.url("/v1/classify"), "application/json", b"{");
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("JSON"));
+    let big = vec![0u8; 2 << 20];
+    let (status, answer, _) = post(&server.url("/v1/embed"), "image/png", &big);
+    assert_eq!(status, 413);
+    assert!(answer["error"].is_string());
+    let (status, body) = get(&server.url("/v2/nothing"));
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""));
+    let (status, body) = get(&server.url("/v1/classify"));
+    assert_eq!(status, 405);
+    assert!(body.contains("\"error\""));
+
+    // A client that sends a request and goes away does not stall anyone.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let img = image(IMAGES[0]);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        img.len()
+    )
+    .unwrap();
+    stream.write_all(&img).unwrap();
+    drop(stream);
+    let start = Instant::now();
+    let (status, _, _) = post(&server.url("/v1/classify"), "image/jpeg", &img);
+    assert_eq!(status, 200);
+    assert!(start.elapsed() < Duration::from_secs(30));
+
+    assert!(server.stop().success());
+}
+
+/// A full queue answers 503 with Retry-After (one image per batch, a queue of 8: a second
+/// request of 8 images cannot fit while the first is being run); every answer is 200 or 503.
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let server = Server::start(&["--max-batch", "1", "--queue", "8", "--max-delay-ms", "0"]);
+    let eight: Vec<Vec<u8>> = (0..8).map(|i| image(IMAGES[i % 3])).collect();
+    let (ct, body) = multipart(&eight, &[]);
+    let mut refused = false;
+    for _attempt in 0..5 {
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, ct, body) = (server.url("/v1/embed"), ct.clone(), body.clone());
+                std::thread::spawn(move || post(&url, &ct, &body))
+            })
+            .collect();
+        for r in requests {
+            let (status, answer, retry) = r.join().unwrap();
+            assert!(status == 200 || status == 503, "{status}: {answer}");
+            if status == 503 {
+                assert_eq!(retry.as_deref(), Some("1"));
+                assert!(answer["error"].as_str().unwrap().contains("queue"));
+                refused = true;
+            }
+        }
+        if refused {
+            break;
+        }
+    }
+    assert!(refused, "no request was refused with a queue of 8");
+    // Too many images for the queue in one request: 400, not 503.
+    let nine: Vec<Vec<u8>> = (0..9).map(|i| image(IMAGES[i % 3])).collect();
+    let (ct, body) = multipart(&nine, &[]);
+    assert_eq!(post(&server.url("/v1/embed"), &ct, &body).0, 400);
+    assert!(server.stop().success());
+}
+
+/// SIGTERM with requests in flight: each is answered (200), once; then the server exits 0.
+#[test]
+fn shutdown_answers_requests_in_flight() {
+    let server = Server::start(&["--max-batch", "1", "--max-delay-ms", "0"]);
+    let eight: Vec<Vec<u8>> = (0..8).map(|i| image(IMAGES[i % 3])).collect();
+    let (ct, body) = multipart(&eight, &[]);
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, ct, body) = (server.url("/v1/embed"), ct.clone(), body.clone());
+            std::thread::spawn(move || post(&url, &ct, &body))
+        })
+        .collect();
+    // Wait (bounded) until images are queued, then stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = get(&server.url("/metrics"));
+        let queued = metrics
+            .lines()
+            .find(|l| l.starts_with("cnx_queue_depth "))
+            .map(|l| l != "cnx_queue_depth 0")
+            .unwrap_or(false);
+        if queued || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = server.stop();
+    for r in requests {
+        let (code, answer, _) = r.join().unwrap();
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer.as_array().unwrap().len(), 8);
+    }
+    assert!(status.success());
+}
