@@ -20,6 +20,7 @@ case $target in
     npy) dict=npy; max_len=65536 ;;
     image) dict=image; max_len=65536 ;;
     macro_args) dict=macro_args; max_len=2048 ;;
+    serve_request) dict=json; max_len=65536 ;;
     *) echo "$usage" >&2; exit 2 ;;
 esac
 if [ -n "${CNX_FUZZ_SANITIZER:-}" ]; then

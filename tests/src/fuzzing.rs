@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("image", image),
     ("preprocessor", preprocessor),
     ("macro_args", macro_args),
+    ("serve_request", serve_request),
 ];
 
 /// The limits every target runs under: small enough that an accepted input is cheap.
@@ -207,6 +208,40 @@ pub fn macro_args(data: &[u8]) {
     if let Ok(spec) = cnx_compiler::backend::rust::parse_args(tokens, &dir) {
         let (h, w) = spec.input_hw;
         assert!(h >= spec.config.patch_size && w >= spec.config.patch_size);
+    }
+}
+
+/// The content types `serve_request` picks from its first byte.
+pub const SERVE_CONTENT_TYPES: [Option<&str>; 4] = [
+    None,
+    Some("application/json"),
+    Some("multipart/form-data; boundary=XX"),
+    Some("image/png"),
+];
+
+/// A `cnx serve` request body (`POST /v1/classify` or `/v1/embed`): the first byte picks the
+/// content type ([`SERVE_CONTENT_TYPES`]), the rest is the body. An accepted request holds
+/// between 1 and 16 images and a positive `top_k`.
+pub fn serve_request(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let content_type = SERVE_CONTENT_TYPES[pick as usize % SERVE_CONTENT_TYPES.len()];
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    let parsed = RUNTIME.with(|rt| {
+        rt.block_on(cnx_cli::serve::request::parse(
+            content_type,
+            body.to_vec(),
+            16,
+        ))
+    });
+    if let Ok(request) = parsed {
+        assert!((1..=16).contains(&request.images.len()));
+        assert_ne!(request.top_k, Some(0));
     }
 }
 

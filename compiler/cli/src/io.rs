@@ -55,6 +55,22 @@ fn precheck_npy(bytes: &[u8], path: &Path) -> Result<Option<NpyPromise>, Error> 
             )
         })?;
     let header = String::from_utf8_lossy(header);
+    // npyz parses the header with a backtracking grammar that takes exponential time on
+    // nested brackets (a 149-byte file of `[[[[...` ran for minutes: found by fuzzing). The
+    // arrays cnx reads have a plain dtype, so their header is one flat dict with one tuple:
+    // refuse anything else before npyz sees it.
+    let count = |c: char| header.chars().filter(|&x| x == c).count();
+    if header.len() > 1 << 16
+        || count('[') > 0
+        || count('{') > 1
+        || count('(') > 1
+        || count(')') > 1
+    {
+        return Err(npy_error(
+            path,
+            "the header is not a plain array's (nested or structured dtype, or over 64 KiB)",
+        ));
+    }
     if let Some(shape) = header
         .split_once("'shape'")
         .and_then(|(_, rest)| rest.split_once('('))

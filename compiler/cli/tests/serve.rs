@@ -32,7 +32,12 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cnx"))
+            .envs(env.iter().copied())
             .args(["serve", "--model"])
             .arg(model())
             .args(["--port", "0", "--backend", "interp"])
@@ -369,6 +374,21 @@ fn full_queue_answers_503_with_retry_after() {
     let nine: Vec<Vec<u8>> = (0..9).map(|i| image(IMAGES[i % 3])).collect();
     let (ct, body) = multipart(&nine, &[]);
     assert_eq!(post(&server.url("/v1/embed"), &ct, &body).0, 400);
+    assert!(server.stop().success());
+}
+
+/// A batch that panics answers its requests with 500 (JSON) and the server goes on (the
+/// debug build's `CNX_FAILPOINT=batch-panic` makes the first batch panic).
+#[test]
+fn a_panicking_batch_answers_500_and_the_server_goes_on() {
+    let server = Server::start_with_env(&[], &[("CNX_FAILPOINT", "batch-panic")]);
+    let img = image(IMAGES[0]);
+    let (status, answer, _) = post(&server.url("/v1/classify"), "image/jpeg", &img);
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("panicked"));
+    let (status, _, _) = post(&server.url("/v1/classify"), "image/jpeg", &img);
+    assert_eq!(status, 200);
+    assert_eq!(get(&server.url("/health")).0, 200);
     assert!(server.stop().success());
 }
 

@@ -149,6 +149,9 @@ fn inference_loop(engine: Engine, policy: BatchPolicy, rx: mpsc::Receiver<Job>, 
         }
         // A panic in a batch answers its requests with 500; the server goes on.
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if failpoint_batch_panic() {
+                panic!("failpoint batch-panic");
+            }
             let x = Tensor::from_vec(&[n, c, h, w], data).map_err(|e| e.to_string())?;
             engine.run(&x, policy.threads).map_err(|e| e.to_string())
         }));
@@ -173,6 +176,16 @@ fn inference_loop(engine: Engine, policy: BatchPolicy, rx: mpsc::Receiver<Job>, 
             Err(_) => fail(jobs, "the forward pass panicked (a bug in cnx)"),
         }
     }
+}
+
+/// A test hook of debug builds: with `CNX_FAILPOINT=batch-panic`, the first batch panics
+/// (once), so the tests can see that a panicking batch answers 500 and the server goes on.
+/// Release builds never read it.
+fn failpoint_batch_panic() -> bool {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    cfg!(debug_assertions)
+        && std::env::var_os("CNX_FAILPOINT").is_some_and(|v| v == "batch-panic")
+        && !FIRED.swap(true, Ordering::Relaxed)
 }
 
 fn fail(jobs: Vec<Job>, message: &str) {
