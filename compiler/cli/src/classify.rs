@@ -225,6 +225,8 @@ pub fn run_batches(
                 let start = std::time::Instant::now();
                 let logits = engine.output(&x, threads, output)?;
                 timing.inference_s += start.elapsed().as_secs_f64();
+                // The engine's output is [ready, n] (n >= 1: labels, or the last stage's
+                // channels), so chunks(n) yields exactly one row per decoded image.
                 let n = logits.shape()[1];
                 logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
             }

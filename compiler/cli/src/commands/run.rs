@@ -67,6 +67,7 @@ impl Args {
                 ),
             });
         }
+        // shape has 4 entries (checked just above).
         spec.check_run(shape[0], (shape[2], shape[3]))?;
         let loaded = spec.load_with(
             self.model.weights.as_deref(),
