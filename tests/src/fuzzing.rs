@@ -20,9 +20,12 @@ use cnx_compiler::{build_graph, verify, ConvNextV2Config, Footprint, Limits, Loa
 use cnx_runtime::preprocess::{PreprocessConfig, RgbImage};
 use cnx_runtime::{Tensor, WeightStore};
 
+/// What a fuzz target runs on its input.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name: `tests/fuzz/fuzz_targets/<name>.rs` and the corpus folders
 /// `tests/fuzz/corpus/<name>/` and `tests/fuzz/regressions/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("safetensors_sharded", safetensors_sharded),
     ("config", config),

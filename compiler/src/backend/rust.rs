@@ -1103,22 +1103,7 @@ fn model_methods(
 
         /// As [`Self::forward`], into `logits` (`batch x NUM_LABELS`).
         pub fn forward_into(&self, pixel_values: &[f32], batch: usize, logits: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
-            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
-            ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
-            if Some(logits.len()) != batch.checked_mul(Self::NUM_LABELS) {
-                return Err(::convnextv2::Error::InputShape {
-                    what: "logits".into(),
-                    expected: ::std::vec![batch, Self::NUM_LABELS],
-                    found: ::std::vec![logits.len()],
-                });
-            }
-            let weights = &self.weights;
-            self.workspace.with(batch, |ws| {
-                ws.set(#module::INPUT_SLOT, pixel_values);
-                ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
-                logits.copy_from_slice(ws.get(#module::LOGITS_SLOT));
-            });
-            Ok(())
+            self.run_into(pixel_values, batch, logits, #module::LOGITS_SLOT, Self::NUM_LABELS, "logits")
         }
 
         /// Embeddings (`batch x HIDDEN_SIZE`, row-major): transformers' `pooler_output`, the
@@ -1132,20 +1117,25 @@ fn model_methods(
 
         /// As [`Self::embed`], into `pooled` (`batch x HIDDEN_SIZE`).
         pub fn embed_into(&self, pixel_values: &[f32], batch: usize, pooled: &mut [f32]) -> ::core::result::Result<(), ::convnextv2::Error> {
+            self.run_into(pixel_values, batch, pooled, #module::POOLED_SLOT, Self::HIDDEN_SIZE, "pooled")
+        }
+
+        /// Runs the forward pass and copies workspace slot `slot` (`width` per image) into `out`.
+        fn run_into(&self, pixel_values: &[f32], batch: usize, out: &mut [f32], slot: usize, width: usize, what: &str) -> ::core::result::Result<(), ::convnextv2::Error> {
             ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
             ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
-            if Some(pooled.len()) != batch.checked_mul(Self::HIDDEN_SIZE) {
+            if Some(out.len()) != batch.checked_mul(width) {
                 return Err(::convnextv2::Error::InputShape {
-                    what: "pooled".into(),
-                    expected: ::std::vec![batch, Self::HIDDEN_SIZE],
-                    found: ::std::vec![pooled.len()],
+                    what: what.into(),
+                    expected: ::std::vec![batch, width],
+                    found: ::std::vec![out.len()],
                 });
             }
             let weights = &self.weights;
             self.workspace.with(batch, |ws| {
                 ws.set(#module::INPUT_SLOT, pixel_values);
                 ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
-                pooled.copy_from_slice(ws.get(#module::POOLED_SLOT));
+                out.copy_from_slice(ws.get(slot));
             });
             Ok(())
         }

@@ -1,12 +1,12 @@
 //! `cnx classify`: photos in, top-k labels out.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
 
-use super::{input_path, progress_bar, ModelFlags, PassFlags, ShardFlag, Threads};
+use super::{progress_bar, ImageJob, ModelFlags};
 use crate::classify::{self, Outcome};
 use crate::engine::{Backend, Engine};
 use crate::{Error, ModelSpec};
@@ -16,28 +16,14 @@ use crate::{Error, ModelSpec};
 pub struct Args {
     #[command(flatten)]
     model: ModelFlags,
-    /// Image files and directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif).
-    #[arg(required = true)]
-    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    job: ImageJob,
     /// Labels per image.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     top: u32,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    #[command(flatten)]
-    threads: Threads,
     /// One JSON object per image and line.
     #[arg(long)]
     json: bool,
-    /// Execution backend (default: the JIT; the interpreter gives the same results to
-    /// ~1e-6 and needs no code generation).
-    #[arg(long, value_enum, default_value_t = Backend::Jit)]
-    backend: Backend,
-    #[command(flatten)]
-    passes: PassFlags,
-    #[command(flatten)]
-    shard: ShardFlag,
 }
 
 /// Loads a model for classification at its preprocessing size, on `backend`, for batches of
@@ -89,17 +75,19 @@ pub fn load_for_images(
 
 impl Args {
     pub fn run(self) -> Result<(), Error> {
-        let pipeline = self.passes.pipeline()?;
-        let (engine, cfg) =
-            load_classifier(&self.model, &pipeline, self.backend, self.batch as usize)?;
+        let pipeline = self.job.passes.pipeline()?;
+        let (engine, cfg) = load_classifier(
+            &self.model,
+            &pipeline,
+            self.job.backend,
+            self.job.batch as usize,
+        )?;
         let labels = engine.model().config.id2label.clone();
-        let inputs = self
-            .shard
-            .select(classify::collect_inputs(&self.inputs), input_path);
+        let inputs = self.job.images();
         if inputs.is_empty() {
             return Err(Error::Usage("no images found".into()));
         }
-        let batch = self.batch as usize;
+        let batch = self.job.batch as usize;
         let bar = progress_bar(inputs.len(), batch);
         let total = inputs.len();
         let start = std::time::Instant::now();
@@ -110,7 +98,7 @@ impl Args {
             &cfg,
             inputs,
             batch,
-            self.threads.get(),
+            self.job.threads.get(),
             outputs::LOGITS,
             |outcome| {
                 bar.inc(1);

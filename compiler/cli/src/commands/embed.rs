@@ -8,9 +8,9 @@ use cnx_compiler::ir::outputs;
 use cnx_runtime::Tensor;
 
 use super::classify::load_for_images;
-use super::{input_path, progress_bar, ModelFlags, PassFlags, ShardFlag, Threads};
+use super::{progress_bar, ImageJob, ModelFlags};
 use crate::classify::{self, Outcome};
-use crate::engine::{Backend, Engine};
+use crate::engine::Engine;
 use crate::{io, Error, ModelSpec};
 
 /// Embed images: transformers' pooler_output per image, as .npy (+ a list of paths) or JSON
@@ -19,9 +19,8 @@ use crate::{io, Error, ModelSpec};
 pub struct Args {
     #[command(flatten)]
     model: ModelFlags,
-    /// Image files and directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif).
-    #[arg(required = true)]
-    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    job: ImageJob,
     /// Where to write: float32 `[n, hidden]` .npy, with the images' paths one per line beside
     /// it (`emb.npy` -> `emb.paths.txt`); with --jsonl, JSON lines `{"path", "embedding"}`.
     /// Written atomically: no file unless complete.
@@ -33,19 +32,6 @@ pub struct Args {
     /// JSON lines instead of .npy.
     #[arg(long)]
     jsonl: bool,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    #[command(flatten)]
-    threads: Threads,
-    /// Execution backend (default: the JIT; the interpreter gives the same results to
-    /// ~1e-6 and needs no code generation).
-    #[arg(long, value_enum, default_value_t = Backend::Jit)]
-    backend: Backend,
-    #[command(flatten)]
-    passes: PassFlags,
-    #[command(flatten)]
-    shard: ShardFlag,
 }
 
 /// `emb.npy` -> `emb.paths.txt`: the sidecar naming each row's image.
@@ -64,19 +50,17 @@ pub fn l2_normalize(v: &mut [f32]) {
 
 impl Args {
     pub fn run(self) -> Result<(), Error> {
-        let pipeline = self.passes.pipeline()?;
+        let pipeline = self.job.passes.pipeline()?;
         let spec = ModelSpec::resolve(&self.model.model)?;
-        let batch = self.batch as usize;
+        let batch = self.job.batch as usize;
         let (loaded, cfg) = load_for_images(spec, &self.model, &pipeline, batch)?;
         let hidden = *loaded
             .config
             .hidden_sizes
             .last()
             .expect("a validated config has a stage");
-        let engine = Engine::new(loaded, self.backend, &[outputs::POOLER_OUTPUT])?;
-        let inputs = self
-            .shard
-            .select(classify::collect_inputs(&self.inputs), input_path);
+        let engine = Engine::new(loaded, self.job.backend, &[outputs::POOLER_OUTPUT])?;
+        let inputs = self.job.images();
         if inputs.is_empty() {
             return Err(Error::Usage("no images found".into()));
         }
@@ -89,7 +73,7 @@ impl Args {
             &cfg,
             inputs,
             batch,
-            self.threads.get(),
+            self.job.threads.get(),
             outputs::POOLER_OUTPUT,
             |outcome| {
                 bar.inc(1);

@@ -45,6 +45,35 @@ impl Threads {
     }
 }
 
+/// The flags of a job over image files (classify, embed): the images and how they run.
+#[derive(Debug, clap::Args)]
+pub struct ImageJob {
+    /// Image files and directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif).
+    #[arg(required = true)]
+    pub inputs: Vec<std::path::PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Execution backend (default: the JIT; the interpreter gives the same results to
+    /// ~1e-6 and needs no code generation).
+    #[arg(long, value_enum, default_value_t = crate::engine::Backend::Jit)]
+    pub backend: crate::engine::Backend,
+    #[command(flatten)]
+    pub passes: PassFlags,
+    #[command(flatten)]
+    pub shard: ShardFlag,
+}
+
+impl ImageJob {
+    /// The images named (directories walked), this shard's share of them.
+    pub fn images(&self) -> Vec<Result<std::path::PathBuf, (std::path::PathBuf, String)>> {
+        self.shard
+            .select(crate::classify::collect_inputs(&self.inputs), input_path)
+    }
+}
+
 /// `--shard I/N`: this process's share of a job split across N (an indexed batch job).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardFlag {
