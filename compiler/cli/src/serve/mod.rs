@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,6 +52,7 @@ struct AppState {
     limits: Limits,
     ready: AtomicBool,
     max_images: usize,
+    max_body_bytes: usize,
     /// The model's input per image, `[C, H, W]`.
     input: [usize; 3],
 }
@@ -87,6 +88,7 @@ pub fn serve(
         limits: crate::limits().clone(),
         ready: AtomicBool::new(true),
         max_images: options.policy.queue,
+        max_body_bytes: options.max_body_bytes,
         input,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -114,7 +116,7 @@ pub fn serve(
             options.policy.max_delay.as_millis(),
             options.policy.queue
         );
-        axum::serve(listener, router(state.clone(), options.max_body_bytes))
+        axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .map_err(|source| Error::Io {
@@ -132,7 +134,7 @@ pub fn serve(
     result
 }
 
-fn router(state: Shared, max_body_bytes: usize) -> Router {
+fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/classify", post(classify))
         .route("/v1/embed", post(embed))
@@ -140,7 +142,6 @@ fn router(state: Shared, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -217,48 +218,40 @@ impl Task {
     }
 }
 
-async fn classify(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn classify(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
     handle(s, Task::Classify, headers, body).await
 }
 
-async fn embed(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn embed(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
     handle(s, Task::Embed, headers, body).await
 }
 
-async fn handle(
-    s: Shared,
-    task: Task,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn handle(s: Shared, task: Task, headers: HeaderMap, body: axum::body::Body) -> Response {
     let response = answer(&s, task, headers, body).await;
     s.metrics.request(task.route(), response.status().as_u16());
     response
 }
 
-async fn answer(
-    s: &Shared,
-    task: Task,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let body = match body {
+async fn answer(s: &Shared, task: Task, headers: HeaderMap, body: axum::body::Body) -> Response {
+    // A declared length over the limit is refused before a byte is read; a body without one
+    // is read up to the limit.
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is over --max-body-mb",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, s.max_body_bytes).await {
         Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the body is over --max-body-mb",
-            )
-        }
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Err(e) if e.to_string().contains("length limit") => return too_large(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
