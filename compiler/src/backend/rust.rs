@@ -1121,7 +1121,7 @@ fn model_methods(
         }
 
         /// Runs the forward pass and copies workspace slot `slot` (`width` per image) into `out`.
-        fn run_into(&self, pixel_values: &[f32], batch: usize, out: &mut [f32], slot: usize, width: usize, what: &str) -> ::core::result::Result<(), ::convnextv2::Error> {
+        pub(crate) fn run_into(&self, pixel_values: &[f32], batch: usize, out: &mut [f32], slot: usize, width: usize, what: &str) -> ::core::result::Result<(), ::convnextv2::Error> {
             ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
             ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
             if Some(out.len()) != batch.checked_mul(width) {
