@@ -5,8 +5,9 @@
 # written for it) or a model directory. Measures, on the same machine in one run:
 #   1. `cnx bench` at batch MAX_BATCH (the best offline throughput the server can approach);
 #   2. the server under CLIENTS concurrent clients for SECONDS (oha: `cargo install oha`),
-#      each POSTing a photo to /v1/classify, twice in a row (the second round shows whether
-#      memory keeps growing after the first);
+#      each POSTing a photo to /v1/classify, three rounds in a row (the later rounds show
+#      whether memory keeps growing after the first minute); requests still in flight at the
+#      end of a round are waited for (not counted as errors);
 # and prints throughput, p50/p99 latency, errors, mean batch size (from /metrics), RSS after
 # warm-up and after each round, and the ratio to the offline throughput.
 # Needs nothing else running (2 cores: the server and oha share them, as a real host would).
@@ -40,8 +41,9 @@ for _ in 1 2 3; do curl -s --data-binary @"$image" "$url/v1/classify" >/dev/null
 rss() { awk '/VmRSS/ {print $2 / 1024 " MiB"}' /proc/$server/status; }
 echo "RSS after warm-up: $(rss)"
 
-for round in 1 2; do
+for round in 1 2 3; do
     oha -z "${seconds}s" -c "$clients" -m POST -D "$image" -T image/jpeg --no-tui \
+        --wait-ongoing-requests-after-deadline \
         --output-format json "$url/v1/classify" > "$work/oha$round.json"
     python3 - "$work/oha$round.json" "$best" "$round" <<'EOF'
 import json, sys
@@ -51,6 +53,8 @@ lat = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 ok = codes.get("200", 0)
 errors = sum(v for k, v in codes.items() if k != "200") + sum(r.get("errorDistribution", {}).values())
+if r.get("errorDistribution"):
+    print("errors:", r["errorDistribution"])
 rps = s["requestsPerSec"]
 print(f"round {sys.argv[3]}: {rps:.2f} images/s ({rps / float(sys.argv[2]):.0%} of offline), "
       f"p50 {lat['p50'] * 1e3:.0f} ms, p99 {lat['p99'] * 1e3:.0f} ms, {ok} ok, {errors} errors")
@@ -59,7 +63,7 @@ EOF
 done
 curl -s "$url/metrics" | python3 -c '
 import sys
-m = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("cnx_batch_size_sum") or l.startswith("cnx_batch_size_count")}
-print(f"mean batch size: {m[\"cnx_batch_size_sum\"] / m[\"cnx_batch_size_count\"]:.2f}")'
+m = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("cnx_batch_size_")}
+print("mean batch size: %.2f" % (m["cnx_batch_size_sum"] / m["cnx_batch_size_count"]))'
 kill -TERM $server
 wait $server
