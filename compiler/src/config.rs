@@ -399,6 +399,7 @@ fn out_features(
                         .as_i64()
                         .ok_or_else(|| bad("out_indices", format!("{v} is not an integer")))?;
                     let len = names.len() as i64;
+                    // i < 0 in the first branch, so i + len cannot overflow.
                     let j = if i < 0 { i + len } else { i };
                     if (0..len).contains(&j) {
                         Ok(j as usize)
@@ -413,6 +414,8 @@ fn out_features(
         ),
         Some(v) => return Err(bad("out_indices", format!("expected a list, found {v}"))),
     };
+    // `names` has num_stages + 1 entries, and every index in `i` was checked to be below that
+    // count above, so the indexing below cannot fail.
     match (features, indices) {
         (None, None) => Ok((vec![names[num_stages].clone()], vec![num_stages])),
         (Some(f), None) => {

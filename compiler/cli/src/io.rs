@@ -38,6 +38,7 @@ fn precheck_npy(bytes: &[u8], path: &Path) -> Result<Option<NpyPromise>, Error> 
     if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
         return Err(npy_error(path, "not a .npy file (no \\x93NUMPY magic)"));
     }
+    // bytes.len() >= 10 (checked above), and the v2/v3 arm checks for 12.
     let (start, header_len): (usize, usize) = match bytes[6] {
         1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
         2 | 3 if bytes.len() >= 12 => (
@@ -120,6 +121,8 @@ fn parse_npy_of(bytes: &[u8], path: &Path, integers: bool) -> Result<Array, Erro
     let mut cursor = Cursor::new(bytes);
     let header = NpyHeader::from_reader(&mut cursor)
         .map_err(|e| npy_error(path, format!("not a .npy file: {e}")))?;
+    // The cursor only read `bytes`, so its position is at most bytes.len(): the slice and the
+    // subtraction below are in range.
     let start = cursor.position() as usize;
     let npy = NpyFile::with_header(header, &bytes[start..]);
     if npy.order() == Order::Fortran {

@@ -432,6 +432,7 @@ pub fn check_finite(pixel_values: &[f32], chw: [usize; 3], policy: NonFinite) ->
         .iter()
         .position(|v| !v.is_finite())
         .unwrap_or(0);
+    // Each side at least 1, so no division by zero; `at` < len, so every index is in range.
     let [c, h, w] = chw.map(|d| d.max(1));
     let first = [at / (c * h * w), at / (h * w) % c, at / w % h, at % w];
     Err(crate::Error::NonFiniteInput { count, first })
