@@ -35,6 +35,12 @@ convnextv2::convnextv2!(
     name = NonSquare,
     image_size = (97, 75)
 );
+convnextv2::convnextv2!(
+    config = "fixtures/backbones/stages-1-3-nonsquare",
+    name = NonSquareBackbone,
+    image_size = (72, 40),
+    backbone = true
+);
 
 /// The interpreter's logits for the model in `dir` (or `spec`) on `pixel_values`.
 fn interpreter_logits(
@@ -119,6 +125,37 @@ fn embed_gives_pooler_output() {
     let second = atto.embed(&x.data()[per_image..], 1).unwrap();
     assert_eq!(second, ours[Atto::HIDDEN_SIZE..]);
     assert!(atto.embed(x.data(), batch + 1).is_err());
+}
+
+/// A `ConvNextV2Backbone` through the macro (`backbone = true`): its feature maps bit-equal
+/// to the interpreter's and within the fixture's tolerance of transformers'.
+#[test]
+fn backbone_feature_maps_match_the_interpreter_and_transformers() {
+    let dir = fixtures_dir().join("backbones/stages-1-3-nonsquare");
+    let model = NonSquareBackbone::load(&dir).unwrap().with_threads(2);
+    let x = read_npy(&dir.join("pixel_values.npy")).unwrap();
+    let batch = x.shape()[0];
+    let maps = model.feature_maps(x.data(), batch).unwrap();
+    assert_eq!(NonSquareBackbone::FEATURE_MAPS, [[8, 18, 10], [24, 4, 2]]);
+    let loaded = ModelSpec::resolve(dir.to_str().unwrap())
+        .unwrap()
+        .load(None, (72, 40))
+        .unwrap();
+    let names = ["feature_maps_0", "feature_maps_1"];
+    let theirs = interp::run(&loaded, &x, &names).unwrap();
+    let expected = cnx_cli::io::read_npz(&dir.join("expected.npz")).unwrap();
+    for (k, name) in names.iter().enumerate() {
+        assert_eq!(maps[k], theirs[*name].data(), "{name}");
+        let [c, h, w] = NonSquareBackbone::FEATURE_MAPS[k];
+        assert_eq!(maps[k].len(), batch * c * h * w);
+        let ours: Vec<f64> = maps[k].iter().map(|&v| v as f64).collect();
+        let hf = &expected[*name].data;
+        let truth = &expected[format!("{name}_f64").as_str()].data;
+        let scale = truth.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let tol = tolerance(max_abs_diff(hf, truth), scale);
+        let err = max_abs_diff(&ours, hf);
+        assert!(err <= tol, "{name}: {err:e} > {tol:e}");
+    }
 }
 
 #[test]

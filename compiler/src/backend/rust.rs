@@ -73,6 +73,8 @@ pub struct EmitSpec {
     pub embedded_weights: Option<PathBuf>,
     /// A `config.json` read from disk (absolute path): tracked so cargo rebuilds on change.
     pub config_path: Option<PathBuf>,
+    /// Emit `ConvNextV2Backbone` (its `feature_maps`) instead of the classifier.
+    pub backbone: bool,
 }
 
 /// The macro: parses `args` (`config = "...", name = T, image_size = N, fuse = bool,
@@ -109,10 +111,11 @@ struct MacroArgs {
     image_size: Option<TokenStream>,
     fuse: Option<LitBool>,
     weights: Option<LitStr>,
+    backbone: Option<LitBool>,
     call_site: Span,
 }
 
-const OPTIONS: &str = "config, name, image_size, fuse, weights";
+const OPTIONS: &str = "config, name, image_size, fuse, weights, backbone";
 
 impl Parse for MacroArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
@@ -122,6 +125,7 @@ impl Parse for MacroArgs {
             image_size: None,
             fuse: None,
             weights: None,
+            backbone: None,
             call_site: input.span(),
         };
         let pairs =
@@ -179,6 +183,12 @@ impl Parse for MacroArgs {
                     dup(args.fuse.is_some())?;
                     args.fuse = Some(syn::parse2(value).map_err(|e| {
                         syn::Error::new(e.span(), "`fuse` takes `true` or `false`")
+                    })?);
+                }
+                "backbone" => {
+                    dup(args.backbone.is_some())?;
+                    args.backbone = Some(syn::parse2(value).map_err(|e| {
+                        syn::Error::new(e.span(), "`backbone` takes `true` or `false`")
                     })?);
                 }
                 "weights" => {
@@ -269,6 +279,7 @@ impl MacroArgs {
             fuse: self.fuse.is_none_or(|b| b.value),
             embedded_weights,
             config_path,
+            backbone: self.backbone.is_some_and(|b| b.value),
         })
     }
 }
@@ -434,9 +445,14 @@ fn unsuffix(tokens: TokenStream) -> TokenStream {
 /// The checkpoint tensors a model is validated against: Hugging Face names and shapes.
 pub type Checkpoint = Vec<(String, Vec<usize>)>;
 
-/// The model's program (logits only) and the checkpoint tensors it is validated against.
+/// The model's program (logits and pooled features; a backbone's feature maps) and the
+/// checkpoint tensors it is validated against.
 pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
-    let mut graph = build_graph_with(&spec.config, spec.input_hw, BuildOptions::default())?;
+    let options = BuildOptions {
+        backbone: spec.backbone,
+        ..BuildOptions::default()
+    };
+    let mut graph = build_graph_with(&spec.config, spec.input_hw, options)?;
     verify::verify(&graph)?;
     let checkpoint: Vec<(String, Vec<usize>)> = graph
         .checkpoint_params()
@@ -447,7 +463,15 @@ pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
         Pipeline::default_pipeline().run(&mut graph)?;
         verify::verify(&graph)?;
     }
-    let wanted = [outputs::LOGITS, outputs::POOLER_OUTPUT];
+    let wanted: Vec<String> = if spec.backbone {
+        (0..)
+            .map(outputs::feature_map)
+            .take_while(|name| graph.output(name).is_some())
+            .collect()
+    } else {
+        vec![outputs::LOGITS.into(), outputs::POOLER_OUTPUT.into()]
+    };
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
     Ok((lower_outputs(&graph, &wanted)?, checkpoint))
 }
 
@@ -477,16 +501,28 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
     });
     let n_weights = params.slots.len();
     let input_slot = program.input_value.slot;
-    let logits = program
-        .output(outputs::LOGITS)
-        .ok_or(EmitError::NoLogits)?
-        .value
-        .slot;
-    let pooled = program
-        .output(outputs::POOLER_OUTPUT)
-        .ok_or(EmitError::NoLogits)?
-        .value
-        .slot;
+    let slot_of = |name: &str| {
+        program
+            .output(name)
+            .map(|o| o.value.slot)
+            .ok_or(EmitError::NoLogits)
+    };
+    let output_slots = if spec.backbone {
+        let maps: Vec<usize> = program
+            .outputs
+            .iter()
+            .filter(|o| o.name.starts_with("feature_maps_"))
+            .map(|o| o.value.slot)
+            .collect();
+        let n = maps.len();
+        quote!(pub(super) const FEATURE_MAP_SLOTS: [usize; #n] = [#(#maps),*];)
+    } else {
+        let (logits, pooled) = (slot_of(outputs::LOGITS)?, slot_of(outputs::POOLER_OUTPUT)?);
+        quote! {
+            pub(super) const LOGITS_SLOT: usize = #logits;
+            pub(super) const POOLED_SLOT: usize = #pooled;
+        }
+    };
     let (slot_sizes, sums_sizes) = (&program.slot_sizes, &program.sums_sizes);
     let (n_slots, n_sums) = (slot_sizes.len(), sums_sizes.len());
     let module = format_ident!("__cnx_{}", to_snake(&spec.name));
@@ -517,8 +553,7 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
             /// Every parameter the code reads: checkpoint tensors and derived ones.
             pub(super) static WEIGHTS: [WeightSlot; #n_weights] = [#(#weight_slots),*];
             pub(super) const INPUT_SLOT: usize = #input_slot;
-            pub(super) const LOGITS_SLOT: usize = #logits;
-            pub(super) const POOLED_SLOT: usize = #pooled;
+            #output_slots
             /// f32 per image of each workspace slot, and f64 per image of each sums slot.
             pub(super) const SLOT_SIZES: [usize; #n_slots] = [#(#slot_sizes),*];
             pub(super) const SUMS_SIZES: [usize; #n_sums] = [#(#sums_sizes),*];
@@ -1010,7 +1045,31 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
             }
         }
     });
-    let methods = model_methods(&name, module, (c, h, w), n_labels);
+    let (heads, feature_consts) = if spec.backbone {
+        let maps: Vec<TokenStream> = program
+            .outputs
+            .iter()
+            .filter(|o| o.name.starts_with("feature_maps_"))
+            .map(|o| {
+                let (mc, mh, mw) = (o.ty.channels, o.ty.height, o.ty.width);
+                quote!([#mc, #mh, #mw])
+            })
+            .collect();
+        let n = maps.len();
+        (
+            backbone_methods(module, (c, h, w)),
+            quote! {
+                /// Each feature map's channels, height and width per image (NCHW), in stage order.
+                pub const FEATURE_MAPS: [[usize; 3]; #n] = [#(#maps),*];
+            },
+        )
+    } else {
+        (
+            classifier_methods(&name, module, (c, h, w), n_labels),
+            quote!(),
+        )
+    };
+    let methods = model_methods(module, heads);
     quote! {
         #[doc = #doc]
         pub struct #name {
@@ -1038,6 +1097,7 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
             pub const LABELS: [&'static str; #n_labels] = [#(#labels),*];
             /// Whether the fusion passes ran.
             pub const FUSED: bool = #fused;
+            #feature_consts
 
             #embedded
             #methods
@@ -1046,12 +1106,7 @@ fn model_type(spec: &EmitSpec, program: &Program, n_weights: usize, module: &Ide
 }
 
 /// Loading, threads, forward and classify: the same for every model but its constants.
-fn model_methods(
-    name: &Ident,
-    module: &Ident,
-    (c, h, w): (usize, usize, usize),
-    n_labels: usize,
-) -> TokenStream {
+fn model_methods(module: &Ident, heads: TokenStream) -> TokenStream {
     quote! {
         /// Loads a checkpoint (a `.safetensors` file, a sharded index or a model directory;
         /// Hugging Face or timm names), checks it against the model and prepares it.
@@ -1090,6 +1145,18 @@ fn model_methods(
             self
         }
 
+        #heads
+    }
+}
+
+/// A classifier's outputs: logits (forward, classify) and pooled features (embed).
+fn classifier_methods(
+    name: &Ident,
+    module: &Ident,
+    (c, h, w): (usize, usize, usize),
+    n_labels: usize,
+) -> TokenStream {
+    quote! {
         /// Logits (`batch x NUM_LABELS`, row-major) of `batch` images given as
         /// `pixel_values` in Hugging Face's NCHW layout, preprocessed.
         pub fn forward(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<f32>, ::convnextv2::Error> {
@@ -1145,6 +1212,25 @@ fn model_methods(
             static LABELS: [&str; #n_labels] = #name::LABELS;
             let logits = self.forward(pixel_values, batch)?;
             Ok(::convnextv2::compiled::top_k(&logits, &LABELS, k))
+        }
+    }
+}
+
+/// A backbone's outputs: its feature maps.
+fn backbone_methods(module: &Ident, (c, h, w): (usize, usize, usize)) -> TokenStream {
+    quote! {
+        /// The feature maps of `batch` images (NCHW `pixel_values`, preprocessed), in stage
+        /// order: map `k` is `batch x FEATURE_MAPS[k]` (C x H x W per image, NCHW), each
+        /// selected stage through its LayerNorm, as transformers' `ConvNextV2Backbone` returns.
+        pub fn feature_maps(&self, pixel_values: &[f32], batch: usize) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<f32>>, ::convnextv2::Error> {
+            ::convnextv2::compiled::check_input(pixel_values, batch, [#c, #h, #w])?;
+            ::convnextv2::program::check_finite(pixel_values, [#c, #h, #w], self.non_finite)?;
+            let weights = &self.weights;
+            Ok(self.workspace.with(batch, |ws| {
+                ws.set(#module::INPUT_SLOT, pixel_values);
+                ::convnextv2::pool::install(self.threads, || #module::forward(weights, ws, batch));
+                #module::FEATURE_MAP_SLOTS.iter().map(|&slot| ws.get(slot).to_vec()).collect()
+            }))
         }
     }
 }
@@ -1359,6 +1445,7 @@ mod tests {
             fuse: true,
             embedded_weights: None,
             config_path: None,
+            backbone: false,
         };
         let count = |src: &str, pat: &str| src.matches(pat).count();
         let tiny = emit_source(&spec("tiny-1k-224")).unwrap();
@@ -1395,6 +1482,7 @@ mod tests {
             fuse: false,
             embedded_weights: None,
             config_path: None,
+            backbone: false,
         };
         let src = emit_source(&spec).unwrap();
         for call in [

@@ -60,6 +60,7 @@ impl Args {
             fuse: !self.no_fuse,
             embedded_weights: None,
             config_path: None,
+            backbone: false,
         };
         match self.emit {
             Emit::Program => print!("{}", lower_spec(&emit_spec)?.0),
