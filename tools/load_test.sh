@@ -3,7 +3,8 @@
 #
 # Load test of `cnx serve` on loopback (not in CI): MODEL is a preset (random weights are
 # written for it) or a model directory. Measures, on the same machine in one run:
-#   1. `cnx bench` at batch MAX_BATCH (the best offline throughput the server can approach);
+#   1. `cnx bench` at batch 1, 8 and MAX_BATCH: the best is the offline throughput the server
+#      is compared with;
 #   2. the server under CLIENTS concurrent clients for SECONDS (oha: `cargo install oha`),
 #      each POSTing a photo to /v1/classify, three rounds in a row (the later rounds show
 #      whether memory keeps growing after the first minute); requests still in flight at the
@@ -28,9 +29,15 @@ if [ -d "$model" ]; then dir=$model; else
     "$cnx" random-model "$model" --output "$dir" >/dev/null 2>&1
 fi
 
-best=$("$cnx" bench "$dir" --batch "$max_batch" --runs 5 --json \
-    | python3 -c 'import json,sys; r=json.load(sys.stdin); r=r[0] if isinstance(r,list) else r; print(r["images_per_s"])')
-echo "offline: cnx bench batch $max_batch: $best images/s"
+# The best of batch 1, 8 and MAX_BATCH (one JSON object per batch size).
+best=$("$cnx" bench "$dir" --batch "1,8,$max_batch" --runs 5 --json \
+    | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin if l.strip()]
+for r in rows:
+    print("offline: cnx bench batch %d: %.2f images/s" % (r["batch"], r["images_per_s"]), file=sys.stderr)
+print(max(r["images_per_s"] for r in rows))')
+echo "offline best: $best images/s"
 
 "$cnx" serve --model "$dir" --port 0 --max-batch "$max_batch" --max-delay-ms 5 --queue 256 \
     2> "$work/serve.log" &
