@@ -48,7 +48,7 @@ for _ in 1 2 3; do curl -s --data-binary @"$image" "$url/v1/classify" >/dev/null
 rss() { awk '/VmRSS/ {print $2 / 1024 " MiB"}' /proc/$server/status; }
 echo "RSS after warm-up: $(rss)"
 
-for round in 1 2 3; do
+for round in $(seq "${ROUNDS:-3}"); do
     oha -z "${seconds}s" -c "$clients" -m POST -D "$image" -T image/jpeg --no-tui \
         --wait-ongoing-requests-after-deadline \
         --output-format json "$url/v1/classify" > "$work/oha$round.json"

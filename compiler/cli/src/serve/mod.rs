@@ -91,8 +91,12 @@ pub fn serve(
         max_body_bytes: options.max_body_bytes,
         input,
     });
+    // Decoding needs no more threads than cores; a bounded blocking pool also bounds the
+    // allocator arenas (each new thread may get its own), so memory stops growing under load.
+    let decoders = options.policy.threads.clamp(2, 16);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(decoders)
         .enable_all()
         .build()
         .map_err(|source| Error::Io {
