@@ -185,9 +185,7 @@ impl ConvNextV2Config {
         let patch_size = positive("patch_size", raw.patch_size.as_ref(), 4)?;
         let num_stages = positive("num_stages", raw.num_stages.as_ref(), 4)?;
         // Before anything per stage is made (the out_features checks are quadratic in it).
-        limits
-            .check_config_key("num_stages", num_stages as u64)
-            .map_err(over_limit)?;
+        limits.check_stages(num_stages as u64).map_err(over_limit)?;
         let hidden_sizes = size_list(
             "hidden_sizes",
             raw.hidden_sizes.as_ref(),

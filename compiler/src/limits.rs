@@ -85,30 +85,9 @@ impl Default for Limits {
     }
 }
 
-/// The `--limit` names, in the order `--help` lists them, with a word on each.
-pub const LIMIT_NAMES: &[(&str, &str)] = &[
-    ("stages", "num_stages"),
-    ("stage-depth", "each entry of depths"),
-    ("width", "each entry of hidden_sizes"),
-    ("channels", "num_channels"),
-    ("patch-size", "patch_size"),
-    ("labels", "num_labels / id2label entries"),
-    (
-        "input-side",
-        "input height and width (image_size, --input-size, .npy shape)",
-    ),
-    ("parameters", "model parameters"),
-    ("graph-nodes", "nodes of the model's graph"),
-    ("image-pixels", "pixels of one decoded image"),
-    (
-        "memory-mb",
-        "MiB for weights + workspace (default: available memory)",
-    ),
-];
-
-/// The most each limit can be raised to: every size product the compiler forms (a width times
-/// four, a stage's values times the batch, parameters times eight bytes) then stays far from
-/// `u64::MAX`.
+/// Every limit by its `--limit` name, with the most it can be raised to: every size product
+/// the compiler forms (a width times four, a stage's values times the batch, parameters times
+/// eight bytes) then stays far from `u64::MAX`.
 pub const HARD_MAXIMA: &[(&str, u64)] = &[
     ("stages", 1 << 10),
     ("stage-depth", 1 << 20),
@@ -135,8 +114,8 @@ impl Limits {
         limits
     }
 
-    /// Sets the limit `name` (one of [`LIMIT_NAMES`]) to `value`, at most [`HARD_MAXIMA`]'s
-    /// figure: past those, sizes would overflow the builder's own arithmetic.
+    /// Sets the limit `name` (one of [`HARD_MAXIMA`]'s) to `value`, at most its maximum there:
+    /// past those, sizes would overflow the builder's own arithmetic.
     pub fn set(&mut self, name: &str, value: u64) -> Result<(), String> {
         if let Some((_, max)) = HARD_MAXIMA.iter().find(|(n, _)| *n == name) {
             if value > *max {
@@ -159,7 +138,7 @@ impl Limits {
                 return Ok(());
             }
             other => {
-                let names: Vec<&str> = LIMIT_NAMES.iter().map(|(n, _)| *n).collect();
+                let names: Vec<&str> = HARD_MAXIMA.iter().map(|(n, _)| *n).collect();
                 return Err(format!(
                     "unknown limit `{other}` (limits: {})",
                     names.join(", ")
@@ -207,12 +186,9 @@ impl Limits {
         }
     }
 
-    /// One config figure checked on its own, as soon as it is read: `num_stages`.
-    pub fn check_config_key(&self, key: &'static str, figure: u64) -> Check {
-        match key {
-            "num_stages" => self.check_key(Some(key), "", figure, self.stages, "stages"),
-            _ => Ok(()),
-        }
+    /// `num_stages`, checked as soon as it is read (before anything per stage is made).
+    pub fn check_stages(&self, stages: u64) -> Check {
+        self.check_key(Some("num_stages"), "", stages, self.stages, "stages")
     }
 
     /// The number of labels a config asks for, checked before the label list is made.
@@ -231,7 +207,7 @@ impl Limits {
         let key = |k: &'static str, what: &str, figure: usize, limit: u64, name| {
             self.check_key(Some(k), what, figure as u64, limit, name)
         };
-        key("num_stages", "", config.num_stages, self.stages, "stages")?;
+        self.check_stages(config.num_stages as u64)?;
         for (i, &d) in config.depths.iter().enumerate() {
             key(
                 "depths",

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod request;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +50,6 @@ struct AppState {
     labels: Vec<String>,
     preprocess: PreprocessConfig,
     limits: Limits,
-    ready: AtomicBool,
     max_images: usize,
     max_body_bytes: usize,
     /// The model's input per image, `[C, H, W]`.
@@ -86,7 +85,6 @@ pub fn serve(
         labels,
         preprocess,
         limits: crate::limits().clone(),
-        ready: AtomicBool::new(true),
         max_images: options.policy.queue,
         max_body_bytes: options.max_body_bytes,
         input,
@@ -187,14 +185,10 @@ async fn method_not_allowed(State(s): State<Shared>) -> Response {
     )
 }
 
+/// Ready whenever reachable: the port is bound only after the model is loaded and warmed.
 async fn health(State(s): State<Shared>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        s.metrics.request("health", 200);
-        Json(json!({"status": "ok"})).into_response()
-    } else {
-        s.metrics.request("health", 503);
-        error(StatusCode::SERVICE_UNAVAILABLE, "loading")
-    }
+    s.metrics.request("health", 200);
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn metrics_text(State(s): State<Shared>) -> Response {
