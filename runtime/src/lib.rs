@@ -13,5 +13,7 @@
 //! (The runtime is its own crate because the macro runs the compiler, which links the
 //! runtime's kernels itself: this crate re-exports both without a dependency cycle.)
 
+pub mod capi;
+
 pub use cnx_runtime::*;
 pub use convnextv2_macros::convnextv2;

@@ -15,6 +15,15 @@ pub fn write_safetensors(
     path: &Path,
     params: &[(String, Vec<usize>, Vec<f32>)],
 ) -> Result<(), Error> {
+    let bytes = safetensors_bytes(params).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    crate::io::write_atomically(path, |mut file| file.write_all(&bytes))
+}
+
+/// Parameters as the bytes of a safetensors file (f32, in the order given).
+pub fn safetensors_bytes(params: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>, String> {
     let bytes: Vec<Vec<u8>> = params
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -30,9 +39,5 @@ pub fn write_safetensors(
         .collect();
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    crate::io::write_atomically(path, |mut file| file.write_all(&bytes))
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }

@@ -2,7 +2,7 @@
 //! the crate root) compiled for the host into one native function.
 //!
 //! The entry is `extern "C" fn(ctx, arena, sums, batch)`: one call per step into the runtime
-//! (`cnx_jit_step(ctx, step, operands, n, out, sums, batch)`), every operand, output and sums
+//! (`cnx_step(ctx, step, operands, n, out, sums, batch)`), every operand, output and sums
 //! pointer computed from its slot's per-image offset, an immediate, scaled by the batch. No
 //! step kernel is generated: each one measured slower than the runtime's (BENCHMARKS.md).
 
@@ -21,7 +21,7 @@ pub enum Loc {
 }
 
 /// One step of the schedule: a runtime op, called through
-/// `cnx_jit_step(ctx, step, operands, n, out, sums, batch)`.
+/// `cnx_step(ctx, step, operands, n, out, sums, batch)`.
 #[derive(Debug, Clone)]
 pub struct Step {
     /// The step's index in the program.
@@ -59,12 +59,12 @@ pub struct CodegenError(pub String);
 
 type Fail<T> = Result<T, CodegenError>;
 
-fn err(e: impl std::fmt::Display) -> CodegenError {
+pub fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError(e.to_string())
 }
 
 /// The host's code generator, with the verifier on or off.
-fn host_isa(verify: bool) -> Fail<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
+pub fn host_isa(verify: bool) -> Fail<std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>> {
     let mut flags = cranelift_codegen::settings::builder();
     flags.set("opt_level", "speed").map_err(err)?;
     flags
@@ -78,34 +78,50 @@ fn host_isa(verify: bool) -> Fail<std::sync::Arc<dyn cranelift_codegen::isa::Tar
         .map_err(err)
 }
 
-/// Compiles `schedule` into its entry function.
+/// Compiles `schedule` into its entry function, in memory.
 pub fn compile(schedule: &Schedule) -> Fail<Compiled> {
     let mut jit = JITBuilder::with_isa(host_isa(schedule.verify)?, default_libcall_names());
-    jit.symbol("cnx_jit_step", schedule.step_shim);
+    jit.symbol(STEP_SYMBOL, schedule.step_shim);
     let mut module = JITModule::new(jit);
+    let mut text = Listings::new(schedule.disassemble);
+    let entry_id = define_schedule(&mut module, schedule, "forward", Linkage::Local, &mut text)?;
+    module.finalize_definitions().map_err(err)?;
+    let entry = module.get_finalized_function(entry_id);
+    Ok(Compiled {
+        _module: module,
+        entry,
+        clif: text.clif,
+        asm: text.asm.unwrap_or_default(),
+    })
+}
+
+/// The runtime function every step calls (`cnx_runtime::schedule::cnx_step`; exported under
+/// this name by the runtime library, registered under it in the JIT).
+pub const STEP_SYMBOL: &str = "cnx_step";
+
+/// Declares and defines the schedule's entry function `name` in `module` (the JIT's or an
+/// object's): `fn(ctx, arena, sums, batch)`, one runtime call per step.
+pub fn define_schedule<M: Module>(
+    module: &mut M,
+    schedule: &Schedule,
+    name: &str,
+    linkage: Linkage,
+    text: &mut Listings,
+) -> Fail<FuncId> {
     let frontend = module.target_config();
     if frontend.pointer_type() != types::I64 {
-        return Err(CodegenError("the JIT needs a 64-bit target".into()));
+        return Err(CodegenError("cnx's code generator needs a 64-bit target".into()));
     }
-    let sig = |n: usize, ret: bool| {
-        let mut s = module.make_signature();
-        s.params.extend((0..n).map(|_| AbiParam::new(types::I64)));
-        s.returns.extend(ret.then(|| AbiParam::new(types::I32)));
-        s
-    };
-    let (step_sig, entry_sig) = (sig(7, true), sig(4, false));
+    let step_sig = signature(module, 7, Some(types::I32));
+    let entry_sig = signature(module, 4, None);
     let step_fn = module
-        .declare_function("cnx_jit_step", Linkage::Import, &step_sig)
+        .declare_function(STEP_SYMBOL, Linkage::Import, &step_sig)
+        .map_err(err)?;
+    let entry_id = module
+        .declare_function(name, linkage, &entry_sig)
         .map_err(err)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
-    let mut text = Listings {
-        clif: String::new(),
-        asm: schedule.disassemble.then(String::new),
-    };
-    let entry_id = module
-        .declare_function("forward", Linkage::Local, &entry_sig)
-        .map_err(err)?;
     ctx.func.signature = entry_sig;
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -135,28 +151,41 @@ pub fn compile(schedule: &Schedule) -> Fail<Compiled> {
         b.seal_all_blocks();
         b.finalize(frontend);
     }
-    text.define(&mut module, &mut ctx, entry_id, "the schedule")?;
-    module.finalize_definitions().map_err(err)?;
-    let entry = module.get_finalized_function(entry_id);
-    Ok(Compiled {
-        _module: module,
-        entry,
-        clif: text.clif,
-        asm: text.asm.unwrap_or_default(),
-    })
+    text.define(module, &mut ctx, entry_id, "the schedule")?;
+    Ok(entry_id)
+}
+
+/// A C-ABI signature of `params` 64-bit integers (pointers, sizes) returning `ret`.
+pub fn signature<M: Module>(
+    module: &M,
+    params: usize,
+    ret: Option<types::Type>,
+) -> cranelift_codegen::ir::Signature {
+    let mut s = module.make_signature();
+    s.params
+        .extend((0..params).map(|_| AbiParam::new(types::I64)));
+    s.returns.extend(ret.map(AbiParam::new));
+    s
 }
 
 /// The text listings of the compiled functions: IR always, machine code when asked for.
-struct Listings {
-    clif: String,
-    asm: Option<String>,
+pub struct Listings {
+    pub clif: String,
+    pub asm: Option<String>,
 }
 
 impl Listings {
+    pub fn new(disassemble: bool) -> Listings {
+        Listings {
+            clif: String::new(),
+            asm: disassemble.then(String::new),
+        }
+    }
+
     /// Compiles the function built in `ctx` as `id`, appending its listings under `heading`.
-    fn define(
+    pub fn define<M: Module>(
         &mut self,
-        module: &mut JITModule,
+        module: &mut M,
         ctx: &mut cranelift_codegen::Context,
         id: FuncId,
         heading: &str,

@@ -17,7 +17,7 @@ use crate::weights::derive::{evaluate, ParamSpec};
 use crate::{pool, Error, Result, WeightSource, WeightStore};
 
 /// How a parameter slot is prepared at load for its kernel.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Prepare {
     /// Used as stored.
     Plain,
@@ -28,7 +28,7 @@ pub enum Prepare {
 }
 
 /// One entry of a model's weight table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WeightSlot {
     pub param: ParamSpec,
     pub prepare: Prepare,

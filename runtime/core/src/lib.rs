@@ -8,6 +8,7 @@
 //!   versions that serve as the oracle for every optimised kernel.
 //! - [`Error`]: typed errors; the runtime never prints.
 
+pub mod artifact;
 pub mod compiled;
 pub mod error;
 pub mod kernels;
@@ -15,6 +16,7 @@ pub mod ops;
 pub mod pool;
 pub mod preprocess;
 pub mod program;
+pub mod schedule;
 pub mod scratch;
 pub mod tensor;
 pub mod weights;

@@ -19,14 +19,14 @@ use crate::ops::{self, Conv2d, ConvParams, GrnSource, LayerNorm, Linear, Permute
 pub use crate::compiled::WeightSlot;
 
 /// A value in the workspace: its slot, and its size in f32 elements per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Value {
     pub slot: usize,
     pub len: usize,
 }
 
 /// A LayerNorm's gamma and beta, as weight-table indices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AffineParams {
     pub gamma: usize,
     pub beta: usize,
@@ -34,7 +34,7 @@ pub struct AffineParams {
 
 /// What a step computes, with its operands and parameters bound. Parameters are indices into
 /// the program's weight table; operands are workspace values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum StepOp {
     /// `nn.Conv2d` with its fused input and output LayerNorms.
     Conv2d {
@@ -107,7 +107,7 @@ pub enum StepOp {
 }
 
 /// One step of a program.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// The Hugging Face module it runs (`convnextv2.encoder.stages.0.layers.1.pwconv1`).
     pub name: String,
@@ -277,7 +277,7 @@ pub enum SumsAccess {
 }
 
 /// A named value the program leaves in the workspace (`logits`, `pooler_output` ...).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProgramOutput {
     pub name: String,
     pub value: Value,
@@ -285,7 +285,7 @@ pub struct ProgramOutput {
 }
 
 /// A lowered model, for one input size and any batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Program {
     /// `pixel_values`' type per image (NCHW) and the slot it is copied into.
     pub input: ValueType,

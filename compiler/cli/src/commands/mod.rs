@@ -114,7 +114,7 @@ impl ShardFlag {
 #[derive(Debug, Clone, clap::Args)]
 pub struct InputSize {
     /// Input size as H or HxW (default: the config's image_size).
-    #[arg(long = "input-size")]
+    #[arg(long = "input-size", visible_alias = "image-size")]
     input_size: Option<String>,
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// An elementwise activation, as named by `hidden_act` in a Hugging Face config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Activation {
     /// `gelu`, `gelu_python`: exact, `0.5 x (1 + erf(x / sqrt 2))`.
     Gelu,

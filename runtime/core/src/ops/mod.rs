@@ -12,7 +12,7 @@ use std::fmt;
 use crate::Activation;
 
 /// How a value is laid out in memory, per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     /// Channels, then rows, then columns (PyTorch's default for images).
     Nchw,
@@ -23,7 +23,7 @@ pub enum Layout {
 }
 
 /// The type of a value, per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ValueType {
     pub layout: Layout,
     pub channels: usize,
@@ -91,7 +91,7 @@ impl fmt::Display for ValueType {
 }
 
 /// Which axis a LayerNorm normalises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NormAxis {
     /// The channel axis of an NCHW value (`ConvNextV2LayerNorm(data_format="channels_first")`).
     ChannelsFirst,
@@ -100,7 +100,7 @@ pub enum NormAxis {
 }
 
 /// `nn.Conv2d`, in either image layout, with the fusions the optimiser adds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -147,7 +147,7 @@ impl Conv2d {
 }
 
 /// A LayerNorm applied in an op's epilogue.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OutputNorm {
     pub eps: f64,
     /// With gamma and beta (parameters `norm_weight`, `norm_bias`).
@@ -155,7 +155,7 @@ pub struct OutputNorm {
 }
 
 /// A LayerNorm; with `affine`, parameters `weight` (gamma) and `bias` (beta).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerNorm {
     pub channels: usize,
     pub eps: f64,
@@ -166,7 +166,7 @@ pub struct LayerNorm {
 
 /// `nn.Linear` over the last axis, with the fusions the optimiser adds. Operands: the input,
 /// then a per-sample channel scale if `input_scale`, then the residual if `residual`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
@@ -201,7 +201,7 @@ impl Linear {
 }
 
 /// Where `GrnScale` gets its per-channel sums of squares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GrnSource {
     /// It reads its operand's values (a full pass over them).
     Values,
@@ -210,7 +210,7 @@ pub enum GrnSource {
 }
 
 /// Permutations between the two image layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Permute {
     /// `x.permute(0, 2, 3, 1)`.
     NchwToNhwc,

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use super::WeightSource;
 
 /// How a pass computes a parameter from others, once, at load time (in f64, rounded once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DeriveRule {
     /// Inputs `(w, gamma)`: `w'[o, i, ...] = w[o, i, ...] * gamma[i]`.
     ScaleInputChannels,
@@ -31,7 +31,7 @@ pub trait Recipe: Sized {
 
 /// A parameter as a weight-table entry: borrowed from a static table (what the `convnextv2!`
 /// macro emits) or owned (what the compiler's lowering builds), one type for both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParamSpec {
     pub name: Cow<'static, str>,
     pub shape: Cow<'static, [usize]>,
