@@ -178,8 +178,7 @@ unsafe fn artifact_of(descriptor: *const AotDescriptor) -> Result<(Artifact, Ent
     }
     // SAFETY: the object's read-only artifact, `artifact_len` bytes (written together).
     let bytes = unsafe { std::slice::from_raw_parts(d.artifact, d.artifact_len) };
-    let artifact =
-        Artifact::from_json(bytes).map_err(|e| Failure(Code::Object, e.to_string()))?;
+    let artifact = Artifact::from_json(bytes).map_err(|e| Failure(Code::Object, e.to_string()))?;
     Ok((artifact, entry))
 }
 
@@ -311,7 +310,10 @@ pub unsafe extern "C" fn cnx_aot_load_embedded(
 ///
 /// # Safety
 /// `m` is null, a handle this library returned, or any other value (refused unless live).
-unsafe fn model<'a>(descriptor: *const AotDescriptor, m: *const Model) -> Result<&'a Model, Failure> {
+unsafe fn model<'a>(
+    descriptor: *const AotDescriptor,
+    m: *const Model,
+) -> Result<&'a Model, Failure> {
     if m.is_null() {
         return Err(argument("the model is NULL"));
     }
@@ -378,7 +380,7 @@ pub unsafe extern "C" fn cnx_aot_run(
         if pixel_values.is_null() {
             return Err(argument("pixel_values is NULL"));
         }
-        if pixel_len == 0 || pixel_len % per_image != 0 {
+        if pixel_len == 0 || !pixel_len.is_multiple_of(per_image) {
             return Err(argument(format!(
                 "pixel_values holds {pixel_len} floats, not a positive multiple of {c} x {h} x {w} = {per_image}"
             )));
@@ -406,7 +408,9 @@ pub unsafe extern "C" fn cnx_aot_run(
             outputs.push((value, unsafe { std::slice::from_raw_parts_mut(ptr, len) }));
         }
         if outputs.is_empty() {
-            return Err(argument("logits and pooled are both NULL: nothing to compute"));
+            return Err(argument(
+                "logits and pooled are both NULL: nothing to compute",
+            ));
         }
         // SAFETY: `pixel_len` readable floats (the caller's contract).
         let pixels = unsafe { std::slice::from_raw_parts(pixel_values, pixel_len) };
@@ -418,7 +422,14 @@ pub unsafe extern "C" fn cnx_aot_run(
             // valid, its workspace layout equal to this runtime's, at load); `ws` has that
             // layout, sized for `batch`.
             unsafe {
-                schedule::run(model.entry, &model.program, &model.weights, ws, batch, threads)
+                schedule::run(
+                    model.entry,
+                    &model.program,
+                    &model.weights,
+                    ws,
+                    batch,
+                    threads,
+                )
             }
             .map_err(|f| Failure(Code::Internal, f.to_string()))?;
             for (value, out) in outputs {

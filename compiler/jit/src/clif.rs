@@ -110,7 +110,9 @@ pub fn define_schedule<M: Module>(
 ) -> Fail<FuncId> {
     let frontend = module.target_config();
     if frontend.pointer_type() != types::I64 {
-        return Err(CodegenError("cnx's code generator needs a 64-bit target".into()));
+        return Err(CodegenError(
+            "cnx's code generator needs a 64-bit target".into(),
+        ));
     }
     let step_sig = signature(module, 7, Some(types::I32));
     let entry_sig = signature(module, 4, None);

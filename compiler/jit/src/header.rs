@@ -134,6 +134,7 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
     ] {
         let _ = writeln!(s, "#define cnx_model_{f} {p}_{f}");
     }
+    let _ = writeln!(s, "#define cnx_model_labels {p}_labels");
     if spec.embedded_weights {
         let _ = writeln!(s, "#define cnx_model_load_embedded {p}_load_embedded");
     }
@@ -147,8 +148,8 @@ pub fn is_c_identifier(prefix: &str) -> bool {
     const RESERVED: &[&str] = &[
         "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
         "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
-        "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
-        "typedef", "union", "unsigned", "void", "volatile", "while",
+        "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+        "union", "unsigned", "void", "volatile", "while",
     ];
     let mut chars = prefix.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -191,7 +192,10 @@ mod tests {
             default_prefix("models/facebook/convnextv2-atto-1k-224/"),
             "convnextv2_atto_1k_224"
         );
-        assert_eq!(default_prefix("facebook/convnextv2-tiny-22k-384"), "convnextv2_tiny_22k_384");
+        assert_eq!(
+            default_prefix("facebook/convnextv2-tiny-22k-384"),
+            "convnextv2_tiny_22k_384"
+        );
         assert_eq!(default_prefix("3x.json"), "_3x");
         assert_eq!(default_prefix("int"), "cnx_int");
         for p in ["tiny_1k_224", "_3x", "cnx_int"] {

@@ -52,7 +52,8 @@ impl JitError {
 /// A model compiled by the JIT, ready to run any batch size.
 pub struct JitModel {
     code: clif::Compiled,
-    model: LoadedModel,
+    /// Boxed: a JIT model is moved about as a value (an engine variant) and a loaded model is large.
+    model: Box<LoadedModel>,
     /// The program the code was compiled from (its step indices and offsets).
     program: Program,
     /// Nanoseconds spent in runtime calls since the last [`JitModel::take_runtime_time`].
@@ -106,7 +107,7 @@ impl JitModel {
             disassemble: options.disassemble,
         })?;
         Ok(JitModel {
-            model,
+            model: Box::new(model),
             program,
             runtime_ns: AtomicU64::new(0),
             code,

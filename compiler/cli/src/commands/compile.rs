@@ -151,9 +151,10 @@ impl Args {
         })
         .map_err(cnx_jit::JitError::from)?;
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let object_name = output
-            .file_name()
-            .map_or_else(|| output.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let object_name = output.file_name().map_or_else(
+            || output.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let header = c_header(&HeaderSpec {
             prefix: &prefix,
             model: &spec.name,
@@ -166,7 +167,9 @@ impl Args {
             object: &object_name,
         });
         crate::io::write_atomically(output, |mut f| f.write_all(&object.bytes))?;
-        if let Err(e) = crate::io::write_atomically(&header_path, |mut f| f.write_all(header.as_bytes())) {
+        if let Err(e) =
+            crate::io::write_atomically(&header_path, |mut f| f.write_all(header.as_bytes()))
+        {
             // Both files or neither.
             let _ = std::fs::remove_file(output);
             return Err(e);
