@@ -5,7 +5,8 @@
 # (examples/c/classify.c linked with the object and libconvnextv2.a), `cnx bench --backend jit`
 # and the `convnextv2!` macro's code (tests/benches/macro_forward.rs); and the C program's
 # start-to-first-logits (process start, weight load, first forward, exit) against `cnx run`.
-# Usage: tools/bench_aot.sh [ROUNDS] [MODELS] [BATCHES] [THREADS]
+# Usage: [RUNS1=9] [RUNS8=5] tools/bench_aot.sh [ROUNDS] [MODELS] [BATCHES] [THREADS]
+# (RUNS1: timed runs per batch-1 cell, RUNS8: per larger batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} models=${2:-"atto-1k-224 tiny-1k-224"} batches=${3:-"1 8"} threads=${4:-$(nproc)}
@@ -32,7 +33,7 @@ for m in $models; do
     target/release/libconvnextv2.a -lpthread -ldl -lm -o "$work/$m-classify"
 done
 for r in $(seq 1 "$rounds"); do for m in $models; do for b in $batches; do
-  runs=9; [ "$b" -gt 1 ] && runs=5
+  runs=${RUNS1:-9}; [ "$b" -gt 1 ] && runs=${RUNS8:-5}
   c=$("$work/$m-classify" "$work/$m/model.safetensors" "$work/$m/pixel_values.npy" \
       --batch "$b" --runs $runs --top 0 --threads "$threads" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p')
   echo "$m c-b$b $r $c" | tee -a "$out"

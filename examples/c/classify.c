@@ -3,7 +3,7 @@
  *   cnx compile tiny-1k-224 --emit obj --output tiny.o --symbol-prefix tiny   # tiny.o, tiny.h
  *   cc -O2 -DCNX_MODEL_HEADER='"tiny.h"' -I. examples/c/classify.c tiny.o \
  *      -Ltarget/release -l:libconvnextv2.a -lpthread -ldl -lm -o classify
- *   cnx preprocess photo.jpg --output pixels.npy
+ *   cnx preprocess --model tiny-1k-224 photo.jpg --output pixels.npy
  *   ./classify model.safetensors pixels.npy
  *
  * Written once for any cnx model: it includes the header named by CNX_MODEL_HEADER with

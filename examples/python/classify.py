@@ -4,7 +4,7 @@ Link the object and the runtime library into one shared library, then load it he
 
     cnx compile tiny-1k-224 --emit obj --output tiny.o --symbol-prefix tiny
     cc -shared -o libtiny.so tiny.o -Ltarget/release -l:libconvnextv2.a -lpthread -ldl -lm
-    cnx preprocess photo.jpg --output pixels.npy
+    cnx preprocess --model tiny-1k-224 photo.jpg --output pixels.npy
     python3 examples/python/classify.py ./libtiny.so tiny model.safetensors pixels.npy
 
 usage: classify.py LIBRARY PREFIX WEIGHTS PIXELS.npy [--logits OUT.f32]
