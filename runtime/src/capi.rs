@@ -3,7 +3,7 @@
 //!
 //! The object's exported functions (`P_load`, `P_forward` ...; declared by its header) pass
 //! their `P_descriptor` and their arguments to the `cnx_aot_*` function of the same job here;
-//! its schedule calls [`cnx_step`] once per step. Loading validates the checkpoint exactly as
+//! its schedule calls the runtime's `cnx_step` (exported from `cnx-runtime`) once per step. Loading validates the checkpoint exactly as
 //! `cnx run` does ([`Weights::load`], every mismatch in one message) against the checkpoint
 //! list the object carries, and refuses an object this runtime cannot run (another format or
 //! cnx version, another workspace layout).
@@ -130,24 +130,6 @@ fn guard(f: impl FnOnce() -> Result<(), Failure>) -> c_int {
 #[no_mangle]
 pub extern "C" fn cnx_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
-}
-
-/// One step of an object's schedule (see [`schedule::cnx_step`]).
-///
-/// # Safety
-/// Called only by a schedule that [`run`] started, as [`schedule::cnx_step`] requires.
-#[no_mangle]
-pub unsafe extern "C" fn cnx_step(
-    ctx: usize,
-    index: u64,
-    operands: *const *const f32,
-    n: u64,
-    out: *mut f32,
-    sums: *mut f64,
-    batch: u64,
-) -> i32 {
-    // SAFETY: forwarded unchanged; the contract is the same.
-    unsafe { schedule::cnx_step(ctx, index, operands, n, out, sums, batch) }
 }
 
 /// The object's artifact, checked: the descriptor's magic and format, the program this

@@ -175,6 +175,42 @@ fn c_program_matches_the_interpreter_and_transformers() {
 }
 
 #[test]
+fn unfused_object_runs_the_graph_as_transformers_defines_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture("custom-nonsquare");
+    let classify = repo().join("examples/c/classify.c");
+    let args = [
+        "--image-size",
+        "97x75",
+        "--no-fuse",
+        "--symbol-prefix",
+        "unfused",
+    ];
+    let exe = build(dir.path(), &fx, &args, "unfused", &classify);
+    let logits = dir.path().join("logits.f32");
+    run(Command::new(&exe)
+        .arg(fx.join("model.safetensors"))
+        .arg(fx.join("pixel_values.npy"))
+        .args(["--logits", s(&logits)]));
+    // More steps than the fused object's, the same answer within the fixture tolerance.
+    let listing = |extra: &[&str]| {
+        let mut a = vec![
+            "compile",
+            s(&fx),
+            "--emit",
+            "program",
+            "--image-size",
+            "97x75",
+        ];
+        a.extend_from_slice(extra);
+        let out = run(Command::new(env!("CARGO_BIN_EXE_cnx")).args(&a));
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    };
+    assert!(listing(&["--no-fuse"]) > listing(&[]));
+    assert_near_transformers(&fx, "logits", &read_f32(&logits));
+}
+
+#[test]
 fn embedded_weights_make_the_object_the_whole_model() {
     let dir = tempfile::tempdir().unwrap();
     let fx = fixture("custom-nonsquare");

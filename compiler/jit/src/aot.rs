@@ -249,6 +249,35 @@ fn define_bytes(
     Ok(id)
 }
 
+/// Defines the exported function `name` of signature `sig`: `body` fills it from its entry
+/// block's parameters.
+fn define_exported(
+    module: &mut ObjectModule,
+    fctx: &mut FunctionBuilderContext,
+    name: &str,
+    sig: cranelift_codegen::ir::Signature,
+    text: &mut Listings,
+    body: impl FnOnce(&mut ObjectModule, &mut FunctionBuilder<'_>, &[cranelift_codegen::ir::Value]),
+) -> Result<(), CodegenError> {
+    let id = module
+        .declare_function(name, Linkage::Export, &sig)
+        .map_err(err)?;
+    let frontend = module.target_config();
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let params = b.block_params(block).to_vec();
+        body(module, &mut b, &params);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+    }
+    text.define(module, &mut ctx, id, name)
+}
+
 /// `name(params...)`, exported: returns `target(&descriptor, params...)`.
 #[allow(clippy::too_many_arguments)]
 fn define_forwarder(
@@ -264,31 +293,18 @@ fn define_forwarder(
     let ret = returns.then_some(types::I32);
     let sig = clif::signature(module, params, ret);
     let target_sig = clif::signature(module, params + 1, ret);
-    let id = module
-        .declare_function(name, Linkage::Export, &sig)
-        .map_err(err)?;
     let callee = module
         .declare_function(target, Linkage::Import, &target_sig)
         .map_err(err)?;
-    let frontend = module.target_config();
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let block = b.create_block();
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
+    define_exported(module, fctx, name, sig, text, |module, b, params| {
         let desc = module.declare_data_in_func(descriptor, b.func);
         let callee = module.declare_func_in_func(callee, b.func);
         let mut args = vec![b.ins().symbol_value(types::I64, desc)];
-        args.extend_from_slice(b.block_params(block));
+        args.extend_from_slice(params);
         let call = b.ins().call(callee, &args);
         let results = b.inst_results(call).to_vec();
         b.ins().return_(&results);
-        b.seal_all_blocks();
-        b.finalize(frontend);
-    }
-    text.define(module, &mut ctx, id, name)
+    })
 }
 
 /// `const char *P_label(size_t index)`: `P_labels[index]`, or null when out of range.
@@ -303,19 +319,10 @@ fn define_label(
     let mut sig = clif::signature(module, 1, None);
     sig.returns
         .push(cranelift_codegen::ir::AbiParam::new(types::I64));
-    let id = module
-        .declare_function(&format!("{prefix}_label"), Linkage::Export, &sig)
-        .map_err(err)?;
-    let frontend = module.target_config();
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let block = b.create_block();
+    let name = format!("{prefix}_label");
+    define_exported(module, fctx, &name, sig, text, |module, b, params| {
+        let index = params[0];
         let (inside, outside) = (b.create_block(), b.create_block());
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
-        let index = b.block_params(block)[0];
         let ok = b
             .ins()
             .icmp_imm_u(IntCC::UnsignedLessThan, index, count as i64);
@@ -331,8 +338,5 @@ fn define_label(
         b.switch_to_block(outside);
         let null = b.ins().iconst(types::I64, 0);
         b.ins().return_(&[null]);
-        b.seal_all_blocks();
-        b.finalize(frontend);
-    }
-    text.define(module, &mut ctx, id, &format!("{prefix}_label"))
+    })
 }

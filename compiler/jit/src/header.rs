@@ -117,6 +117,7 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
         "INPUT_WIDTH",
         "NUM_LABELS",
         "HIDDEN_SIZE",
+        "WORKSPACE_BYTES_PER_IMAGE",
         "WEIGHTS_EMBEDDED",
     ] {
         let _ = writeln!(s, "#define CNX_{m} {up}_{m}");

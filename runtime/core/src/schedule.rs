@@ -5,7 +5,7 @@
 //! the addresses of its operands, output and sums (each a slot offset of the workspace, an
 //! immediate scaled by the batch) and one call of [`cnx_step`], which runs the step on the
 //! runtime's kernels through [`execute`]. The JIT registers [`cnx_step`] by address; an object
-//! imports it by name from the runtime library (`libconvnextv2`, which exports it). Both run
+//! imports it by name from the runtime library (`libconvnextv2`). Both run
 //! the entry through [`run`]: one code generator, one calling convention, two outputs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,9 +77,13 @@ pub unsafe fn run(
 /// code passes (`operands` points to `n` operand pointers; `sums` is the step's sums, or null).
 /// Returns 0, or 1 when the step failed (recorded in the context; the code then stops).
 ///
+/// Exported unmangled: an object's schedule imports it by this name from the runtime library
+/// (the JIT registers its address).
+///
 /// # Safety
 /// `ctx` is the [`StepContext`] [`run`] passed to the entry; the pointers are the step's
 /// workspace slots for `batch` images, as the code compiled from the program computes them.
+#[no_mangle]
 pub unsafe extern "C" fn cnx_step(
     ctx: usize,
     index: u64,
