@@ -397,3 +397,24 @@ fn compile_obj_refuses_bad_requests_without_writing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+#[test]
+fn header_error_codes_are_the_librarys() {
+    use convnextv2::capi::Code;
+    let library = [
+        ("CNX_OK", Code::Ok),
+        ("CNX_ERROR_ARGUMENT", Code::Argument),
+        ("CNX_ERROR_IO", Code::Io),
+        ("CNX_ERROR_WEIGHTS", Code::Weights),
+        ("CNX_ERROR_INPUT", Code::Input),
+        ("CNX_ERROR_HANDLE", Code::Handle),
+        ("CNX_ERROR_OBJECT", Code::Object),
+        ("CNX_ERROR_INTERNAL", Code::Internal),
+    ];
+    let header: Vec<(&str, i32)> = cnx_jit::header::ERROR_CODES
+        .iter()
+        .map(|&(name, value, _)| (name, value))
+        .collect();
+    let library: Vec<(&str, i32)> = library.iter().map(|&(n, c)| (n, c as i32)).collect();
+    assert_eq!(header, library);
+}
