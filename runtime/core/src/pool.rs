@@ -2,7 +2,9 @@
 //! for the life of the process, plus the calling thread, which works too.
 //!
 //! A backend runs a forward pass inside [`install`]; each op then hands the pool a fixed
-//! number of tasks ([`parallel_for`]), claimed from an atomic counter. How tasks are cut is
+//! number of tasks ([`parallel_for`]). Thread `t` owns tasks `t, t + threads, ...` and runs
+//! them first; a thread done with its own takes unstarted ones from the back of another's
+//! list (a core the system gives to something else no longer holds the op up). How tasks are cut is
 //! decided by the op from [`threads`] alone, and every output element is computed exactly as
 //! one thread would compute it, so results do not depend on the thread count or on which
 //! thread ran which task. Dispatching a task set allocates nothing: a warm forward pass does
@@ -52,9 +54,8 @@ pub fn threads() -> usize {
 
 /// Runs `task(0) .. task(tasks - 1)`, spread over the current pool's threads (the calling
 /// thread included); returns when all have run. Inline, in order, with one thread. Task `i`
-/// always runs on thread `i % threads` (the caller is thread 0): each thread sees the same
-/// work at every call, so its scratch buffers are sized by the first call and a warm pass
-/// allocates nothing.
+/// belongs to thread `i % threads` (the caller is thread 0), which runs it unless it is still
+/// unstarted when another thread has finished its own (see `run_tasks`).
 pub fn parallel_for(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     let pool = if threads() > 1 && tasks > 1 {
         CURRENT.with(|c| c.borrow().clone())
@@ -157,11 +158,10 @@ struct SendPtr<T>(*mut T);
 // SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint elements.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-/// A task set being run: the erased task and how many indices it has.
+/// A task set being run: the erased task (its indices are in `Shared::lists`).
 #[derive(Clone, Copy)]
 struct Job {
     task: *const (dyn Fn(usize) + Sync + 'static),
-    tasks: usize,
     /// The pool's thread count: the stride of each thread's task indices.
     threads: usize,
 }
@@ -176,6 +176,9 @@ struct Shared {
     generation: AtomicU64,
     /// Workers that have not finished the current task set.
     busy: AtomicUsize,
+    /// Per thread, the unclaimed part of its task list for the current set: positions
+    /// `front..back` (packed `front << 32 | back`); see [`claim`].
+    lists: Box<[AtomicU64]>,
     done: Mutex<()>,
     done_cv: Condvar,
     panicked: AtomicBool,
@@ -203,6 +206,7 @@ impl Pool {
             wake: Condvar::new(),
             generation: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            lists: (0..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
             done: Mutex::new(()),
             done_cv: Condvar::new(),
             panicked: AtomicBool::new(false),
@@ -231,6 +235,8 @@ impl Pool {
 
     fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
+        // A list's positions are packed in 32 bits.
+        assert!(tasks < 1 << 32, "{tasks} tasks in one set");
         let _turn = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY (lifetime erasure): `run` returns only once `busy` is 0, i.e. once every
         // worker has stopped using `task` for this generation (also when a task panics:
@@ -241,17 +247,19 @@ impl Pool {
             let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
             *job = Some(Job {
                 task: erased,
-                tasks,
                 threads: self.threads,
             });
             s.busy.store(self.workers, Ordering::Relaxed);
+            for (t, list) in s.lists.iter().enumerate().take(self.threads) {
+                list.store(own_tasks(tasks, t, self.threads) as u64, Ordering::Relaxed);
+            }
             s.panicked.store(false, Ordering::Relaxed);
             s.generation.fetch_add(1, Ordering::Release);
         }
         s.wake.notify_all();
         let mine = catch_unwind(AssertUnwindSafe(|| {
             IN_TASK.with(|t| t.set(true));
-            run_tasks(task, tasks, 0, self.threads);
+            run_tasks(task, &s.lists, 0, self.threads);
             IN_TASK.with(|t| t.set(false));
         }));
         IN_TASK.with(|t| t.set(false));
@@ -285,9 +293,57 @@ impl Drop for Pool {
     }
 }
 
-/// Thread `index` of `threads` runs tasks `index, index + threads, ...`.
-fn run_tasks(task: &(dyn Fn(usize) + Sync), tasks: usize, index: usize, threads: usize) {
-    (index..tasks).step_by(threads).for_each(task);
+/// How many of `tasks` thread `t` of `threads` owns: `t, t + threads, ...`.
+fn own_tasks(tasks: usize, t: usize, threads: usize) -> usize {
+    tasks.saturating_sub(t).div_ceil(threads)
+}
+
+/// Thread `index` runs its own tasks in order, then takes unstarted tasks from the back of
+/// the others' lists. It steals only if it ran a task of its own first: then it has run a
+/// whole-size task of this set (only the last task of a set may be smaller, and a thread
+/// whose own list is just that one has nothing to steal: every list then holds one task),
+/// so the scratch buffers sized by the first pass fit and a warm pass allocates nothing.
+fn run_tasks(task: &(dyn Fn(usize) + Sync), lists: &[AtomicU64], index: usize, threads: usize) {
+    let mut ran_own = false;
+    while let Some(pos) = claim(&lists[index], Claim::Front) {
+        ran_own = true;
+        task(index + pos * threads);
+    }
+    if !ran_own {
+        return;
+    }
+    for victim in (1..threads).map(|d| (index + d) % threads) {
+        while let Some(pos) = claim(&lists[victim], Claim::Back) {
+            task(victim + pos * threads);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    /// The owner, in order.
+    Front,
+    /// Another thread, from the end.
+    Back,
+}
+
+/// Takes one position of a list (`front << 32 | back`), or `None` when none is left to take.
+fn claim(list: &AtomicU64, side: Claim) -> Option<usize> {
+    let mut current = list.load(Ordering::Acquire);
+    loop {
+        let (front, back) = (current >> 32, current & 0xffff_ffff);
+        if front >= back {
+            return None;
+        }
+        let (next, pos) = match side {
+            Claim::Front => (((front + 1) << 32) | back, front),
+            Claim::Back => ((front << 32) | (back - 1), back - 1),
+        };
+        match list.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(pos as usize),
+            Err(seen) => current = seen,
+        }
+    }
 }
 
 fn worker(s: &Shared, index: usize) {
@@ -318,7 +374,7 @@ fn worker(s: &Shared, index: usize) {
             // happens only after this use (the decrement below).
             let task = unsafe { &*job.task };
             let ran = catch_unwind(AssertUnwindSafe(|| {
-                run_tasks(task, job.tasks, index, job.threads)
+                run_tasks(task, &s.lists, index, job.threads)
             }));
             if ran.is_err() {
                 s.panicked.store(true, Ordering::Release);
@@ -348,7 +404,7 @@ fn pool(threads: usize) -> Arc<Pool> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     #[test]
     fn every_task_runs_once_on_the_pool() {
@@ -382,6 +438,47 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(j, &v)| v == (j / 100) as u32 + 1));
+    }
+
+    #[test]
+    fn a_thread_that_finishes_first_takes_the_others_unstarted_tasks() {
+        use std::sync::atomic::AtomicBool;
+        // Thread 1's first task blocks until every other task has run: only stealing
+        // lets the set finish (thread 0 takes thread 1's remaining tasks from the back).
+        let ran: Vec<AtomicBool> = (0..9).map(|_| AtomicBool::new(false)).collect();
+        let all_but_one = || {
+            ran.iter()
+                .enumerate()
+                .all(|(i, r)| i == 1 || r.load(Ordering::Acquire))
+        };
+        super::install(2, || {
+            super::parallel_for(9, &|i| {
+                if i == 1 {
+                    let start = std::time::Instant::now();
+                    while !all_but_one() {
+                        assert!(start.elapsed().as_secs() < 60, "no task was stolen");
+                        std::thread::yield_now();
+                    }
+                }
+                ran[i].store(true, Ordering::Release);
+            })
+        });
+        assert!(ran.iter().all(|r| r.load(Ordering::Acquire)));
+    }
+
+    #[test]
+    fn claims_take_each_position_once_from_either_end() {
+        use super::{claim, Claim};
+        let list = AtomicU64::new(4);
+        assert_eq!(claim(&list, Claim::Front), Some(0));
+        assert_eq!(claim(&list, Claim::Back), Some(3));
+        assert_eq!(claim(&list, Claim::Back), Some(2));
+        assert_eq!(claim(&list, Claim::Front), Some(1));
+        assert_eq!(claim(&list, Claim::Front), None);
+        assert_eq!(claim(&list, Claim::Back), None);
+        assert_eq!(super::own_tasks(9, 0, 2), 5);
+        assert_eq!(super::own_tasks(9, 1, 2), 4);
+        assert_eq!(super::own_tasks(1, 2, 3), 0);
     }
 
     #[test]

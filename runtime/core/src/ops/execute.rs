@@ -6,6 +6,11 @@ use crate::kernels::reference as k;
 use crate::kernels::{conv, gemm, Activation, PreparedWeights};
 use crate::{pool, scratch};
 
+/// Tasks an op's work is cut into per pool thread: enough that a thread done early takes
+/// work from one held up (the pool's stealing), few enough that each task still spans whole
+/// GEMM row blocks. How work is cut changes no result.
+const TASKS_PER_THREAD: usize = 4;
+
 /// A convolution's parameters. `prepared`: the weight packed at load for the optimised
 /// kernel (NHWC only); without it the reference loops run.
 #[derive(Clone, Copy)]
@@ -54,12 +59,12 @@ pub fn conv2d(
             eps: n.eps,
             affine: p.norm,
         });
-        // Output rows (one image row of one sample) split over the threads.
+        // Output rows (one image row of one sample) split into tasks for the threads.
         let row_len = output.width * output.channels;
         let rows = batch * output.height;
-        let per_thread = rows.div_ceil(pool::threads());
-        pool::for_each_chunk_mut(out, per_thread * row_len, &|chunk, dst| {
-            let range = chunk * per_thread..chunk * per_thread + dst.len() / row_len;
+        let per_task = rows.div_ceil(pool::threads() * TASKS_PER_THREAD);
+        pool::for_each_chunk_mut(out, per_task * row_len, &|chunk, dst| {
+            let range = chunk * per_task..chunk * per_task + dst.len() / row_len;
             let geometry = &geometry;
             match prepared {
                 PreparedWeights::Depthwise(w) => {
@@ -206,14 +211,15 @@ impl<'a> LinearJob<'a> {
         rows.div_ceil(threads.max(1)).next_multiple_of(granule)
     }
 
-    /// Threads over blocks of rows (the GEMM's row blocks, or the reference loops); with
-    /// `sums`, each block accumulates its own segments of the partials (`[segments, N]`).
+    /// Tasks over blocks of rows (the GEMM's row blocks, or the reference loops), about
+    /// [`TASKS_PER_THREAD`] per thread; with `sums`, each block accumulates its own segments
+    /// of the partials (`[segments, N]`).
     fn by_rows(&self, rows: usize, threads: usize, out: &mut [f32], sums: Option<SumsOut<'_>>) {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
         let pixels = self.pixels;
         let with_sums = sums.is_some();
-        let rows_per_thread = Self::rows_per_thread(rows, threads, with_sums);
-        let rows_of = move |t: usize| t * rows_per_thread..((t + 1) * rows_per_thread).min(rows);
+        let rows_per_task = Self::rows_per_thread(rows, threads * TASKS_PER_THREAD, with_sums);
+        let rows_of = move |t: usize| t * rows_per_task..((t + 1) * rows_per_task).min(rows);
         let segments_of = move |t: usize| {
             let r = rows_of(t);
             if !with_sums || r.is_empty() {
@@ -223,7 +229,7 @@ impl<'a> LinearJob<'a> {
             first * n..(first + k::SquareSums::segment_count(r.start, r.len(), pixels)) * n
         };
         let task = |t: usize, y: &mut [f32], partials: &mut [f64]| {
-            let first_row = t * rows_per_thread;
+            let first_row = t * rows_per_task;
             let x = &self.x[first_row * k_in..][..y.len() / n * k_in];
             let rows = x.len() / k_in;
             let prologue = self.prologue(first_row);
@@ -269,7 +275,7 @@ impl<'a> LinearJob<'a> {
             pool::for_each_region_pair_mut(
                 out,
                 partials,
-                rows.div_ceil(rows_per_thread.max(1)),
+                rows.div_ceil(rows_per_task.max(1)),
                 &|t| {
                     let r = rows_of(t);
                     ((r.start * n..r.end * n), segments_of(t))
@@ -284,7 +290,8 @@ impl<'a> LinearJob<'a> {
         }
     }
 
-    /// Threads over ranges of output-column panels of the packed GEMM: each task writes its
+    /// Tasks (about [`TASKS_PER_THREAD`] per thread) over ranges of output-column panels of
+    /// the packed GEMM: each task writes its
     /// columns, for all rows, to its own contiguous part of a scratch buffer, which is then
     /// scattered into the row-major output; with `sums`, each task's sums-of-squares
     /// segments for its columns, in its own contiguous part of the partials too.
@@ -298,7 +305,7 @@ impl<'a> LinearJob<'a> {
     ) {
         let n = self.l.out_features;
         let epilogue = self.epilogue(self.residual);
-        let per_thread = w.panels().div_ceil(threads);
+        let per_thread = w.panels().div_ceil(threads * TASKS_PER_THREAD);
         let part_width = per_thread * w.panel_width();
         let tasks = n.div_ceil(part_width);
         let segments = k::SquareSums::segment_count(0, rows, self.pixels);
