@@ -354,9 +354,9 @@ pub fn linear_fused_packed_panels(
                 block
             } else {
                 let packed = &mut scratch[..mb * k];
-                packed.copy_from_slice(block);
-                for (i, row) in packed.chunks_exact_mut(k).enumerate() {
-                    prologue.apply(m0 + i, row);
+                let rows = packed.chunks_exact_mut(k).zip(block.chunks_exact(k));
+                for (i, (row, src)) in rows.enumerate() {
+                    prologue.apply_from(m0 + i, src, row);
                 }
                 &scratch[..mb * k]
             };

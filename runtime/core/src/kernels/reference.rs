@@ -638,6 +638,25 @@ impl LinearPrologue<'_> {
             row.iter_mut().zip(s).for_each(|(v, &k)| *v *= k);
         }
     }
+
+    /// [`LinearPrologue::apply`] of row `r` read from `src`, written to `dst`: the same
+    /// operations (same bits), a scale-only prologue in one pass instead of a copy and a pass.
+    pub fn apply_from(&self, r: usize, src: &[f32], dst: &mut [f32]) {
+        match (self.norm_eps, self.scale) {
+            (None, Some(scale)) => {
+                let n = src.len();
+                let sample = (scale.first_row + r) / scale.rows_per_sample;
+                let s = &scale.values[sample * n..(sample + 1) * n];
+                for ((d, &v), &k) in dst.iter_mut().zip(src).zip(s) {
+                    *d = v * k;
+                }
+            }
+            _ => {
+                dst.copy_from_slice(src);
+                self.apply(r, dst);
+            }
+        }
+    }
 }
 
 /// What a fused linear layer does to each output row after the bias.
@@ -744,6 +763,35 @@ pub fn transpose_inner(x: &[f32], batch: usize, a: usize, b: usize, out: &mut [f
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_prologue_from_a_source_row_equals_copy_then_apply() {
+        use super::{LinearPrologue, RowScale};
+        let k = 19;
+        let values: Vec<f32> = (0..3 * k)
+            .map(|i| ((i * 7) % 11) as f32 * 0.37 - 1.2)
+            .collect();
+        let src: Vec<f32> = (0..k).map(|i| (i as f32 * 1.3).sin() * 4.0).collect();
+        for norm_eps in [None, Some(1e-6)] {
+            for scaled in [false, true] {
+                let prologue = LinearPrologue {
+                    norm_eps,
+                    scale: scaled.then_some(RowScale {
+                        values: &values,
+                        rows_per_sample: 5,
+                        first_row: 3,
+                    }),
+                };
+                for r in [0, 2, 7, 11] {
+                    let mut want = src.clone();
+                    prologue.apply(r, &mut want);
+                    let mut got = vec![0f32; k];
+                    prologue.apply_from(r, &src, &mut got);
+                    assert_eq!(got, want, "norm {norm_eps:?}, scaled {scaled}, row {r}");
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
