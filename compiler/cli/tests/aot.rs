@@ -25,12 +25,21 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The directory holding `cnx` and the runtime library built with it.
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_cnx"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// The static runtime library built with `cnx`: beside it when the `convnextv2` package was
+/// built itself (`cargo build -p convnextv2`), else (built only as a dependency, as by `cargo
+/// test --workspace` on a clean checkout) in `deps/`; the newer if both.
+fn static_library() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_cnx")).parent().unwrap();
+    let found = [
+        dir.join("libconvnextv2.a"),
+        dir.join("deps/libconvnextv2.a"),
+    ]
+    .into_iter()
+    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+    .max();
+    found
+        .unwrap_or_else(|| panic!("no libconvnextv2.a in {} or its deps/", dir.display()))
+        .1
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -61,12 +70,7 @@ fn build(dir: &Path, model: &Path, compile_args: &[&str], prefix: &str, source: 
         "{prefix}-{}",
         source.file_stem().unwrap().to_str().unwrap()
     ));
-    let lib = target_dir().join("libconvnextv2.a");
-    assert!(
-        lib.is_file(),
-        "{} is built with the workspace",
-        lib.display()
-    );
+    let lib = static_library();
     run(Command::new("cc")
         .args(["-O2", "-Wall", "-Wextra", "-Werror"])
         .arg(format!("-DCNX_MODEL_HEADER=\"{prefix}.h\""))
@@ -301,7 +305,7 @@ fn python_loads_the_object_through_ctypes() {
         .arg("-o")
         .arg(&lib)
         .arg(&object)
-        .arg(target_dir().join("libconvnextv2.a"))
+        .arg(static_library())
         .args(["-lpthread", "-ldl", "-lm"]));
     let logits = dir.path().join("logits.f32");
     let out = run(Command::new("python3")

@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
     if (!model)
         return 1;
     expect("threads 0", cnx_model_set_threads(model, 0), CNX_ERROR_ARGUMENT, "0");
+    expect("threads 1e6", cnx_model_set_threads(model, 1000000), CNX_ERROR_ARGUMENT, "1 to 1024");
     expect("threads 2", cnx_model_set_threads(model, 2), CNX_OK, NULL);
     expect("forward NULL model", cnx_model_forward(NULL, pixels, 1, logits), CNX_ERROR_ARGUMENT,
            NULL);
