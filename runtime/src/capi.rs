@@ -364,69 +364,14 @@ pub unsafe extern "C" fn cnx_aot_run(
     guard(|| {
         // SAFETY: the caller's contract.
         let model = unsafe { model(descriptor, m) }?;
-        let [c, h, w] = model.program.chw();
-        let per_image = c * h * w;
-        if pixel_values.is_null() {
-            return Err(argument("pixel_values is NULL"));
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            model.run(
+                pixel_values,
+                pixel_len,
+                [(logits, logits_len), (pooled, pooled_len)],
+            )
         }
-        if pixel_len == 0 || !pixel_len.is_multiple_of(per_image) {
-            return Err(argument(format!(
-                "pixel_values holds {pixel_len} floats, not a positive multiple of {c} x {h} x {w} = {per_image}"
-            )));
-        }
-        let batch = pixel_len / per_image;
-        let mut outputs = Vec::new();
-        for (name, ptr, len, value) in [
-            ("logits", logits, logits_len, model.logits),
-            ("pooled", pooled, pooled_len, model.pooled),
-        ] {
-            if ptr.is_null() {
-                if len != 0 {
-                    return Err(argument(format!("{name} is NULL but its length is {len}")));
-                }
-                continue;
-            }
-            let want = batch * value.len;
-            if len != want {
-                return Err(argument(format!(
-                    "{name} holds {len} floats; {batch} image(s) give {batch} x {} = {want}",
-                    value.len
-                )));
-            }
-            // SAFETY: `len` writable floats (the caller's contract).
-            outputs.push((value, unsafe { std::slice::from_raw_parts_mut(ptr, len) }));
-        }
-        if outputs.is_empty() {
-            return Err(argument(
-                "logits and pooled are both NULL: nothing to compute",
-            ));
-        }
-        // SAFETY: `pixel_len` readable floats (the caller's contract).
-        let pixels = unsafe { std::slice::from_raw_parts(pixel_values, pixel_len) };
-        check_finite(pixels, [c, h, w], NonFinite::Refuse)?;
-        let threads = model.threads.load(Ordering::Relaxed);
-        model.workspace.with(batch, |ws| {
-            ws.set(model.program.input_value.slot, pixels);
-            // SAFETY: `entry` is the schedule the object compiled from this program (checked
-            // valid, its workspace layout equal to this runtime's, at load); `ws` has that
-            // layout, sized for `batch`.
-            unsafe {
-                schedule::run(
-                    model.entry,
-                    &model.program,
-                    &model.weights,
-                    ws,
-                    batch,
-                    threads,
-                )
-            }
-            .map_err(|f| Failure(Code::Internal, f.to_string()))?;
-            for (value, out) in outputs {
-                ws.set_len(value.slot, out.len());
-                out.copy_from_slice(ws.get(value.slot));
-            }
-            Ok(())
-        })
     })
 }
 
@@ -443,7 +388,7 @@ pub unsafe extern "C" fn cnx_aot_forward(
     logits: *mut f32,
 ) -> c_int {
     // SAFETY: the caller's contract, lengths from the batch.
-    unsafe { run_batch(descriptor, m, pixel_values, batch, logits, true) }
+    unsafe { run_batch(descriptor, m, pixel_values, batch, logits, Output::Logits) }
 }
 
 /// `P_embed`: pooled features (transformers' `pooler_output`) of `batch` images.
@@ -459,10 +404,17 @@ pub unsafe extern "C" fn cnx_aot_embed(
     pooled: *mut f32,
 ) -> c_int {
     // SAFETY: the caller's contract, lengths from the batch.
-    unsafe { run_batch(descriptor, m, pixel_values, batch, pooled, false) }
+    unsafe { run_batch(descriptor, m, pixel_values, batch, pooled, Output::Pooled) }
 }
 
-/// [`cnx_aot_run`] with the lengths a batch size implies.
+/// The model's outputs, in [`Model::run`]'s order.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    Logits = 0,
+    Pooled = 1,
+}
+
+/// [`Model::run`] of one output, with the lengths a batch size implies.
 ///
 /// # Safety
 /// As [`cnx_aot_forward`].
@@ -472,43 +424,100 @@ unsafe fn run_batch(
     pixel_values: *const f32,
     batch: usize,
     out: *mut f32,
-    logits: bool,
+    which: Output,
 ) -> c_int {
-    let mut lens = None;
-    let code = guard(|| {
+    guard(|| {
         // SAFETY: the caller's contract.
         let model = unsafe { model(descriptor, m) }?;
         if batch == 0 {
             return Err(argument("batch is 0"));
         }
         let [c, h, w] = model.program.chw();
-        let value = if logits { model.logits } else { model.pooled };
-        let sizes = batch
+        let value = model.outputs()[which as usize];
+        let lens = batch
             .checked_mul(c * h * w)
             .zip(batch.checked_mul(value.len));
-        lens = Some(sizes.ok_or_else(|| argument(format!("batch {batch} is too large")))?);
-        Ok(())
-    });
-    let Some((pixel_len, out_len)) = lens.filter(|_| code == 0) else {
-        return code;
-    };
-    let (logits_ptr, logits_len, pooled_ptr, pooled_len) = if logits {
-        (out, out_len, std::ptr::null_mut(), 0)
-    } else {
-        (std::ptr::null_mut(), 0, out, out_len)
-    };
-    // SAFETY: the caller's contract, with the lengths its batch implies.
-    unsafe {
-        cnx_aot_run(
-            descriptor,
-            m,
-            pixel_values,
-            pixel_len,
-            logits_ptr,
-            logits_len,
-            pooled_ptr,
-            pooled_len,
-        )
+        let (pixel_len, out_len) =
+            lens.ok_or_else(|| argument(format!("batch {batch} is too large")))?;
+        let mut outputs = [(std::ptr::null_mut(), 0); 2];
+        outputs[which as usize] = (out, out_len);
+        // SAFETY: the caller's contract, with the lengths its batch implies.
+        unsafe { model.run(pixel_values, pixel_len, outputs) }
+    })
+}
+
+impl Model {
+    /// The outputs' values, logits then pooled features.
+    fn outputs(&self) -> [Value; 2] {
+        [self.logits, self.pooled]
+    }
+
+    /// One forward pass of `pixel_len` pixel values into the outputs given as (pointer,
+    /// length), logits then pooled features; a null pointer (with length 0) skips that output.
+    /// Allocates nothing once the workspace has seen this batch size.
+    ///
+    /// # Safety
+    /// Each pointer is null or valid for its length (`pixel_len` readable floats, each
+    /// output's length writable ones).
+    unsafe fn run(
+        &self,
+        pixel_values: *const f32,
+        pixel_len: usize,
+        outputs: [(*mut f32, usize); 2],
+    ) -> Result<(), Failure> {
+        let [c, h, w] = self.program.chw();
+        let per_image = c * h * w;
+        if pixel_values.is_null() {
+            return Err(argument("pixel_values is NULL"));
+        }
+        if pixel_len == 0 || !pixel_len.is_multiple_of(per_image) {
+            return Err(argument(format!(
+                "pixel_values holds {pixel_len} floats, not a positive multiple of {c} x {h} x {w} = {per_image}"
+            )));
+        }
+        let batch = pixel_len / per_image;
+        let mut wanted: [Option<(Value, &mut [f32])>; 2] = [None, None];
+        let names = ["logits", "pooled"];
+        for (k, ((ptr, len), value)) in outputs.into_iter().zip(self.outputs()).enumerate() {
+            let name = names[k];
+            if ptr.is_null() {
+                if len != 0 {
+                    return Err(argument(format!("{name} is NULL but its length is {len}")));
+                }
+                continue;
+            }
+            let want = batch * value.len;
+            if len != want {
+                return Err(argument(format!(
+                    "{name} holds {len} floats; {batch} image(s) give {batch} x {} = {want}",
+                    value.len
+                )));
+            }
+            // SAFETY: `len` writable floats (the caller's contract).
+            wanted[k] = Some((value, unsafe { std::slice::from_raw_parts_mut(ptr, len) }));
+        }
+        if wanted.iter().all(Option::is_none) {
+            return Err(argument(
+                "logits and pooled are both NULL: nothing to compute",
+            ));
+        }
+        // SAFETY: `pixel_len` readable floats (the caller's contract).
+        let pixels = unsafe { std::slice::from_raw_parts(pixel_values, pixel_len) };
+        check_finite(pixels, [c, h, w], NonFinite::Refuse)?;
+        let threads = self.threads.load(Ordering::Relaxed);
+        self.workspace.with(batch, |ws| {
+            ws.set(self.program.input_value.slot, pixels);
+            // SAFETY: `entry` is the schedule the object compiled from this program (checked
+            // valid, its workspace layout equal to this runtime's, at load); `ws` has that
+            // layout, sized for `batch`.
+            unsafe { schedule::run(self.entry, &self.program, &self.weights, ws, batch, threads) }
+                .map_err(|f| Failure(Code::Internal, f.to_string()))?;
+            for (value, out) in wanted.into_iter().flatten() {
+                ws.set_len(value.slot, out.len());
+                out.copy_from_slice(ws.get(value.slot));
+            }
+            Ok(())
+        })
     }
 }
 

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder};
 use cranelift_codegen::settings::Configurable;
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
@@ -59,9 +58,9 @@ pub struct Object {
     pub compile_time: Duration,
 }
 
-/// The C functions that forward to the runtime library: (name, parameters after the
-/// descriptor, returns an `int`, runtime function).
-const FORWARDERS: &[(&str, usize, bool, &str)] = &[
+/// The C functions that forward to the runtime library: (name after the prefix, parameters
+/// after the descriptor, returns an `int`, runtime function). The header declares each.
+pub const FORWARDERS: &[(&str, usize, bool, &str)] = &[
     ("load", 2, true, "cnx_aot_load"),
     ("load_from_memory", 3, true, "cnx_aot_load_from_memory"),
     ("set_threads", 2, true, "cnx_aot_set_threads"),
@@ -80,7 +79,6 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     let n_steps = steps.len();
     let schedule = clif::Schedule {
         steps,
-        step_shim: std::ptr::null(),
         verify: spec.verify,
         disassemble: false,
     };
@@ -98,10 +96,12 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
         &mut text,
     )?;
 
+    let artifact_json = spec.artifact.to_json();
+    let artifact_len = artifact_json.len() as u64;
     let artifact = define_bytes(
         &mut module,
         &format!("{p}_artifact"),
-        spec.artifact.to_json(),
+        artifact_json,
         1,
         Linkage::Local,
     )?;
@@ -128,7 +128,6 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     let mut bytes = vec![0u8; 56];
     bytes[..8].copy_from_slice(&DESCRIPTOR_MAGIC);
     bytes[8..16].copy_from_slice(&u64::from(FORMAT).to_le_bytes());
-    let artifact_len = spec.artifact.to_json().len() as u64;
     bytes[32..40].copy_from_slice(&artifact_len.to_le_bytes());
     if let Some((_, len)) = weights {
         bytes[48..56].copy_from_slice(&(len as u64).to_le_bytes());
@@ -173,11 +172,9 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     }
     module.define_data(labels, &table).map_err(err)?;
 
-    let mut fctx = FunctionBuilderContext::new();
     for &(name, params, returns, target) in FORWARDERS {
         define_forwarder(
             &mut module,
-            &mut fctx,
             &format!("{p}_{name}"),
             params,
             returns,
@@ -189,7 +186,6 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     if weights.is_some() {
         define_forwarder(
             &mut module,
-            &mut fctx,
             &format!("{p}_load_embedded"),
             1,
             true,
@@ -198,7 +194,7 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
             &mut text,
         )?;
     }
-    define_label(&mut module, &mut fctx, p, labels, starts.len(), &mut text)?;
+    define_label(&mut module, p, labels, starts.len(), &mut text)?;
 
     let bytes = module.finish().emit().map_err(err)?;
     Ok(Object {
@@ -249,40 +245,10 @@ fn define_bytes(
     Ok(id)
 }
 
-/// Defines the exported function `name` of signature `sig`: `body` fills it from its entry
-/// block's parameters.
-fn define_exported(
-    module: &mut ObjectModule,
-    fctx: &mut FunctionBuilderContext,
-    name: &str,
-    sig: cranelift_codegen::ir::Signature,
-    text: &mut Listings,
-    body: impl FnOnce(&mut ObjectModule, &mut FunctionBuilder<'_>, &[cranelift_codegen::ir::Value]),
-) -> Result<(), CodegenError> {
-    let id = module
-        .declare_function(name, Linkage::Export, &sig)
-        .map_err(err)?;
-    let frontend = module.target_config();
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let block = b.create_block();
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
-        let params = b.block_params(block).to_vec();
-        body(module, &mut b, &params);
-        b.seal_all_blocks();
-        b.finalize(frontend);
-    }
-    text.define(module, &mut ctx, id, name)
-}
-
 /// `name(params...)`, exported: returns `target(&descriptor, params...)`.
 #[allow(clippy::too_many_arguments)]
 fn define_forwarder(
     module: &mut ObjectModule,
-    fctx: &mut FunctionBuilderContext,
     name: &str,
     params: usize,
     returns: bool,
@@ -296,21 +262,29 @@ fn define_forwarder(
     let callee = module
         .declare_function(target, Linkage::Import, &target_sig)
         .map_err(err)?;
-    define_exported(module, fctx, name, sig, text, |module, b, params| {
-        let desc = module.declare_data_in_func(descriptor, b.func);
-        let callee = module.declare_func_in_func(callee, b.func);
-        let mut args = vec![b.ins().symbol_value(types::I64, desc)];
-        args.extend_from_slice(params);
-        let call = b.ins().call(callee, &args);
-        let results = b.inst_results(call).to_vec();
-        b.ins().return_(&results);
-    })
+    clif::define_function(
+        module,
+        name,
+        Linkage::Export,
+        sig,
+        text,
+        name,
+        |module, b, params| {
+            let desc = module.declare_data_in_func(descriptor, b.func);
+            let callee = module.declare_func_in_func(callee, b.func);
+            let mut args = vec![b.ins().symbol_value(types::I64, desc)];
+            args.extend_from_slice(params);
+            let call = b.ins().call(callee, &args);
+            let results = b.inst_results(call).to_vec();
+            b.ins().return_(&results);
+        },
+    )
+    .map(|_| ())
 }
 
 /// `const char *P_label(size_t index)`: `P_labels[index]`, or null when out of range.
 fn define_label(
     module: &mut ObjectModule,
-    fctx: &mut FunctionBuilderContext,
     prefix: &str,
     labels: cranelift_module::DataId,
     count: usize,
@@ -320,23 +294,32 @@ fn define_label(
     sig.returns
         .push(cranelift_codegen::ir::AbiParam::new(types::I64));
     let name = format!("{prefix}_label");
-    define_exported(module, fctx, &name, sig, text, |module, b, params| {
-        let index = params[0];
-        let (inside, outside) = (b.create_block(), b.create_block());
-        let ok = b
-            .ins()
-            .icmp_imm_u(IntCC::UnsignedLessThan, index, count as i64);
-        b.ins().brif(ok, inside, &[], outside, &[]);
-        b.switch_to_block(inside);
-        let table = module.declare_data_in_func(labels, b.func);
-        let base = b.ins().symbol_value(types::I64, table);
-        let offset = b.ins().imul_imm_u(index, 8);
-        let addr = b.ins().iadd(base, offset);
-        let trusted = cranelift_codegen::ir::MemFlagsData::trusted();
-        let label = b.ins().load(types::I64, trusted, addr, 0);
-        b.ins().return_(&[label]);
-        b.switch_to_block(outside);
-        let null = b.ins().iconst(types::I64, 0);
-        b.ins().return_(&[null]);
-    })
+    clif::define_function(
+        module,
+        &name,
+        Linkage::Export,
+        sig,
+        text,
+        &name,
+        |module, b, params| {
+            let index = params[0];
+            let (inside, outside) = (b.create_block(), b.create_block());
+            let ok = b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedLessThan, index, count as i64);
+            b.ins().brif(ok, inside, &[], outside, &[]);
+            b.switch_to_block(inside);
+            let table = module.declare_data_in_func(labels, b.func);
+            let base = b.ins().symbol_value(types::I64, table);
+            let offset = b.ins().imul_imm_u(index, 8);
+            let addr = b.ins().iadd(base, offset);
+            let trusted = cranelift_codegen::ir::MemFlagsData::trusted();
+            let label = b.ins().load(types::I64, trusted, addr, 0);
+            b.ins().return_(&[label]);
+            b.switch_to_block(outside);
+            let null = b.ins().iconst(types::I64, 0);
+            b.ins().return_(&[null]);
+        },
+    )
+    .map(|_| ())
 }

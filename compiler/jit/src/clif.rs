@@ -34,8 +34,6 @@ pub struct Step {
 /// What to compile.
 pub struct Schedule {
     pub steps: Vec<Step>,
-    /// Address of the runtime function the code calls.
-    pub step_shim: *const u8,
     /// Run the Cranelift verifier on every function.
     pub verify: bool,
     /// Keep each function's machine code listing in [`Compiled::asm`].
@@ -81,7 +79,7 @@ pub fn host_isa(verify: bool) -> Fail<std::sync::Arc<dyn cranelift_codegen::isa:
 /// Compiles `schedule` into its entry function, in memory.
 pub fn compile(schedule: &Schedule) -> Fail<Compiled> {
     let mut jit = JITBuilder::with_isa(host_isa(schedule.verify)?, default_libcall_names());
-    jit.symbol(STEP_SYMBOL, schedule.step_shim);
+    jit.symbol(STEP_SYMBOL, cnx_runtime::schedule::cnx_step as *const u8);
     let mut module = JITModule::new(jit);
     let mut text = Listings::new(schedule.disassemble);
     let entry_id = define_schedule(&mut module, schedule, "forward", Linkage::Local, &mut text)?;
@@ -119,42 +117,67 @@ pub fn define_schedule<M: Module>(
     let step_fn = module
         .declare_function(STEP_SYMBOL, Linkage::Import, &step_sig)
         .map_err(err)?;
-    let entry_id = module
-        .declare_function(name, linkage, &entry_sig)
-        .map_err(err)?;
+    let text_heading = "the schedule";
+    define_function(
+        module,
+        name,
+        linkage,
+        entry_sig,
+        text,
+        text_heading,
+        |module, b, p| {
+            let e = Entry {
+                ctx: p[0],
+                arena: p[1],
+                sums: p[2],
+                batch: p[3],
+                step_fn: module.declare_func_in_func(step_fn, b.func),
+                operands: b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    8 * 3,
+                    3,
+                )),
+                exit: b.create_block(),
+            };
+            for step in &schedule.steps {
+                e.step(b, step);
+            }
+            b.ins().jump(e.exit, &[]);
+            b.switch_to_block(e.exit);
+            b.ins().return_(&[]);
+        },
+    )
+}
+
+/// Declares `name` in `module` with `sig` and defines it: `body` fills the function from its
+/// entry block's parameters (the block is created, entered and, with every other, sealed
+/// here). Its listings go to `text` under `heading`.
+pub fn define_function<M: Module>(
+    module: &mut M,
+    name: &str,
+    linkage: Linkage,
+    sig: cranelift_codegen::ir::Signature,
+    text: &mut Listings,
+    heading: &str,
+    body: impl FnOnce(&mut M, &mut FunctionBuilder<'_>, &[Value]),
+) -> Fail<FuncId> {
+    let id = module.declare_function(name, linkage, &sig).map_err(err)?;
+    let frontend = module.target_config();
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
-    ctx.func.signature = entry_sig;
+    ctx.func.signature = sig;
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let block = b.create_block();
         b.append_block_params_for_function_params(block);
         b.switch_to_block(block);
-        let p = b.block_params(block).to_vec();
-        let e = Entry {
-            ctx: p[0],
-            arena: p[1],
-            sums: p[2],
-            batch: p[3],
-            step_fn: module.declare_func_in_func(step_fn, b.func),
-            operands: b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                8 * 3,
-                3,
-            )),
-            exit: b.create_block(),
-        };
-        for step in &schedule.steps {
-            e.step(&mut b, step);
-        }
-        b.ins().jump(e.exit, &[]);
-        b.switch_to_block(e.exit);
-        b.ins().return_(&[]);
+        let params = b.block_params(block).to_vec();
+        body(module, &mut b, &params);
         b.seal_all_blocks();
         b.finalize(frontend);
     }
-    text.define(module, &mut ctx, entry_id, "the schedule")?;
-    Ok(entry_id)
+    text.define(module, &mut ctx, id, heading)?;
+    Ok(id)
 }
 
 /// A C-ABI signature of `params` 64-bit integers (pointers, sizes) returning `ret`.

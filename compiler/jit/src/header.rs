@@ -123,16 +123,8 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
         let _ = writeln!(s, "#define CNX_{m} {up}_{m}");
     }
     let _ = writeln!(s, "typedef {p}_model cnx_model;");
-    for f in [
-        "load",
-        "load_from_memory",
-        "set_threads",
-        "forward",
-        "embed",
-        "run",
-        "label",
-        "free",
-    ] {
+    let forwarded = crate::aot::FORWARDERS.iter().map(|f| f.0);
+    for f in forwarded.chain(["label"]) {
         let _ = writeln!(s, "#define cnx_model_{f} {p}_{f}");
     }
     let _ = writeln!(s, "#define cnx_model_labels {p}_labels");

@@ -26,7 +26,7 @@ use cnx_compiler::backend::interp::batch_shape;
 use cnx_compiler::{LoadedModel, RunError};
 use cnx_runtime::compiled::Workspace;
 use cnx_runtime::program::{check_finite, NonFinite, Program, SumsAccess};
-use cnx_runtime::schedule::{self, cnx_step};
+use cnx_runtime::schedule;
 use cnx_runtime::Tensor;
 
 pub use clif::CodegenError;
@@ -102,7 +102,6 @@ impl JitModel {
         let runtime_steps = steps.len();
         let code = clif::compile(&clif::Schedule {
             steps,
-            step_shim: cnx_step as *const u8,
             verify: options.verify,
             disassemble: options.disassemble,
         })?;

@@ -224,11 +224,12 @@ impl Args {
 fn checkpoint_bytes(path: &Path, checkpoint: &[(String, Vec<usize>)]) -> Result<Vec<u8>, Error> {
     let store = WeightStore::open(path)?;
     store.validate(checkpoint.iter().map(|(n, s)| (n.as_str(), s.as_slice())))?;
+    // Every tensor is present: `validate` checked the list.
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = checkpoint
         .iter()
-        .map(|(name, shape)| {
-            let data = store.tensor(name).map(<[f32]>::to_vec).unwrap_or_default();
-            (name.clone(), shape.clone(), data)
+        .filter_map(|(name, shape)| {
+            let data = store.tensor(name)?.to_vec();
+            Some((name.clone(), shape.clone(), data))
         })
         .collect();
     random::safetensors_bytes(&tensors).map_err(|e| Error::Io {
