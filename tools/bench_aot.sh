@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15's figures, side by side in one run: for each model, the ahead-of-time object's size
 # and `cnx compile --emit obj` time; then, in alternating rounds on the same random weights,
-# the forward time (median of RUNS after one untimed pass) of the C program
+# the forward time (median and min of RUNS after one untimed pass) of the C program
 # (examples/c/classify.c linked with the object and libconvnextv2.a), `cnx bench --backend jit`
 # and the `convnextv2!` macro's code (tests/benches/macro_forward.rs); and the C program's
 # start-to-first-logits (process start, weight load, first forward, exit) against `cnx run`.
@@ -35,13 +35,18 @@ done
 for r in $(seq 1 "$rounds"); do for m in $models; do for b in $batches; do
   runs=${RUNS1:-9}; [ "$b" -gt 1 ] && runs=${RUNS8:-5}
   c=$("$work/$m-classify" "$work/$m/model.safetensors" "$work/$m/pixel_values.npy" \
-      --batch "$b" --runs $runs --top 0 --threads "$threads" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p')
-  echo "$m c-b$b $r $c" | tee -a "$out"
+      --batch "$b" --runs $runs --top 0 --threads "$threads" \
+      | sed -n 's/.*median \([0-9.]*\) ms.*(min \([0-9.]*\).*/\1 \2/p')
+  echo "$m c-b$b $r ${c% *}" | tee -a "$out"
+  echo "$m c-min-b$b $r ${c#* }" | tee -a "$out"
   j=$($cnx bench "$work/$m" --batch "$b" --runs $runs --backend jit --threads "$threads" --json 2>/dev/null \
-      | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['median_ms'])")
-  echo "$m jit-b$b $r $j" | tee -a "$out"
-  k=$("$macro" "$m" "$work/$m/model.safetensors" "$b" $runs "$threads" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p')
-  echo "$m macro-b$b $r $k" | tee -a "$out"
+      | python3 -c "import sys,json; r=json.loads(sys.stdin.readline()); print(r['median_ms'], r['min_ms'])")
+  echo "$m jit-b$b $r ${j% *}" | tee -a "$out"
+  echo "$m jit-min-b$b $r ${j#* }" | tee -a "$out"
+  k=$("$macro" "$m" "$work/$m/model.safetensors" "$b" $runs "$threads" \
+      | sed -n 's/.*median \([0-9.]*\) ms.*(min \([0-9.]*\)).*/\1 \2/p')
+  echo "$m macro-b$b $r ${k% *}" | tee -a "$out"
+  echo "$m macro-min-b$b $r ${k#* }" | tee -a "$out"
 done; done
   for m in $models; do
     s=$(date +%s%N)
@@ -66,12 +71,13 @@ for m in dict.fromkeys(m for m, _ in cells):
           f"({med(m, 'object-embedded-bytes') / 2**20:.1f} MiB with weights), "
           f"cnx compile {med(m, 'compile-ms'):.0f} ms ({med(m, 'compile-embedded-ms'):.0f} ms embedding)")
     for w in sorted({w[2:] for mm, w in cells if mm == m and w.startswith("c-b")}):
-        c, j, k = (cells[(m, f"{x}-{w}")] for x in ("c", "jit", "macro"))
-        rs = sorted(set(c) & set(j) & set(k))
-        rj = statistics.median(c[r] / j[r] for r in rs)
-        rk = statistics.median(c[r] / k[r] for r in rs)
-        print(f"  {w}: C {statistics.median(c.values()):.2f} ms, JIT {statistics.median(j.values()):.2f} ms, "
-              f"macro {statistics.median(k.values()):.2f} ms; C/JIT {rj:.3f}, C/macro {rk:.3f} (median of per-round ratios)")
+        for stat, pre in (("median", ""), ("min", "min-")):
+            c, j, k = (cells[(m, f"{x}-{pre}{w}")] for x in ("c", "jit", "macro"))
+            rs = sorted(set(c) & set(j) & set(k))
+            rj = statistics.median(c[r] / j[r] for r in rs)
+            rk = statistics.median(c[r] / k[r] for r in rs)
+            print(f"  {w} {stat}s: C {statistics.median(c.values()):.2f} ms, JIT {statistics.median(j.values()):.2f} ms, "
+                  f"macro {statistics.median(k.values()):.2f} ms; C/JIT {rj:.3f}, C/macro {rk:.3f} (median of per-round ratios)")
     print(f"  start to first logits: C program {med(m, 'c-first-logits-ms'):.0f} ms, "
           f"cnx run {med(m, 'cnx-run-first-logits-ms'):.0f} ms")
 PY
