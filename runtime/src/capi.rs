@@ -55,9 +55,6 @@ pub struct AotDescriptor {
 
 const MAGIC: [u8; 8] = *b"CNXAOT\0\0";
 
-/// The most threads `P_set_threads` accepts.
-const MAX_THREADS: usize = 1024;
-
 /// A loaded model: what `P_model *` points to.
 pub struct Model {
     descriptor: usize,
@@ -332,11 +329,10 @@ pub unsafe extern "C" fn cnx_aot_set_threads(
     guard(|| {
         // SAFETY: the caller's contract.
         let model = unsafe { model(descriptor, m) }?;
-        // The `cnx` command's bound: a pool of that many threads is already far past any core
-        // count, and each thread costs a stack.
-        if !(1..=MAX_THREADS).contains(&threads) {
+        if !(1..=pool::MAX_THREADS).contains(&threads) {
             return Err(argument(format!(
-                "threads is {threads}; it must be 1 to {MAX_THREADS}"
+                "threads is {threads}; it must be 1 to {}",
+                pool::MAX_THREADS
             )));
         }
         model.threads.store(threads, Ordering::Relaxed);

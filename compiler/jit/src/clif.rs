@@ -117,14 +117,13 @@ pub fn define_schedule<M: Module>(
     let step_fn = module
         .declare_function(STEP_SYMBOL, Linkage::Import, &step_sig)
         .map_err(err)?;
-    let text_heading = "the schedule";
     define_function(
         module,
         name,
         linkage,
         entry_sig,
         text,
-        text_heading,
+        "the schedule",
         |module, b, p| {
             let e = Entry {
                 ctx: p[0],

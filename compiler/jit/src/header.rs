@@ -96,7 +96,7 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
     let decls = [
         format!("/* Loads the weights (a .safetensors file, a sharded index or a model directory), validated exactly as `cnx run` validates them. */\nint {p}_load(const char *weights_path, {p}_model **out);"),
         format!("/* As {p}_load, from a safetensors file's bytes (copied: the caller may free them after). */\nint {p}_load_from_memory(const void *bytes, size_t len, {p}_model **out);"),
-        format!("/* Threads for this model's forward passes, 1 to 1024 (default: every core). */\nint {p}_set_threads({p}_model *m, size_t threads);"),
+        format!("/* Threads for this model's forward passes, 1 to {} (default: every core). */\nint {p}_set_threads({p}_model *m, size_t threads);", cnx_runtime::pool::MAX_THREADS),
         format!("/* logits[batch x {up}_NUM_LABELS] of pixel_values[batch x C x H x W]. */\nint {p}_forward(const {p}_model *m, const float *pixel_values, size_t batch, float *logits);"),
         format!("/* pooled[batch x {up}_HIDDEN_SIZE] (the image embeddings) of pixel_values. */\nint {p}_embed(const {p}_model *m, const float *pixel_values, size_t batch, float *pooled);"),
         format!("/* Both at once, every length checked: pixel_len a multiple of C x H x W, logits_len and pooled_len the batch's (either output may be NULL with length 0). */\nint {p}_run(const {p}_model *m, const float *pixel_values, size_t pixel_len, float *logits, size_t logits_len, float *pooled, size_t pooled_len);"),

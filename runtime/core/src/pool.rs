@@ -28,6 +28,10 @@ thread_local! {
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The most threads a pool may have (`cnx --threads`, the C API's `P_set_threads`): already
+/// far past any core count, and each thread costs a stack.
+pub const MAX_THREADS: usize = 1024;
+
 /// Runs `f` on the calling thread with the pool of `threads` threads as the current pool.
 /// Should the system refuse to start threads, the pool is smaller (results are the same).
 pub fn install<R>(threads: usize, f: impl FnOnce() -> R) -> R {

@@ -34,7 +34,7 @@ pub struct ModelFlags {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Threads {
     /// Worker threads, 1 to 1024 (default: one per core). Results do not depend on it.
-    #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long = "threads", value_parser = clap::value_parser!(u32).range(1..=cnx_runtime::pool::MAX_THREADS as i64))]
     threads: Option<u32>,
 }
 

@@ -153,7 +153,7 @@ pub fn linear(
         // columns (late stages at small batch: each thread would stream every weight) or
         // granules too coarse to balance the threads, split the output columns instead.
         // Every element is computed exactly as in the row split.
-        let rows_per_thread = LinearJob::rows_per_thread(rows, threads, sums.is_some());
+        let rows_per_thread = LinearJob::rows_per_part(rows, threads, sums.is_some());
         let imbalance = (rows_per_thread * threads) as f64 / rows.max(1) as f64;
         match p.packed {
             Some(w) if threads > 1 && (rows < l.out_features || imbalance > 1.1) => {
@@ -203,12 +203,12 @@ impl<'a> LinearJob<'a> {
         }
     }
 
-    /// Rows per thread of the row split: whole sum-of-squares blocks when the GEMM
-    /// accumulates GRN's sums (no segment straddles two threads, so the sums' order does not
-    /// depend on the thread count), else whole groups of 8 rows.
-    fn rows_per_thread(rows: usize, threads: usize, with_sums: bool) -> usize {
+    /// Rows per part of a row split into `parts`: whole sum-of-squares blocks when the GEMM
+    /// accumulates GRN's sums (no segment straddles two parts, so the sums' order does not
+    /// depend on the split), else whole groups of 8 rows.
+    fn rows_per_part(rows: usize, parts: usize, with_sums: bool) -> usize {
         let granule = if with_sums { k::SUM_SQUARES_BLOCK } else { 8 };
-        rows.div_ceil(threads.max(1)).next_multiple_of(granule)
+        rows.div_ceil(parts.max(1)).next_multiple_of(granule)
     }
 
     /// Tasks over blocks of rows (the GEMM's row blocks, or the reference loops), about
@@ -218,7 +218,7 @@ impl<'a> LinearJob<'a> {
         let (k_in, n) = (self.l.in_features, self.l.out_features);
         let pixels = self.pixels;
         let with_sums = sums.is_some();
-        let rows_per_task = Self::rows_per_thread(rows, threads * TASKS_PER_THREAD, with_sums);
+        let rows_per_task = Self::rows_per_part(rows, threads * TASKS_PER_THREAD, with_sums);
         let rows_of = move |t: usize| t * rows_per_task..((t + 1) * rows_per_task).min(rows);
         let segments_of = move |t: usize| {
             let r = rows_of(t);
@@ -305,8 +305,8 @@ impl<'a> LinearJob<'a> {
     ) {
         let n = self.l.out_features;
         let epilogue = self.epilogue(self.residual);
-        let per_thread = w.panels().div_ceil(threads * TASKS_PER_THREAD);
-        let part_width = per_thread * w.panel_width();
+        let per_task = w.panels().div_ceil(threads * TASKS_PER_THREAD);
+        let part_width = per_task * w.panel_width();
         let tasks = n.div_ceil(part_width);
         let segments = k::SquareSums::segment_count(0, rows, self.pixels);
         let with_sums = sums.is_some();
@@ -336,7 +336,7 @@ impl<'a> LinearJob<'a> {
                         (rows * at..rows * (at + width), sums)
                     },
                     &|t, part, partials| {
-                        let panels = t * per_thread..((t + 1) * per_thread).min(w.panels());
+                        let panels = t * per_task..((t + 1) * per_task).min(w.panels());
                         let mut sums = with_sums.then(|| {
                             k::SquareSums::new(partials, 0, rows, self.pixels, width_of(t))
                         });
