@@ -7,6 +7,7 @@
 //! `<name>_f64`) and `meta.json` (how it was made, and transformers' own float32-vs-float64 gap
 //! for every output). `tools/make_fixtures.py` writes them.
 
+pub mod digits;
 pub mod fuzzing;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cnx_runtime::Tensor;
 use npyz::{NpyFile, NpyHeader, Order, WriterBuilder};
@@ -361,30 +361,71 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
 ) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let io_err = |source: std::io::Error| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".cnx-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err)?;
-    write(tmp.as_file()).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    // Temporary files are created private (0600); the result is an ordinary output file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let perms = std::fs::Permissions::from_mode(0o644);
-        tmp.as_file().set_permissions(perms).map_err(io_err)?;
+    let file = AtomicFile::create(path)?;
+    write(file.tmp.as_file()).map_err(|source| file.io_error(source))?;
+    file.commit()
+}
+
+/// An output file written in full before it appears: a temporary beside `path`, renamed over
+/// it by [`AtomicFile::commit`]. Dropped uncommitted (an error, a panic), it leaves nothing.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile, Error> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".cnx-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+        })
     }
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
+
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.tmp
+            .as_file_mut()
+            .write_all(bytes)
+            .map_err(|source| self.io_error(source))
+    }
+
+    fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Flushes to disk and renames the file into place.
+    pub fn commit(self) -> Result<(), Error> {
+        let file = self.tmp.as_file();
+        file.sync_all().map_err(|e| self.io_error(e))?;
+        // Temporary files are created private (0600); the result is an ordinary output file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let perms = std::fs::Permissions::from_mode(0o644);
+            file.set_permissions(perms).map_err(|e| self.io_error(e))?;
+        }
+        let path = self.path;
+        self.tmp.persist(&path).map_err(|e| Error::Io {
+            path,
+            source: e.error,
+        })?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -729,6 +729,51 @@ fn preprocess_writes_what_run_takes() {
     assert_user_error(&bad, "empty.png", None);
 }
 
+/// Several images (a directory walked in path order, then a file): one row each, equal to
+/// the image preprocessed alone; one bad image and nothing is written.
+#[test]
+fn preprocess_stacks_several_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("pv.npy");
+    let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/convnextv2-digits");
+    let sevens = digits.join("held-out/7");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&sevens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let extra = digits.join("held-out/0/0078.png");
+    let args = |inputs: &[&Path], out: &Path| {
+        let mut a = vec!["preprocess", "--model", s(&digits)];
+        a.extend(inputs.iter().map(|p| s(p)));
+        a.extend(["--output", s(out)]);
+        cnx(&a)
+    };
+    let out = args(&[&sevens, &extra], &npy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = cnx_cli::io::read_npy(&npy).unwrap();
+    assert_eq!(all.shape(), [files.len() + 1, 3, 32, 32]);
+    let one = dir.path().join("one.npy");
+    for (i, file) in files.iter().chain([&extra]).enumerate() {
+        assert!(args(&[file], &one).status.success());
+        let row = cnx_cli::io::read_npy(&one).unwrap();
+        assert_eq!(
+            row.data(),
+            &all.data()[i * 3072..(i + 1) * 3072],
+            "{}",
+            file.display()
+        );
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let refused = out_dir.path().join("pv.npy");
+    let bad = args(&[&sevens, &images().join("truncated.png")], &refused);
+    assert_user_error(&bad, "truncated.png", Some(&refused));
+}
+
 #[test]
 fn eval_reports_accuracy_and_cross_entropy() {
     let dir = tempfile::tempdir().unwrap();
@@ -756,6 +801,40 @@ fn eval_reports_accuracy_and_cross_entropy() {
         (v["cross_entropy"].as_f64().unwrap() - ce).abs() < 1e-5,
         "{v}"
     );
+    // --predictions: one line per image in path order; a broken image is a line with its
+    // error, reported, and the run exits 2 with the file complete.
+    std::fs::copy(
+        images().join("truncated.png"),
+        root.join("747").join("truncated.png"),
+    )
+    .unwrap();
+    let lines = dir.path().join("predictions.jsonl");
+    let out = cnx(&[
+        "eval",
+        "--model",
+        s(&model),
+        s(&root),
+        "--predictions",
+        s(&lines),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("747/chelsea.png"));
+    assert_eq!(lines[0]["predicted"], lines[0]["label"]);
+    assert_eq!(lines[0]["logits"].as_array().unwrap().len(), 1000);
+    assert!((lines[0]["probability"].as_f64().unwrap() - p_chelsea).abs() < 1e-5);
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
+    assert_eq!(lines[2]["label"], "echidna, spiny anteater, anteater");
+    assert_ne!(lines[2]["predicted"], lines[2]["label"]);
+    std::fs::remove_file(root.join("747").join("truncated.png")).unwrap();
     std::fs::create_dir_all(root.join("not-a-class")).unwrap();
     let out = cnx(&["eval", "--model", s(&model), s(&root)]);
     assert_user_error(&out, "not-a-class", None);

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+#[path = "../../../tests/src/digits.rs"]
+mod digits;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -36,10 +39,14 @@ impl Server {
     }
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_model(&model(), extra, env)
+    }
+
+    fn start_model(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cnx"))
             .envs(env.iter().copied())
             .args(["serve", "--model"])
-            .arg(model())
+            .arg(model)
             .args(["--port", "0", "--backend", "interp"])
             .args(extra)
             .stderr(Stdio::piped())
@@ -465,4 +472,57 @@ fn shutdown_answers_requests_in_flight() {
         assert_eq!(answer.as_array().unwrap().len(), 8);
     }
     assert!(status.success());
+}
+
+/// The trained digits model served: a held-out digit posted to `/v1/classify` gets
+/// transformers' top-1 label, with `cnx classify`'s probability exactly, and within
+/// transformers' softmax probability by half the logits' tolerance (a softmax probability moves
+/// at most max |d logit| / 2 when the logits move: |dp_i| <= 2 p_i (1 - p_i) max |dz| <= max
+/// |dz| / 2).
+#[test]
+fn digits_served_as_transformers_classifies_them() {
+    let digits = digits::Digits::load(&repo());
+    // One of every digit: the first held-out image of each class.
+    let picks: Vec<&digits::HeldOutImage> = (0..10)
+        .map(|d| digits.images.iter().find(|i| i.label == d).unwrap())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args([
+            "classify",
+            "--json",
+            "--backend",
+            "interp",
+            "--top",
+            "1",
+            "--model",
+        ])
+        .arg(&digits.model)
+        .args(picks.iter().map(|i| &i.path))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let offline: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["top"][0].clone())
+        .collect();
+    let server = Server::start_model(&digits.model, &["--max-delay-ms", "5"], &[]);
+    for (image, offline) in picks.iter().zip(&offline) {
+        let body = std::fs::read(&image.path).unwrap();
+        let (status, answer, _) = post(&server.url("/v1/classify"), "image/png", &body);
+        assert_eq!(status, 200, "{}: {answer}", image.name);
+        let best = &answer[0];
+        assert_eq!(best["label"], image.predicted.to_string(), "{}", image.name);
+        assert_eq!(best["score"], offline["probability"], "{}", image.name);
+        let max = image.logits.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = image.logits.iter().map(|z| (z - max).exp()).sum();
+        let theirs = (image.logits[image.predicted] - max).exp() / sum;
+        let ours = best["score"].as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() <= digits.tolerance() / 2.0,
+            "{}: score {ours} against transformers' {theirs}",
+            image.name
+        );
+    }
+    assert!(server.stop().success());
 }

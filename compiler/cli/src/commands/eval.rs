@@ -9,7 +9,7 @@ use super::classify::load_classifier;
 use super::{progress_bar, ModelFlags, PassFlags, Threads};
 use crate::classify::{self, Outcome};
 use crate::engine::Backend;
-use crate::Error;
+use crate::{io, Error};
 
 /// Accuracy on an ImageFolder tree (one sub-folder per class, named by label or index):
 /// top-1, top-5 and mean cross-entropy.
@@ -17,13 +17,24 @@ use crate::Error;
 pub struct Args {
     #[command(flatten)]
     model: ModelFlags,
+    /// The ImageFolder tree: `<class>/<image>`, a class folder named by label or index.
     dir: PathBuf,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
     #[command(flatten)]
     threads: Threads,
+    /// Execution backend (default: the JIT).
+    #[arg(long, value_enum, default_value_t = Backend::Jit)]
+    backend: Backend,
+    /// Print the scores as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write every image's result, one JSON object per line in path order: `path`,
+    /// `label` (its folder's), `predicted`, `probability` (of `predicted`), `logits`; or `path`
+    /// and `error`.
+    #[arg(long, value_name = "FILE.jsonl")]
+    predictions: Option<PathBuf>,
     #[command(flatten)]
     passes: PassFlags,
 }
@@ -42,9 +53,15 @@ impl Args {
     pub fn run(self) -> Result<(), Error> {
         let pipeline = self.passes.pipeline()?;
         let (engine, cfg) =
-            load_classifier(&self.model, &pipeline, Backend::Jit, self.batch as usize)?;
+            load_classifier(&self.model, &pipeline, self.backend, self.batch as usize)?;
         let labels = engine.model().config.id2label.clone();
         let (inputs, targets) = image_folder(&self.dir, &labels)?;
+        let mut predictions = self
+            .predictions
+            .as_deref()
+            .map(io::AtomicFile::create)
+            .transpose()?;
+        let mut write_error = None;
         let batch = self.batch as usize;
         let bar = progress_bar(inputs.len(), batch);
         let mut score = Score::default();
@@ -72,15 +89,40 @@ impl Args {
                         score.top1 += usize::from(rank == 0);
                         score.top5 += usize::from(rank < 5);
                         score.cross_entropy -= probs[target].max(f64::MIN_POSITIVE).ln();
+                        if let Some(file) = &mut predictions {
+                            // The first of equal top logits, as in `cnx classify`.
+                            let top = &classify::top_k(&logits, &labels, 1)[0];
+                            let line = serde_json::json!({
+                                "path": path.display().to_string(),
+                                "label": labels[target],
+                                "predicted": top.label,
+                                "probability": top.probability,
+                                "logits": logits,
+                            });
+                            record(file, &line, &mut write_error);
+                        }
                     }
                     Outcome::Failed { path, error } => {
                         score.failed += 1;
                         bar.suspend(|| eprintln!("cnx: error: {}: {error}", path.display()));
+                        if let Some(file) = &mut predictions {
+                            let line = serde_json::json!({
+                                "path": path.display().to_string(),
+                                "error": error,
+                            });
+                            record(file, &line, &mut write_error);
+                        }
                     }
                 }
             },
         )?;
         bar.finish_and_clear();
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        if let Some(file) = predictions {
+            file.commit()?;
+        }
         self.report(&engine.model().name, &score);
         if score.failed > 0 {
             return Err(Error::Failed {
@@ -109,6 +151,16 @@ impl Args {
                 "{model}: {} images ({} failed): top-1 {acc1:.4}, top-5 {acc5:.4}, mean cross-entropy {mean_ce:.4}",
                 s.n, s.failed
             );
+        }
+    }
+}
+
+/// Appends `line` to the predictions file; the first failure is kept (and later lines
+/// skipped), to be reported once the run ends.
+fn record(file: &mut io::AtomicFile, line: &serde_json::Value, error: &mut Option<Error>) {
+    if error.is_none() {
+        if let Err(e) = file.write(format!("{line}\n").as_bytes()) {
+            *error = Some(e);
         }
     }
 }

@@ -1,0 +1,82 @@
+//! The trained digits model on its held-out set through every in-process backend: cnx's own
+//! preprocessing of the PNG files, then the interpreter, the Cranelift JIT and the
+//! `convnextv2!` macro's code (pointed at the model's `config.json`). The three give the same
+//! logits bit for bit (one lowered program, one set of kernels), and those logits give every
+//! image transformers' top-1, transformers' accuracy exactly, and transformers' logits within
+//! the fixture tolerance (`cnx_tests::digits`). `cnx eval`, the ahead-of-time object driven
+//! from C and `cnx serve` are checked on the same set in `compiler/cli/tests/digits.rs`.
+
+use std::path::Path;
+
+use cnx_cli::{classify, ModelSpec};
+use cnx_compiler::backend::interp;
+use cnx_compiler::ir::outputs;
+use cnx_jit::{JitModel, JitOptions};
+use cnx_runtime::Tensor;
+use cnx_tests::digits::Digits;
+
+convnextv2::convnextv2!(
+    config = "../models/convnextv2-digits/config.json",
+    name = DigitsClassifier
+);
+
+/// Every held-out image preprocessed by cnx, as one batch.
+fn held_out_batch(digits: &Digits) -> Tensor {
+    let spec = ModelSpec::resolve(digits.model.to_str().unwrap()).unwrap();
+    let cfg = classify::preprocess_config(&spec).unwrap();
+    let mut data = Vec::new();
+    for image in &digits.images {
+        let x = classify::pixel_values(&image.path, &cfg).unwrap();
+        assert_eq!(x.shape(), [1, 3, 32, 32], "{}", image.name);
+        data.extend_from_slice(x.data());
+    }
+    Tensor::from_vec(&[digits.images.len(), 3, 32, 32], data).unwrap()
+}
+
+fn rows(logits: &[f32]) -> Vec<Vec<f32>> {
+    logits.chunks(10).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn every_backend_gives_transformers_predictions_on_the_held_out_digits() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let digits = Digits::load(&repo);
+    let x = held_out_batch(&digits);
+    let batch = x.shape()[0];
+    let spec = ModelSpec::resolve(digits.model.to_str().unwrap()).unwrap();
+    let model = spec.load(None, (32, 32)).unwrap();
+
+    let interpreted = interp::run(&model, &x, &[outputs::LOGITS]).unwrap()[outputs::LOGITS]
+        .data()
+        .to_vec();
+    let accuracy = digits.check_logits("interpreter", &rows(&interpreted));
+    assert!(accuracy >= 0.97, "the trained model's accuracy {accuracy}");
+
+    let options = JitOptions {
+        verify: true,
+        disassemble: false,
+    };
+    let jit = JitModel::compile(model, &[outputs::LOGITS], options).unwrap();
+    for threads in [1, 2, 3] {
+        let got = jit.run(&x, threads).unwrap()[outputs::LOGITS]
+            .data()
+            .to_vec();
+        assert_eq!(
+            got, interpreted,
+            "JIT, {threads} threads: not the interpreter's"
+        );
+    }
+
+    let generated = DigitsClassifier::load(digits.model.join("model.safetensors")).unwrap();
+    assert_eq!(DigitsClassifier::LABELS[7], "7");
+    let got = generated.forward(x.data(), batch).unwrap();
+    assert_eq!(got, interpreted, "convnextv2! macro: not the interpreter's");
+    // A batch of 3 (odd) at an offset: the same rows as in the whole batch.
+    let per_image = 3 * 32 * 32;
+    let got = generated
+        .forward(&x.data()[5 * per_image..8 * per_image], 3)
+        .unwrap();
+    assert_eq!(got, interpreted[50..80], "convnextv2! macro, batch 3");
+    let top = generated.classify(&x.data()[..per_image], 1, 1).unwrap();
+    assert_eq!(top[0][0].label, digits.images[0].predicted.to_string());
+}
