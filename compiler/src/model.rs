@@ -3,7 +3,7 @@
 //! prepare), indexed by the graph's weight table.
 
 use cnx_runtime::compiled::Weights;
-use cnx_runtime::kernels::gemm::Isa;
+use cnx_runtime::kernels::Isa;
 use cnx_runtime::program::Program;
 use cnx_runtime::{NamingScheme, WeightSource, WeightStore};
 

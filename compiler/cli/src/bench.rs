@@ -225,7 +225,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
                 (_, true) => "interp-reference".into(),
                 _ => "interp".into(),
             },
-            isa: cnx_runtime::kernels::gemm::Isa::detect().name().into(),
+            isa: cnx_runtime::kernels::Isa::detect().name().into(),
             fused: cfg.fused,
             batch,
             threads: cfg.threads,

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // The kernels read CNX_ISA themselves; a name they do not know is refused here, once.
-    if let Err(e) = cnx_runtime::kernels::gemm::Isa::requested() {
+    if let Err(e) = cnx_runtime::kernels::Isa::requested() {
         eprintln!("cnx: error: {e}");
         return ExitCode::from(2);
     }

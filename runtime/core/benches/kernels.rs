@@ -5,8 +5,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cnx_runtime::kernels::conv::{depthwise_nhwc, DepthwiseWeights, PixelNorm};
-use cnx_runtime::kernels::gemm::{linear_fused_packed, Isa, PackedWeights};
+use cnx_runtime::kernels::gemm::{linear_fused_packed, PackedWeights};
 use cnx_runtime::kernels::reference::{self as k, Conv2dGeometry, LinearEpilogue, LinearPrologue};
+use cnx_runtime::kernels::Isa;
 use cnx_runtime::kernels::{activation, Activation};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {

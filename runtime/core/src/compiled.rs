@@ -8,8 +8,8 @@
 
 use std::sync::Mutex;
 
-use crate::kernels::gemm::Isa;
 use crate::kernels::reference::Affine;
+use crate::kernels::Isa;
 use crate::kernels::PreparedWeights;
 use crate::ops::{self, Conv2d, ConvParams, Linear, LinearParams};
 use crate::program::{Step, StepBuffers, SumsAccess, SumsBuffer};

@@ -18,7 +18,7 @@ macro_rules! scratch_fn {
                 .with(|free| free.borrow_mut().pop())
                 .unwrap_or_default();
             if buf.len() < len {
-                buf.resize(len, 0 as $t);
+                buf.resize(len, <$t>::default());
             }
             let r = f(&mut buf[..len]);
             FREE.with(|free| free.borrow_mut().push(buf));
@@ -29,6 +29,8 @@ macro_rules! scratch_fn {
 
 scratch_fn!(with_f32, f32);
 scratch_fn!(with_f64, f64);
+scratch_fn!(with_u8, u8);
+scratch_fn!(with_row_quants, crate::kernels::quantize::RowQuant);
 
 #[cfg(test)]
 mod tests {

@@ -69,7 +69,7 @@ impl Args {
             reference_kernels: self.reference_kernels,
             backend: self.backend,
         };
-        let isa = cnx_runtime::kernels::gemm::Isa::detect();
+        let isa = cnx_runtime::kernels::Isa::detect();
         let peak = (self.peak || self.profile).then(|| {
             let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
             if !self.json {

@@ -222,15 +222,15 @@ fn gelu_lanes(v: &mut [f32]) {
 /// widest vector unit the CPU has (identical results: the scalar form's `mul_add` is the
 /// same single-rounding fma, in hardware or in libm).
 pub fn gelu_slice(v: &mut [f32]) {
-    match super::gemm::Isa::detect() {
+    match super::Isa::detect().width() {
         // SAFETY: `Isa::detect` names only an ISA the CPU supports (AVX-512F with FMA, AVX2
         // with FMA).
         #[cfg(target_arch = "x86_64")]
-        super::gemm::Isa::Avx512 => unsafe { gelu_avx512(v) },
+        super::Width::Avx512 => unsafe { gelu_avx512(v) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        super::gemm::Isa::Avx2 => unsafe { gelu_avx2(v) },
-        super::gemm::Isa::Portable => gelu_lanes(v),
+        super::Width::Avx2 => unsafe { gelu_avx2(v) },
+        super::Width::Portable => gelu_lanes(v),
     }
 }
 

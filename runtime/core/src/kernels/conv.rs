@@ -81,7 +81,9 @@ pub fn depthwise_nhwc(
         w.kw == 7 && (g.out_h(), g.out_w()) == (g.in_h, g.in_w) && g.pad_h < w.kh && g.pad_w < w.kw;
     match w.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 if vectorised => depthwise_nhwc_x86(g, x, w, bias, norm, rows, out),
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx2 | Isa::AvxVnni if vectorised => {
+            depthwise_nhwc_x86(g, x, w, bias, norm, rows, out)
+        }
         _ => depthwise_nhwc_portable(g, x, w, bias, norm, rows, out),
     }
 }
@@ -206,10 +208,12 @@ mod x86 {
     ) {
         // SAFETY: this function's contract, passed on.
         unsafe {
-            match isa {
-                super::Isa::Avx512 => row_avx512(r, y, dst, norm),
-                super::Isa::Avx2 => row_avx2(r, y, dst, norm),
-                super::Isa::Portable => unreachable!("no vector kernel for the portable ISA"),
+            match isa.width() {
+                crate::kernels::Width::Avx512 => row_avx512(r, y, dst, norm),
+                crate::kernels::Width::Avx2 => row_avx2(r, y, dst, norm),
+                crate::kernels::Width::Portable => {
+                    unreachable!("no vector kernel for the portable ISA")
+                }
             }
         }
     }

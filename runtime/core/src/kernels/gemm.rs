@@ -17,6 +17,7 @@
 
 use super::reference::{LinearEpilogue, LinearPrologue, SquareSums};
 use super::ActivationKernel;
+pub use super::{Isa, Width};
 use crate::Activation;
 
 /// Rows of A per cache block (a multiple of every kernel's `MR`, and of 64 so that GRN's
@@ -30,117 +31,6 @@ const _: () = assert!(MC.is_multiple_of(super::reference::SUM_SQUARES_BLOCK));
 /// Ice Lake) while every row tile of the A block streams past it, with room for those rows'
 /// slices of A.
 pub const PANEL_BLOCK_BYTES: usize = 16 * 1024;
-
-/// The environment variable that caps the instruction set the kernels use
-/// (`portable`, `avx2`, `avx512`), so that one machine measures and tests every path.
-pub const ISA_ENV: &str = "CNX_ISA";
-
-/// Which microkernel runs (ordered: a later variant needs more of the CPU).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Isa {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-/// `CNX_ISA` names no instruction set cnx knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownIsa(pub String);
-
-impl std::fmt::Display for UnknownIsa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{ISA_ENV}={:?} names no instruction set (expected portable, avx2 or avx512)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownIsa {}
-
-impl Isa {
-    /// The kernels that run: the best this CPU has, capped by `CNX_ISA` when it is set (a
-    /// request above what the CPU has gets the CPU's best; an unknown name is ignored here,
-    /// and refused by [`Isa::requested`], which the `cnx` binary checks first).
-    pub fn detect() -> Isa {
-        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            let best = Isa::best();
-            match Isa::requested() {
-                Ok(Some(cap)) => cap.min(best),
-                _ => best,
-            }
-        })
-    }
-
-    /// The instruction set `CNX_ISA` asks for, if it is set.
-    pub fn requested() -> Result<Option<Isa>, UnknownIsa> {
-        match std::env::var(ISA_ENV) {
-            Err(_) => Ok(None),
-            Ok(name) if name.is_empty() => Ok(None),
-            Ok(name) => Isa::from_name(&name).map(Some).ok_or(UnknownIsa(name)),
-        }
-    }
-
-    /// `portable`, `avx2` or `avx512` (any case).
-    pub fn from_name(name: &str) -> Option<Isa> {
-        match name.to_ascii_lowercase().as_str() {
-            "portable" => Some(Isa::Portable),
-            #[cfg(target_arch = "x86_64")]
-            "avx2" => Some(Isa::Avx2),
-            #[cfg(target_arch = "x86_64")]
-            "avx512" => Some(Isa::Avx512),
-            _ => None,
-        }
-    }
-
-    /// The lower-case name [`Isa::from_name`] reads.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => "avx2",
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => "avx512",
-        }
-    }
-
-    /// The best kernel this CPU runs, whatever `CNX_ISA` says.
-    pub fn best() -> Isa {
-        *Isa::available()
-            .last()
-            .expect("the portable kernel always runs")
-    }
-
-    /// Every kernel this CPU can run (for tests and benchmarks), lowest first.
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-                if is_x86_feature_detected!("avx512f") {
-                    v.push(Isa::Avx512);
-                }
-            }
-        }
-        v
-    }
-
-    /// (MR, NR): the tile one microkernel call computes.
-    pub fn tile(self) -> (usize, usize) {
-        match self {
-            Isa::Portable => (4, 16),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => (6, 16),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => (6, 32),
-        }
-    }
-}
 
 /// `W` (`[N, K]`) packed into `NR`-column panels for one [`Isa`].
 #[derive(Debug, Clone)]
@@ -453,10 +343,10 @@ struct Tile<'t> {
 /// The tile's epilogue: `bias` (`cols` values), the activation, and the residual's rows (at
 /// `i * row_stride`).
 #[derive(Clone, Copy)]
-struct TileEpilogue<'t> {
-    bias: &'t [f32],
-    activation: Option<ActivationKernel>,
-    residual: Option<(&'t [f32], usize)>,
+pub(super) struct TileEpilogue<'t> {
+    pub(super) bias: &'t [f32],
+    pub(super) activation: Option<ActivationKernel>,
+    pub(super) residual: Option<(&'t [f32], usize)>,
 }
 
 impl Tile<'_> {
@@ -478,7 +368,7 @@ impl Tile<'_> {
 impl TileEpilogue<'_> {
     /// The epilogue on a tile held in `tile` (`rows x cols` of a row stride `nr`): the same
     /// operations, in the same order, as the in-register one.
-    fn apply(&self, tile: &mut [f32], nr: usize, rows: usize, cols: usize) {
+    pub(super) fn apply(&self, tile: &mut [f32], nr: usize, rows: usize, cols: usize) {
         for (i, row) in tile.chunks_exact_mut(nr).take(rows).enumerate() {
             let row = &mut row[..cols];
             row.iter_mut().zip(self.bias).for_each(|(t, &b)| *t += b);
@@ -500,7 +390,14 @@ fn tile_from_c(tile: &mut [f32], nr: usize, c: &[f32], ldc: usize, rows: usize, 
     }
 }
 
-fn tile_to_c(tile: &[f32], nr: usize, c: &mut [f32], ldc: usize, rows: usize, cols: usize) {
+pub(super) fn tile_to_c(
+    tile: &[f32],
+    nr: usize,
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
     for i in 0..rows {
         c[i * ldc..i * ldc + cols].copy_from_slice(&tile[i * nr..i * nr + cols]);
     }
@@ -509,16 +406,16 @@ fn tile_to_c(tile: &[f32], nr: usize, c: &mut [f32], ldc: usize, rows: usize, co
 fn microkernel(isa: Isa, t: Tile<'_>) {
     let (mr, nr) = isa.tile();
     t.check(mr, nr);
-    match isa {
-        Isa::Portable => portable::<4, 16>(t),
+    match isa.width() {
+        Width::Portable => portable::<4, 16>(t),
         // SAFETY: callers pass the `Isa` of a `PackedWeights` (whose `pack` asserts the CPU runs
         // it) or one `peak_gflops` checked; `check` asserted every size the kernel reads and
         // writes for its (MR, NR).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::avx2_6x16(t) },
+        Width::Avx2 => unsafe { x86::avx2_6x16(t) },
         // SAFETY: as above, for AVX-512F.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::avx512_6x32(t) },
+        Width::Avx512 => unsafe { x86::avx512_6x32(t) },
     }
 }
 
@@ -547,15 +444,15 @@ fn portable<const MR: usize, const NR: usize>(t: Tile<'_>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::super::activation::{GELU_ERF_CLAMP, GELU_ERF_DENOMINATOR, GELU_ERF_NUMERATOR};
     use super::super::simd::{Lanes, V256, V512};
-    use super::{tile_from_c, tile_to_c, Activation, Tile};
+    use super::{tile_from_c, tile_to_c, Activation, Tile, TileEpilogue};
 
     /// # Safety
     /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)` (so `rows <= 6`).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2_6x16(t: Tile<'_>) {
+    pub(super) unsafe fn avx2_6x16(t: Tile<'_>) {
         // SAFETY: the caller's contract.
         unsafe { exact_rows::<V256>(t) }
     }
@@ -563,7 +460,7 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)` (so `rows <= 6`).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512_6x32(t: Tile<'_>) {
+    pub(super) unsafe fn avx512_6x32(t: Tile<'_>) {
         // SAFETY: the caller's contract.
         unsafe { exact_rows::<V512>(t) }
     }
@@ -601,9 +498,9 @@ mod x86 {
             // SAFETY: the caller's contract.
             return unsafe { edge_tile::<V, MR, NV>(t) };
         }
-        let c = t.c.as_mut_ptr();
-        // SAFETY (every access to C and the residual here): `check` proved C holds `cols == nr`
-        // floats from each of its `rows == MR` row starts `i * ldc`, the residual likewise.
+        let c = t.c.as_ptr();
+        // SAFETY: `check` proved C holds `cols == nr` floats from each of its `rows == MR` row
+        // starts `i * ldc`.
         let mut acc = [[unsafe { V::zero() }; NV]; MR];
         if !t.first {
             for (i, row) in acc.iter_mut().enumerate() {
@@ -613,17 +510,41 @@ mod x86 {
             }
         }
         // SAFETY: the caller's contract.
-        unsafe { accumulate(&mut acc, &t) };
-        let in_registers = |e: &super::TileEpilogue<'_>| {
+        unsafe {
+            accumulate(&mut acc, &t);
+            store(&acc, t.epilogue.as_ref(), t.c, t.ldc, t.rows, t.cols)
+        }
+    }
+
+    /// The accumulators of a tile (its `rows x cols` part) through the epilogue into C (row
+    /// stride `ldc`): a whole tile in registers (bias, exact GELU, residual), a tile cut by
+    /// the matrix's edge or with another activation through a tile on the stack. The int8
+    /// kernels end here too, with their dequantised accumulators.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s ISA; `NV * V::LANES <= 32`; `1 <= rows <= MR`, `1 <= cols <=
+    /// NV * V::LANES`, `c` holds `(rows - 1) * ldc + cols` floats with `cols <= ldc`, and the
+    /// epilogue's bias `cols` values and residual (rows at its stride) likewise.
+    #[inline(always)]
+    pub(in crate::kernels) unsafe fn store<V: Lanes, const MR: usize, const NV: usize>(
+        acc: &[[V; NV]; MR],
+        epilogue: Option<&TileEpilogue<'_>>,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let in_registers = |e: &TileEpilogue<'_>| {
             e.activation
                 .is_none_or(|a| a.activation() == Activation::Gelu)
         };
-        match &t.epilogue {
-            Some(e) if !in_registers(e) => {
-                // SAFETY: the caller's contract.
-                unsafe { through_stack(&acc, t) }
-            }
-            Some(e) => {
+        let whole = rows == MR && cols == NV * V::LANES;
+        let c = c.as_mut_ptr();
+        // SAFETY (every access to C and the residual below): a whole tile holds `cols == nr`
+        // floats from each of its `rows == MR` row starts `i * ldc` (the contract), the
+        // residual likewise.
+        match epilogue {
+            Some(e) if whole && in_registers(e) => {
                 let gelu = e.activation.is_some();
                 let mut bias = [unsafe { V::zero() }; NV];
                 for (j, b) in bias.iter_mut().enumerate() {
@@ -640,17 +561,33 @@ mod x86 {
                                 let r = r.as_ptr().add(i * stride + j * V::LANES);
                                 v = V::add(v, V::loadu(r));
                             }
-                            V::storeu(c.add(i * t.ldc + j * V::LANES), v);
+                            V::storeu(c.add(i * ldc + j * V::LANES), v);
                         }
                     }
                 }
             }
-            None => {
+            None if whole => {
                 for (i, row) in acc.iter().enumerate() {
                     for (j, &v) in row.iter().enumerate() {
-                        unsafe { V::storeu(c.add(i * t.ldc + j * V::LANES), v) };
+                        unsafe { V::storeu(c.add(i * ldc + j * V::LANES), v) };
                     }
                 }
+            }
+            _ => {
+                let mut stack = [[0f32; 32]; MR];
+                for (i, row) in acc.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        // SAFETY: NV * LANES <= 32 floats per stack row.
+                        unsafe { V::storeu(stack[i].as_mut_ptr().add(j * V::LANES), v) };
+                    }
+                }
+                let flat = stack.as_flattened_mut();
+                if let Some(e) = epilogue {
+                    e.apply(flat, 32, rows, cols);
+                }
+                // SAFETY: the contract's extent of C.
+                let c = unsafe { std::slice::from_raw_parts_mut(c, (rows - 1) * ldc + cols) };
+                tile_to_c(flat, 32, c, ldc, rows, cols);
             }
         }
     }
@@ -709,32 +646,8 @@ mod x86 {
         // SAFETY: the caller's contract.
         unsafe {
             accumulate(&mut acc, &t);
-            through_stack(&acc, t)
+            store(&acc, t.epilogue.as_ref(), t.c, t.ldc, t.rows, t.cols)
         }
-    }
-
-    /// Stores the accumulators to a tile on the stack, applies the epilogue there (the same
-    /// operations as in registers) and copies the tile's `rows x cols` to C.
-    ///
-    /// # Safety
-    /// The CPU has `V`'s ISA; `NV * V::LANES <= 32`.
-    #[inline(always)]
-    unsafe fn through_stack<V: Lanes, const MR: usize, const NV: usize>(
-        acc: &[[V; NV]; MR],
-        t: Tile<'_>,
-    ) {
-        let mut stack = [[0f32; 32]; MR];
-        for (i, row) in acc.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                // SAFETY: NV * LANES <= 32 floats per stack row.
-                unsafe { V::storeu(stack[i].as_mut_ptr().add(j * V::LANES), v) };
-            }
-        }
-        let flat = stack.as_flattened_mut();
-        if let Some(e) = &t.epilogue {
-            e.apply(flat, 32, t.rows, t.cols);
-        }
-        tile_to_c(flat, 32, t.c, t.ldc, t.rows, t.cols);
     }
 
     /// [`gelu_f32`](super::super::activation::gelu_f32) on a vector: the same clamp, Horner

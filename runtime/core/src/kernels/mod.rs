@@ -8,11 +8,15 @@
 pub mod activation;
 pub mod conv;
 pub mod gemm;
+pub mod isa;
+pub mod qgemm;
+pub mod quantize;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
 
 pub use activation::{Activation, ActivationKernel};
+pub use isa::{Isa, Width};
 
 /// Weights rearranged once, at load, for an optimised kernel.
 #[derive(Debug, Clone)]

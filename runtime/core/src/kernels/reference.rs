@@ -460,8 +460,8 @@ pub struct SquareSums<'a> {
 #[inline]
 pub fn add_squares(partials: &mut [f64], values: &[f32]) {
     assert_eq!(partials.len(), values.len());
-    match super::gemm::Isa::detect() {
-        super::gemm::Isa::Portable => add_squares_lanes(partials, values),
+    match super::Isa::detect() {
+        super::Isa::Portable => add_squares_lanes(partials, values),
         // SAFETY: `Isa::detect` names only an instruction set the CPU supports, and AVX2 comes
         // with both x86 ones.
         #[cfg(target_arch = "x86_64")]
@@ -703,6 +703,55 @@ pub fn linear_fused(
             }
             if let Some(sums) = sums.as_deref_mut() {
                 sums.add(r, 0, &out[r * out_features..(r + 1) * out_features]);
+            }
+        }
+    })
+}
+
+/// `nn.Linear` in int8 ([`super::quantize`]'s scheme), with the prologue and epilogue of
+/// [`linear_fused`]: each row after the prologue is quantised to u8 with its own scale and
+/// zero point, multiplied by the quantised weights in exact integer sums, dequantised, then
+/// the bias, activation (the runtime's f32 kernel) and residual are applied in f32, as the
+/// optimised int8 kernels do (which therefore match this twin bit for bit).
+#[allow(clippy::too_many_arguments)]
+pub fn qlinear_fused(
+    x: &[f32],
+    rows: usize,
+    weight: &super::quantize::QuantisedWeights,
+    bias: &[f32],
+    prologue: LinearPrologue<'_>,
+    epilogue: LinearEpilogue<'_>,
+    out: &mut [f32],
+    mut sums: Option<&mut SquareSums<'_>>,
+) {
+    let (k, n) = (weight.k, weight.n);
+    assert_eq!(x.len(), rows * k);
+    assert_eq!(out.len(), rows * n);
+    let activation = epilogue
+        .activation
+        .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
+    let mut q = vec![0u8; k];
+    crate::scratch::with_f32(k, |row| {
+        for r in 0..rows {
+            prologue.apply_from(r, &x[r * k..(r + 1) * k], row);
+            let rq = super::quantize::quantise_row(row, &mut q);
+            let y = &mut out[r * n..(r + 1) * n];
+            for (o, y) in y.iter_mut().enumerate() {
+                let w = &weight.q[o * k..(o + 1) * k];
+                let acc: i32 = q.iter().zip(w).map(|(&a, &b)| a as i32 * b as i32).sum();
+                *y = super::quantize::dequantise(acc, rq, weight.col_sums[o], weight.scales[o])
+                    + bias[o];
+            }
+            if let Some(act) = &activation {
+                act.apply(y);
+            }
+            if let Some(res) = epilogue.residual {
+                y.iter_mut()
+                    .zip(&res[r * n..(r + 1) * n])
+                    .for_each(|(v, &t)| *v += t);
+            }
+            if let Some(sums) = sums.as_deref_mut() {
+                sums.add(r, 0, y);
             }
         }
     })

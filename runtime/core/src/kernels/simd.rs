@@ -86,7 +86,7 @@ macro_rules! arithmetic {
 }
 
 #[derive(Clone, Copy)]
-pub struct V512(__m512);
+pub struct V512(pub(crate) __m512);
 
 impl Lanes for V512 {
     const LANES: usize = 16;
@@ -134,7 +134,7 @@ impl Lanes for V512 {
 }
 
 #[derive(Clone, Copy)]
-pub struct V256(__m256);
+pub struct V256(pub(crate) __m256);
 
 impl Lanes for V256 {
     const LANES: usize = 8;

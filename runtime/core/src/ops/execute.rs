@@ -516,7 +516,11 @@ fn normalize_channels(
 /// A convolution's weight rearranged once, at load, for its optimised kernel: depthwise
 /// stride-1 NHWC convs tap-major, kernel == stride NHWC convs (stem, downsampling) as GEMM
 /// panels over patches. `None`: the conv runs the reference loops.
-pub fn prepare_conv(c: &Conv2d, weight: &[f32], isa: gemm::Isa) -> Option<PreparedWeights> {
+pub fn prepare_conv(
+    c: &Conv2d,
+    weight: &[f32],
+    isa: crate::kernels::Isa,
+) -> Option<PreparedWeights> {
     if c.layout != Layout::Nhwc {
         return None;
     }
@@ -536,7 +540,7 @@ pub fn prepare_conv(c: &Conv2d, weight: &[f32], isa: gemm::Isa) -> Option<Prepar
 }
 
 /// A linear layer's weight packed once, at load, into `isa`'s GEMM panels.
-pub fn prepare_linear(l: &Linear, weight: &[f32], isa: gemm::Isa) -> PreparedWeights {
+pub fn prepare_linear(l: &Linear, weight: &[f32], isa: crate::kernels::Isa) -> PreparedWeights {
     PreparedWeights::Gemm(gemm::PackedWeights::pack(
         weight,
         l.out_features,
