@@ -14,7 +14,8 @@ use petgraph::Direction;
 pub type NodeId = NodeIndex;
 
 pub use cnx_runtime::ops::{
-    Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute, ValueType,
+    Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute, Precision,
+    ValueType,
 };
 pub use cnx_runtime::weights::derive::DeriveRule;
 
@@ -341,6 +342,9 @@ impl fmt::Display for Op {
                     let affine = if n.affine { "+affine" } else { "" };
                     write!(f, ", norm-out{affine} eps={:e}", n.eps)?;
                 }
+                if c.precision != Precision::F32 {
+                    write!(f, ", {}", c.precision.name())?;
+                }
                 write!(f, ")")
             }
             Op::LayerNorm(ln) => {
@@ -371,6 +375,9 @@ impl fmt::Display for Op {
                 }
                 if l.sum_squares {
                     write!(f, ", sum-squares")?;
+                }
+                if l.precision != Precision::F32 {
+                    write!(f, ", {}", l.precision.name())?;
                 }
                 write!(f, ")")
             }

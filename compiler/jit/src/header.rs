@@ -49,6 +49,8 @@ pub struct HeaderSpec<'a> {
     /// Workspace bytes per image of a batch (activations; weights apart).
     pub workspace_bytes_per_image: usize,
     pub embedded_weights: bool,
+    /// The products' arithmetic: "f32" or "int8" (int8: the weights are quantised at load).
+    pub precision: &'a str,
     /// The object's file name, for the link line.
     pub object: &'a str,
 }
@@ -84,8 +86,13 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
     );
     let _ = writeln!(
         s,
-        "/* 1 when the weights are in the object ({p}_load_embedded). */\n#define {up}_WEIGHTS_EMBEDDED {}\n",
+        "/* 1 when the weights are in the object ({p}_load_embedded). */\n#define {up}_WEIGHTS_EMBEDDED {}",
         u8::from(spec.embedded_weights)
+    );
+    let _ = writeln!(
+        s,
+        "/* The 1x1 and downsampling convs' arithmetic: \"f32\", or \"int8\" (the f32 checkpoint's weights quantised per output channel at load, activations per pixel). */\n#define {up}_PRECISION \"{}\"\n",
+        spec.precision
     );
     s.push_str("/* The runtime library's error codes and last error, shared by every cnx model. */\n#ifndef CNX_OK\n");
     for (name, value, meaning) in ERROR_CODES {
@@ -119,6 +126,7 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
         "HIDDEN_SIZE",
         "WORKSPACE_BYTES_PER_IMAGE",
         "WEIGHTS_EMBEDDED",
+        "PRECISION",
     ] {
         let _ = writeln!(s, "#define CNX_{m} {up}_{m}");
     }

@@ -23,7 +23,9 @@ use syn::{LitBool, LitInt, LitStr, Token};
 
 use crate::builder::{build_graph_with, BuildError, BuildOptions};
 use crate::config::ConvNextV2Config;
-use crate::ir::{outputs, Conv2d, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
+use crate::ir::{
+    outputs, Conv2d, LayerNorm, Layout, Linear, NormAxis, Permute, Precision, ValueType,
+};
 use crate::lower::{lower_outputs, LowerError};
 use crate::passes::{PassError, Pipeline};
 use crate::verify::VerifyError;
@@ -75,6 +77,8 @@ pub struct EmitSpec {
     pub config_path: Option<PathBuf>,
     /// Emit `ConvNextV2Backbone` (its `feature_maps`) instead of the classifier.
     pub backbone: bool,
+    /// The products' arithmetic (`precision = "int8"`).
+    pub precision: Precision,
 }
 
 /// The macro: parses `args` (`config = "...", name = T, image_size = N, fuse = bool,
@@ -112,10 +116,11 @@ struct MacroArgs {
     fuse: Option<LitBool>,
     weights: Option<LitStr>,
     backbone: Option<LitBool>,
+    precision: Option<LitStr>,
     call_site: Span,
 }
 
-const OPTIONS: &str = "config, name, image_size, fuse, weights, backbone";
+const OPTIONS: &str = "config, name, image_size, fuse, weights, backbone, precision";
 
 impl Parse for MacroArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
@@ -126,6 +131,7 @@ impl Parse for MacroArgs {
             fuse: None,
             weights: None,
             backbone: None,
+            precision: None,
             call_site: input.span(),
         };
         let pairs =
@@ -190,6 +196,19 @@ impl Parse for MacroArgs {
                     args.backbone = Some(syn::parse2(value).map_err(|e| {
                         syn::Error::new(e.span(), "`backbone` takes `true` or `false`")
                     })?);
+                }
+                "precision" => {
+                    dup(args.precision.is_some())?;
+                    let lit: LitStr = syn::parse2(value).map_err(|e| {
+                        syn::Error::new(e.span(), "`precision` takes \"f32\" or \"int8\"")
+                    })?;
+                    if Precision::from_name(&lit.value()).is_none() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!("unknown precision `{}` (f32 or int8)", lit.value()),
+                        ));
+                    }
+                    args.precision = Some(lit);
                 }
                 "weights" => {
                     dup(args.weights.is_some())?;
@@ -280,6 +299,10 @@ impl MacroArgs {
             embedded_weights,
             config_path,
             backbone: self.backbone.is_some_and(|b| b.value),
+            precision: self
+                .precision
+                .and_then(|p| Precision::from_name(&p.value()))
+                .unwrap_or_default(),
         })
     }
 }
@@ -459,10 +482,13 @@ pub fn lower_spec(spec: &EmitSpec) -> Result<(Program, Checkpoint), EmitError> {
         .into_iter()
         .map(|p| (p.name.clone(), p.shape.clone()))
         .collect();
-    if spec.fuse {
-        Pipeline::default_pipeline().run(&mut graph)?;
-        verify::verify(&graph)?;
-    }
+    let pipeline = if spec.fuse {
+        Pipeline::default_pipeline()
+    } else {
+        Pipeline::empty()
+    };
+    pipeline.with_precision(spec.precision).run(&mut graph)?;
+    verify::verify(&graph)?;
     let wanted: Vec<String> = if spec.backbone {
         (0..)
             .map(outputs::feature_map)
@@ -540,7 +566,7 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
             use ::std::borrow::Cow;
             use ::convnextv2::compiled::{Prepare, Slots, WeightSlot, Weights, Workspace};
             use ::convnextv2::ops::{
-                self, Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute,
+                self, Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute, Precision,
                 ValueType,
             };
             use ::convnextv2::weights::derive::{DeriveRule, ParamSpec};
@@ -1279,10 +1305,11 @@ fn conv_tokens(c: &Conv2d) -> TokenStream {
         }
         None => quote!(None),
     };
+    let precision = precision_tokens(c.precision);
     quote!(Conv2d {
         in_channels: #i, out_channels: #o, kernel: [#kh, #kw], stride: [#sh, #sw],
         padding: [#ph, #pw], groups: #g, layout: #layout, input_norm: #input_norm,
-        output_norm: #output_norm,
+        output_norm: #output_norm, precision: #precision,
     })
 }
 
@@ -1297,10 +1324,19 @@ fn linear_tokens(l: &Linear) -> TokenStream {
         None => quote!(None),
     };
     let (scale, residual, sums) = (l.input_scale, l.residual, l.sum_squares);
+    let precision = precision_tokens(l.precision);
     quote!(Linear {
         in_features: #i, out_features: #o, input_norm: #input_norm, input_scale: #scale,
         activation: #activation, residual: #residual, sum_squares: #sums,
+        precision: #precision,
     })
+}
+
+fn precision_tokens(p: Precision) -> TokenStream {
+    match p {
+        Precision::F32 => quote!(Precision::F32),
+        Precision::Int8 => quote!(Precision::Int8),
+    }
 }
 
 fn layer_norm_tokens(ln: &LayerNorm) -> TokenStream {
@@ -1446,6 +1482,7 @@ mod tests {
             embedded_weights: None,
             config_path: None,
             backbone: false,
+            precision: Precision::F32,
         };
         let count = |src: &str, pat: &str| src.matches(pat).count();
         let tiny = emit_source(&spec("tiny-1k-224")).unwrap();
@@ -1483,6 +1520,7 @@ mod tests {
             embedded_weights: None,
             config_path: None,
             backbone: false,
+            precision: Precision::F32,
         };
         let src = emit_source(&spec).unwrap();
         for call in [

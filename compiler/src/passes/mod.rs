@@ -19,6 +19,7 @@ mod fuse_conv_layernorm;
 mod fuse_head;
 mod fuse_layernorm_into_consumer;
 mod fuse_residual_into_linear;
+mod quantize_gemms_to_int8;
 mod to_nhwc;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub use fuse_conv_layernorm::FuseConvLayerNorm;
 pub use fuse_head::FuseHead;
 pub use fuse_layernorm_into_consumer::FuseLayerNormIntoConsumer;
 pub use fuse_residual_into_linear::FuseResidualIntoLinear;
+pub use quantize_gemms_to_int8::QuantizeGemmsToInt8;
 pub use to_nhwc::ToNhwc;
 
 use crate::ir::{Graph, NodeId};
@@ -118,6 +120,15 @@ impl Pipeline {
             passes.push(pass);
         }
         Ok(Pipeline { passes })
+    }
+
+    /// This pipeline, then the rewrite that runs its products at `precision` (nothing for
+    /// f32): the one place precision enters the compiler.
+    pub fn with_precision(mut self, precision: crate::ir::Precision) -> Pipeline {
+        if precision == crate::ir::Precision::Int8 {
+            self.passes.push(Box::new(QuantizeGemmsToInt8));
+        }
+        self
     }
 
     pub fn passes(&self) -> impl Iterator<Item = &dyn Pass> {

@@ -174,6 +174,10 @@ impl Weights {
                 Some(PreparedWeights::Gemm(w)) => Some(w),
                 _ => None,
             },
+            qpacked: match &self.prepared[weight] {
+                Some(PreparedWeights::QGemm(w)) => Some(w),
+                _ => None,
+            },
         }
     }
 }

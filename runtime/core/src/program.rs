@@ -597,7 +597,11 @@ impl fmt::Display for Step {
                     conv.input_norm
                         .map_or(String::new(), |e| format!(" norm-in eps={e:e}")),
                     conv.output_norm
-                        .map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps)),
+                        .map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps))
+                        + match conv.precision {
+                            ops::Precision::F32 => "",
+                            ops::Precision::Int8 => " int8",
+                        },
                     w(*weight),
                     w(*bias),
                     affine(norm)
@@ -684,6 +688,9 @@ impl Step {
         }
         if let Some(a) = l.activation {
             write!(f, " {a}")?;
+        }
+        if l.precision != ops::Precision::F32 {
+            write!(f, " {}", l.precision.name())?;
         }
         write!(f, ") weight=w{weight} bias=w{bias}")?;
         if let Some(s) = sums {

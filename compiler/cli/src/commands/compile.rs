@@ -46,6 +46,8 @@ pub struct Args {
     /// The unfused graph, exactly as Hugging Face defines it.
     #[arg(long)]
     no_fuse: bool,
+    #[command(flatten)]
+    precision: super::PrecisionFlag,
     /// The generated type's name.
     #[arg(long, default_value = "ConvNextV2")]
     name: String,
@@ -94,6 +96,7 @@ impl Args {
             embedded_weights: None,
             config_path: None,
             backbone: false,
+            precision: self.precision.get(),
         };
         match self.emit {
             Emit::Program => print!("{}", lower_spec(&emit_spec)?.0),
@@ -164,6 +167,7 @@ impl Args {
             hidden_size,
             workspace_bytes_per_image: artifact.program.workspace_bytes_per_image(),
             embedded_weights: weights.is_some(),
+            precision: self.precision.get().name(),
             object: &object_name,
         });
         crate::io::write_atomically(output, |mut f| f.write_all(&object.bytes))?;
@@ -192,7 +196,8 @@ impl Args {
             Pipeline::empty()
         } else {
             Pipeline::default_pipeline()
-        };
+        }
+        .with_precision(self.precision.get());
         let graph = cnx_compiler::build_graph(&spec.config, input_hw)?;
         let store = cnx_runtime::WeightStore::from_tensors(random::random_parameters(&graph, 0))?;
         let loaded = spec.with_weights(store, input_hw, &pipeline)?;

@@ -155,17 +155,46 @@ pub struct PassFlags {
     /// list prints the default pipeline.
     #[arg(long, num_args = 0..=1, value_delimiter = ',', default_missing_value = "")]
     pub passes: Option<Vec<String>>,
+    #[command(flatten)]
+    pub precision: PrecisionFlag,
+}
+
+/// `--precision f32|int8`: the arithmetic of the products (the 1x1 and downsampling convs).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrecisionFlag {
+    /// The products' arithmetic: f32, or int8 (weights per output channel, activations per
+    /// pixel; the 1x1 and downsampling convs; everything else stays f32).
+    #[arg(long, value_enum, default_value_t = PrecisionName::F32)]
+    pub precision: PrecisionName,
+}
+
+/// The names `--precision` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionName {
+    F32,
+    Int8,
+}
+
+impl PrecisionFlag {
+    pub fn get(&self) -> cnx_compiler::ir::Precision {
+        match self.precision {
+            PrecisionName::F32 => cnx_compiler::ir::Precision::F32,
+            PrecisionName::Int8 => cnx_compiler::ir::Precision::Int8,
+        }
+    }
 }
 
 impl PassFlags {
     pub fn pipeline(&self) -> Result<Pipeline, Error> {
-        if self.no_fuse {
-            return Ok(Pipeline::empty());
-        }
-        match &self.passes {
-            Some(names) if !names.iter().all(String::is_empty) => Ok(Pipeline::from_names(names)?),
-            _ => Ok(Pipeline::default_pipeline()),
-        }
+        let pipeline = if self.no_fuse {
+            Pipeline::empty()
+        } else {
+            match &self.passes {
+                Some(names) if !names.iter().all(String::is_empty) => Pipeline::from_names(names)?,
+                _ => Pipeline::default_pipeline(),
+            }
+        };
+        Ok(pipeline.with_precision(self.precision.get()))
     }
 
     /// `--passes` given without a list.

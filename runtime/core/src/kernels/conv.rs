@@ -5,7 +5,9 @@
 //! [`reference::layer_norm_last_axis`].
 
 use super::gemm::{self, Isa, PackedWeights};
+use super::qgemm::{self, QPackedWeights};
 use super::reference::{self, Affine, Conv2dGeometry};
+use super::reference::{LinearEpilogue, LinearPrologue};
 
 /// A LayerNorm over each output pixel's channels (the conv's epilogue).
 #[derive(Clone, Copy)]
@@ -378,6 +380,25 @@ pub fn pack_patch_conv(
     kw: usize,
     isa: Isa,
 ) -> PackedWeights {
+    let k = in_ch * kh * kw;
+    PackedWeights::pack(&patch_major(weight, out_ch, in_ch, kh, kw), out_ch, k, isa)
+}
+
+/// [`pack_patch_conv`] for the int8 GEMM: the same order, quantised per output channel.
+pub fn qpack_patch_conv(
+    weight: &[f32],
+    out_ch: usize,
+    in_ch: usize,
+    kh: usize,
+    kw: usize,
+    isa: Isa,
+) -> QPackedWeights {
+    let k = in_ch * kh * kw;
+    QPackedWeights::pack(&patch_major(weight, out_ch, in_ch, kh, kw), out_ch, k, isa)
+}
+
+/// `[O, I, kh, kw]` to `[O, kh, kw, I]`: the order of a gathered NHWC patch.
+fn patch_major(weight: &[f32], out_ch: usize, in_ch: usize, kh: usize, kw: usize) -> Vec<f32> {
     assert_eq!(weight.len(), out_ch * in_ch * kh * kw);
     let k = in_ch * kh * kw;
     let mut reordered = vec![0f32; weight.len()];
@@ -388,17 +409,25 @@ pub fn pack_patch_conv(
             }
         }
     }
-    PackedWeights::pack(&reordered, out_ch, k, isa)
+    reordered
+}
+
+/// The packed GEMM a conv over patches runs: f32 or int8.
+#[derive(Clone, Copy)]
+pub enum PatchGemm<'a> {
+    F32(&'a PackedWeights),
+    Int8(&'a QPackedWeights),
 }
 
 /// Kernel == stride conv on NHWC output rows `rows` (indices into batch x out_h): each output
 /// pixel's patch gathered (and, with `input_norm`, every input pixel normalised as it is
-/// gathered), a packed GEMM, then the output pixels layer-normalised with `output_norm`.
+/// gathered), a packed GEMM (f32, or int8 quantising each gathered patch), then the output
+/// pixels layer-normalised with `output_norm`.
 #[allow(clippy::too_many_arguments)]
 pub fn patch_conv_nhwc(
     g: &Conv2dGeometry,
     x: &[f32],
-    w: &PackedWeights,
+    w: PatchGemm<'_>,
     bias: &[f32],
     input_norm: Option<f64>,
     output_norm: Option<PixelNorm<'_>>,
@@ -409,7 +438,11 @@ pub fn patch_conv_nhwc(
     assert!(g.kernel_h == g.stride_h && g.kernel_w == g.stride_w && g.pad_h == 0 && g.pad_w == 0);
     let (oh, ow) = (g.out_h(), g.out_w());
     let k = cin * g.kernel_h * g.kernel_w;
-    assert_eq!((w.k, w.n), (k, cout));
+    let (wk, wn) = match w {
+        PatchGemm::F32(w) => (w.k, w.n),
+        PatchGemm::Int8(w) => (w.k, w.n),
+    };
+    assert_eq!((wk, wn), (k, cout));
     assert_eq!(out.len(), rows.len() * ow * cout);
     // Scratch: the gathered patches of one output row, and its raw conv output.
     crate::scratch::with_f32(ow * k + ow * cout, |scratch| {
@@ -431,15 +464,30 @@ pub fn patch_conv_nhwc(
                 }
             }
             let dst = &mut out[r * ow * cout..(r + 1) * ow * cout];
-            let e = gemm::Epilogue {
-                bias,
-                activation: None,
-                residual: None,
+            let product = |patches: &[f32], y: &mut [f32]| match w {
+                PatchGemm::F32(w) => {
+                    let e = gemm::Epilogue {
+                        bias,
+                        activation: None,
+                        residual: None,
+                    };
+                    gemm::gemm(patches, ow, w, e, y)
+                }
+                PatchGemm::Int8(w) => qgemm::qlinear_fused_packed(
+                    patches,
+                    ow,
+                    w,
+                    bias,
+                    LinearPrologue::default(),
+                    LinearEpilogue::default(),
+                    y,
+                    None,
+                ),
             };
             match output_norm {
-                None => gemm::gemm(patches, ow, w, e, dst),
+                None => product(patches, dst),
                 Some(nm) => {
-                    gemm::gemm(patches, ow, w, e, raw);
+                    product(patches, raw);
                     reference::layer_norm_last_axis(raw, cout, nm.affine, nm.eps, dst);
                 }
             }
@@ -598,7 +646,7 @@ mod tests {
                     patch_conv_nhwc(
                         &g,
                         &x,
-                        &packed,
+                        PatchGemm::F32(&packed),
                         &bias,
                         input_norm,
                         output_norm,
@@ -607,6 +655,56 @@ mod tests {
                     );
                     let err = max_err(&want, &got);
                     assert!(err < 2e-5, "{isa:?} {cin}->{cout} k{k}: {err}");
+
+                    // int8: the reference int8 linear on the gathered patches, bit for bit.
+                    let qpacked = qpack_patch_conv(&wt, cout, cin, k, k, isa);
+                    let kk = cin * k * k;
+                    let (oh, ow) = (g.out_h(), g.out_w());
+                    let mut patches = vec![0.0; rows * ow * kk];
+                    for (p, patch) in patches.chunks_exact_mut(kk).enumerate() {
+                        let (n, y, xo) = (p / (oh * ow), p / ow % oh, p % ow);
+                        for t in 0..k * k {
+                            let (iy, ix) = (y * k + t / k, xo * k + t % k);
+                            let src = &xin[((n * h + iy) * w + ix) * cin..][..cin];
+                            patch[t * cin..(t + 1) * cin].copy_from_slice(src);
+                        }
+                    }
+                    let q = crate::kernels::quantize::QuantisedWeights::new(
+                        &patch_major(&wt, cout, cin, k, k),
+                        cout,
+                        kk,
+                        qpacked.q_max,
+                    );
+                    let mut raw = vec![0.0; rows * ow * cout];
+                    reference::qlinear_fused(
+                        &patches,
+                        rows * ow,
+                        &q,
+                        &bias,
+                        LinearPrologue::default(),
+                        LinearEpilogue::default(),
+                        &mut raw,
+                        None,
+                    );
+                    let want_q = match output_norm {
+                        None => raw,
+                        Some(nm) => {
+                            let mut v = vec![0.0; raw.len()];
+                            reference::layer_norm_last_axis(&raw, cout, nm.affine, nm.eps, &mut v);
+                            v
+                        }
+                    };
+                    patch_conv_nhwc(
+                        &g,
+                        &x,
+                        PatchGemm::Int8(&qpacked),
+                        &bias,
+                        input_norm,
+                        output_norm,
+                        0..rows,
+                        &mut got,
+                    );
+                    assert_eq!(got, want_q, "{isa:?} int8 {cin}->{cout} k{k}");
                 }
             }
         }

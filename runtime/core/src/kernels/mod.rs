@@ -25,4 +25,6 @@ pub enum PreparedWeights {
     Gemm(gemm::PackedWeights),
     /// Tap-major depthwise weights.
     Depthwise(conv::DepthwiseWeights),
+    /// Quantised int8 panels for the int8 GEMM (Linear layers; convs over patches).
+    QGemm(qgemm::QPackedWeights),
 }

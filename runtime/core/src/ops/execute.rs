@@ -1,9 +1,11 @@
 //! The functions that run each op: kernel choice (prepared weights or the reference loops),
 //! prologue and epilogue wiring, and the split over the pool's threads.
 
-use super::{Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, ValueType};
+use super::{
+    Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, Precision, ValueType,
+};
 use crate::kernels::reference as k;
-use crate::kernels::{conv, gemm, Activation, PreparedWeights};
+use crate::kernels::{conv, gemm, qgemm, quantize, Activation, Isa, PreparedWeights};
 use crate::{pool, scratch};
 
 /// Tasks an op's work is cut into per pool thread: enough that a thread done early takes
@@ -22,12 +24,25 @@ pub struct ConvParams<'a> {
     pub prepared: Option<&'a PreparedWeights>,
 }
 
-/// A linear layer's parameters; `packed` as [`ConvParams::prepared`].
+/// A linear layer's parameters; `packed` (f32) or `qpacked` (int8) as
+/// [`ConvParams::prepared`].
 #[derive(Clone, Copy)]
 pub struct LinearParams<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     pub packed: Option<&'a gemm::PackedWeights>,
+    pub qpacked: Option<&'a qgemm::QPackedWeights>,
+}
+
+impl LinearParams<'_> {
+    /// The packed GEMM's panels: (count, columns each), if the weights are packed.
+    fn panels(&self) -> Option<(usize, usize)> {
+        match (self.packed, self.qpacked) {
+            (Some(w), _) => Some((w.panels(), w.panel_width())),
+            (_, Some(w)) => Some((w.panels(), w.panel_width())),
+            _ => None,
+        }
+    }
 }
 
 /// `nn.Conv2d` (with its fused prologue and epilogue) from `input` to `output` typed values.
@@ -54,7 +69,17 @@ pub fn conv2d(
         pad_w: c.padding[1],
         groups: c.groups,
     };
-    if let (Some(prepared), Layout::Nhwc) = (p.prepared, c.layout) {
+    // An int8 conv without prepared weights (the reference kernels asked for) quantises them
+    // here, for the portable kernel (the reference twin's bits).
+    let quantised;
+    let prepared = match p.prepared {
+        None if c.precision == Precision::Int8 => {
+            quantised = prepare_conv(c, p.weight, Isa::Portable);
+            quantised.as_ref()
+        }
+        prepared => prepared,
+    };
+    if let (Some(prepared), Layout::Nhwc) = (prepared, c.layout) {
         let norm = c.output_norm.map(|n| conv::PixelNorm {
             eps: n.eps,
             affine: p.norm,
@@ -71,6 +96,11 @@ pub fn conv2d(
                     conv::depthwise_nhwc(geometry, x, w, p.bias, norm, range, dst)
                 }
                 PreparedWeights::Gemm(w) => {
+                    let w = conv::PatchGemm::F32(w);
+                    conv::patch_conv_nhwc(geometry, x, w, p.bias, c.input_norm, norm, range, dst)
+                }
+                PreparedWeights::QGemm(w) => {
+                    let w = conv::PatchGemm::Int8(w);
                     conv::patch_conv_nhwc(geometry, x, w, p.bias, c.input_norm, norm, range, dst)
                 }
             }
@@ -155,9 +185,9 @@ pub fn linear(
         // Every element is computed exactly as in the row split.
         let rows_per_thread = LinearJob::rows_per_part(rows, threads, sums.is_some());
         let imbalance = (rows_per_thread * threads) as f64 / rows.max(1) as f64;
-        match p.packed {
-            Some(w) if threads > 1 && (rows < l.out_features || imbalance > 1.1) => {
-                job.by_columns(w, rows, threads, out, sums)
+        match p.panels() {
+            Some(panels) if threads > 1 && (rows < l.out_features || imbalance > 1.1) => {
+                job.by_columns(panels, rows, threads, out, sums)
             }
             _ => job.by_rows(rows, threads, out, sums),
         }
@@ -237,8 +267,8 @@ impl<'a> LinearJob<'a> {
             let mut sums =
                 with_sums.then(|| k::SquareSums::new(partials, first_row, rows, pixels, n));
             let p = self.p;
-            match p.packed {
-                Some(w) => gemm::linear_fused_packed(
+            match (p.packed, p.qpacked, self.l.precision) {
+                (Some(w), _, _) => gemm::linear_fused_packed(
                     x,
                     rows,
                     w,
@@ -248,7 +278,23 @@ impl<'a> LinearJob<'a> {
                     y,
                     sums.as_mut(),
                 ),
-                None => k::linear_fused(
+                (_, Some(w), _) => qgemm::qlinear_fused_packed(
+                    x,
+                    rows,
+                    w,
+                    p.bias,
+                    prologue,
+                    epilogue,
+                    y,
+                    sums.as_mut(),
+                ),
+                (None, None, Precision::Int8) => {
+                    // The reference kernels asked for: the weights quantised here (full 8
+                    // bits, as for the portable kernel).
+                    let q = quantize::QuantisedWeights::new(p.weight, n, k_in, 127);
+                    k::qlinear_fused(x, rows, &q, p.bias, prologue, epilogue, y, sums.as_mut())
+                }
+                (None, None, Precision::F32) => k::linear_fused(
                     x,
                     rows,
                     k_in,
@@ -297,7 +343,7 @@ impl<'a> LinearJob<'a> {
     /// segments for its columns, in its own contiguous part of the partials too.
     fn by_columns(
         &self,
-        w: &gemm::PackedWeights,
+        (panel_count, panel_width): (usize, usize),
         rows: usize,
         threads: usize,
         out: &mut [f32],
@@ -305,8 +351,8 @@ impl<'a> LinearJob<'a> {
     ) {
         let n = self.l.out_features;
         let epilogue = self.epilogue(self.residual);
-        let per_task = w.panels().div_ceil(threads * TASKS_PER_THREAD);
-        let part_width = per_task * w.panel_width();
+        let per_task = panel_count.div_ceil(threads * TASKS_PER_THREAD);
+        let part_width = per_task * panel_width;
         let tasks = n.div_ceil(part_width);
         let segments = k::SquareSums::segment_count(0, rows, self.pixels);
         let with_sums = sums.is_some();
@@ -336,21 +382,36 @@ impl<'a> LinearJob<'a> {
                         (rows * at..rows * (at + width), sums)
                     },
                     &|t, part, partials| {
-                        let panels = t * per_task..((t + 1) * per_task).min(w.panels());
+                        let panels = t * per_task..((t + 1) * per_task).min(panel_count);
                         let mut sums = with_sums.then(|| {
                             k::SquareSums::new(partials, 0, rows, self.pixels, width_of(t))
                         });
-                        gemm::linear_fused_packed_panels(
-                            self.x,
-                            rows,
-                            w,
-                            panels,
-                            self.p.bias,
-                            self.prologue(0),
-                            epilogue,
-                            part,
-                            sums.as_mut(),
-                        );
+                        let (x, bias, prologue) = (self.x, self.p.bias, self.prologue(0));
+                        match (self.p.packed, self.p.qpacked) {
+                            (Some(w), _) => gemm::linear_fused_packed_panels(
+                                x,
+                                rows,
+                                w,
+                                panels,
+                                bias,
+                                prologue,
+                                epilogue,
+                                part,
+                                sums.as_mut(),
+                            ),
+                            (_, Some(w)) => qgemm::qlinear_fused_packed_panels(
+                                x,
+                                rows,
+                                w,
+                                panels,
+                                bias,
+                                prologue,
+                                epilogue,
+                                part,
+                                sums.as_mut(),
+                            ),
+                            _ => unreachable!("a column split needs packed weights"),
+                        }
                     },
                 )
             }
@@ -532,19 +593,24 @@ pub fn prepare_conv(
     }
     if c.groups == 1 && c.kernel == c.stride && c.padding == [0, 0] {
         let (o, i, kh, kw) = (c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]);
-        return Some(PreparedWeights::Gemm(conv::pack_patch_conv(
-            weight, o, i, kh, kw, isa,
-        )));
+        return Some(match c.precision {
+            Precision::F32 => {
+                PreparedWeights::Gemm(conv::pack_patch_conv(weight, o, i, kh, kw, isa))
+            }
+            Precision::Int8 => {
+                PreparedWeights::QGemm(conv::qpack_patch_conv(weight, o, i, kh, kw, isa))
+            }
+        });
     }
     None
 }
 
-/// A linear layer's weight packed once, at load, into `isa`'s GEMM panels.
+/// A linear layer's weight packed once, at load, into `isa`'s GEMM panels (quantised for
+/// the int8 GEMM when the layer runs in int8).
 pub fn prepare_linear(l: &Linear, weight: &[f32], isa: crate::kernels::Isa) -> PreparedWeights {
-    PreparedWeights::Gemm(gemm::PackedWeights::pack(
-        weight,
-        l.out_features,
-        l.in_features,
-        isa,
-    ))
+    let (n, k) = (l.out_features, l.in_features);
+    match l.precision {
+        Precision::F32 => PreparedWeights::Gemm(gemm::PackedWeights::pack(weight, n, k, isa)),
+        Precision::Int8 => PreparedWeights::QGemm(qgemm::QPackedWeights::pack(weight, n, k, isa)),
+    }
 }

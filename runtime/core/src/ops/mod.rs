@@ -99,6 +99,39 @@ pub enum NormAxis {
     ChannelsLast,
 }
 
+/// The arithmetic of a GEMM-shaped op (a linear layer, a conv over patches).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Weights quantised per output channel and activations per row (pixel) to 8 bits, exact
+    /// integer products, the result dequantised to f32 before the epilogue
+    /// ([`crate::kernels::quantize`]).
+    Int8,
+}
+
+impl Precision {
+    /// `f32` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The precision [`Precision::name`] names.
+    pub fn from_name(name: &str) -> Option<Precision> {
+        match name {
+            "f32" => Some(Precision::F32),
+            "int8" => Some(Precision::Int8),
+            _ => None,
+        }
+    }
+}
+
 /// `nn.Conv2d`, in either image layout, with the fusions the optimiser adds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
@@ -115,6 +148,9 @@ pub struct Conv2d {
     pub input_norm: Option<f64>,
     /// Epilogue: every output pixel's channel vector is layer-normalised before it is written.
     pub output_norm: Option<OutputNorm>,
+    /// The product's arithmetic (int8 for a conv over non-overlapping patches in NHWC only).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Conv2d {
@@ -137,6 +173,7 @@ impl Conv2d {
             layout: Layout::Nchw,
             input_norm: None,
             output_norm: None,
+            precision: Precision::F32,
         }
     }
 
@@ -183,6 +220,9 @@ pub struct Linear {
     /// activation) is accumulated as a side result, for a GRN that reads this Linear with
     /// [`GrnSource::ProducerSums`]. Reduced in a fixed order, whatever the thread count.
     pub sum_squares: bool,
+    /// The product's arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Linear {
@@ -196,6 +236,7 @@ impl Linear {
             activation: None,
             residual: false,
             sum_squares: false,
+            precision: Precision::F32,
         }
     }
 }
