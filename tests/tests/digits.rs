@@ -10,14 +10,22 @@ use std::path::Path;
 
 use cnx_cli::{classify, ModelSpec};
 use cnx_compiler::backend::interp;
-use cnx_compiler::ir::outputs;
+use cnx_compiler::ir::{outputs, Precision};
+use cnx_compiler::passes::Pipeline;
+use cnx_compiler::LoadedModel;
 use cnx_jit::{JitModel, JitOptions};
-use cnx_runtime::Tensor;
-use cnx_tests::digits::Digits;
+use cnx_runtime::kernels::Isa;
+use cnx_runtime::{Tensor, WeightStore};
+use cnx_tests::digits::{argmax, Digits};
 
 convnextv2::convnextv2!(
     config = "../models/convnextv2-digits/config.json",
     name = DigitsClassifier
+);
+convnextv2::convnextv2!(
+    config = "../models/convnextv2-digits",
+    name = DigitsInt8,
+    precision = "int8"
 );
 
 /// Every held-out image preprocessed by cnx, as one batch.
@@ -79,4 +87,111 @@ fn every_backend_gives_transformers_predictions_on_the_held_out_digits() {
     assert_eq!(got, interpreted[50..80], "convnextv2! macro, batch 3");
     let top = generated.classify(&x.data()[..per_image], 1, 1).unwrap();
     assert_eq!(top[0][0].label, digits.images[0].predicted.to_string());
+}
+
+/// The int8 accuracy floor: transformers' f32 top-1 less half a point.
+const INT8_TOP1_FLOOR_BELOW_F32: f64 = 0.005;
+/// The share of images whose int8 top-1 must be their f32 top-1.
+const INT8_AGREEMENT_FLOOR: f64 = 0.99;
+
+#[test]
+fn int8_keeps_the_accuracy_on_every_instruction_set_and_backends_agree() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let digits = Digits::load(&repo);
+    let x = held_out_batch(&digits);
+    let batch = x.shape()[0];
+    let spec = ModelSpec::resolve(digits.model.to_str().unwrap()).unwrap();
+    let pipeline = Pipeline::default_pipeline().with_precision(Precision::Int8);
+    let load = |isa: Isa| {
+        let store = WeightStore::open(&digits.model.join("model.safetensors")).unwrap();
+        LoadedModel::new_for(
+            "digits",
+            spec.config.clone(),
+            store,
+            (32, 32),
+            &pipeline,
+            Some(isa),
+        )
+        .unwrap()
+    };
+    for isa in Isa::available() {
+        let model = load(isa);
+        let logits = interp::run(&model, &x, &[outputs::LOGITS]).unwrap()[outputs::LOGITS]
+            .data()
+            .to_vec();
+        let rows = rows(&logits);
+        let correct = digits
+            .images
+            .iter()
+            .zip(&rows)
+            .filter(|(image, row)| argmax(row) == image.label)
+            .count();
+        let same = digits
+            .images
+            .iter()
+            .zip(&rows)
+            .filter(|(image, row)| argmax(row) == image.predicted)
+            .count();
+        let n = digits.images.len() as f64;
+        let (top1, agreement) = (correct as f64 / n, same as f64 / n);
+        println!(
+            "int8 on {}: top-1 {top1:.4} ({correct}/{}), same top-1 as f32 {agreement:.4}",
+            isa.name(),
+            digits.images.len()
+        );
+        assert!(
+            top1 >= digits.top1 - INT8_TOP1_FLOOR_BELOW_F32,
+            "{isa:?}: int8 top-1 {top1} against f32 {}",
+            digits.top1
+        );
+        assert!(agreement >= INT8_AGREEMENT_FLOOR, "{isa:?}: {agreement}");
+        // The int8 logits are not the f32 ones (the products did run in int8) but near them.
+        let worst = digits
+            .images
+            .iter()
+            .zip(&rows)
+            .flat_map(|(image, row)| {
+                row.iter()
+                    .zip(&image.logits)
+                    .map(|(&a, &b)| (a as f64 - b).abs())
+            })
+            .fold(0f64, f64::max);
+        println!(
+            "int8 on {}: max |logit - f32 logit| {worst:.4} of {:.2}",
+            isa.name(),
+            digits.scale
+        );
+        assert!(
+            worst > digits.tolerance(),
+            "{isa:?}: int8 did not change the logits"
+        );
+    }
+
+    // Every backend on the detected kernels: the interpreter's bits.
+    let model = load(Isa::detect());
+    let interpreted = interp::run(&model, &x, &[outputs::LOGITS]).unwrap()[outputs::LOGITS]
+        .data()
+        .to_vec();
+    let options = JitOptions {
+        verify: true,
+        disassemble: false,
+    };
+    let jit = JitModel::compile(model, &[outputs::LOGITS], options).unwrap();
+    for threads in [1, 2, 3] {
+        let got = jit.run(&x, threads).unwrap()[outputs::LOGITS]
+            .data()
+            .to_vec();
+        assert_eq!(got, interpreted, "int8 JIT, {threads} threads");
+    }
+    let generated = DigitsInt8::load(digits.model.join("model.safetensors")).unwrap();
+    assert_eq!(
+        generated.forward(x.data(), batch).unwrap(),
+        interpreted,
+        "int8 macro"
+    );
+    let per_image = 3 * 32 * 32;
+    let got = generated
+        .forward(&x.data()[5 * per_image..8 * per_image], 3)
+        .unwrap();
+    assert_eq!(got, interpreted[50..80], "int8 macro, batch 3");
 }

@@ -40,7 +40,18 @@ fn s(p: &Path) -> &str {
 /// `cnx eval --predictions` on `backend`: the printed scores and each image's logits, in
 /// `digits.images` order.
 fn eval(digits: &Digits, backend: &str, dir: &Path) -> (serde_json::Value, Vec<Vec<f32>>) {
-    let predictions = dir.join(format!("{backend}.jsonl"));
+    eval_at(digits, backend, "f32", dir)
+}
+
+/// [`eval`] at `precision`; in int8, the predicted labels are not checked against
+/// transformers'.
+fn eval_at(
+    digits: &Digits,
+    backend: &str,
+    precision: &str,
+    dir: &Path,
+) -> (serde_json::Value, Vec<Vec<f32>>) {
+    let predictions = dir.join(format!("{backend}-{precision}.jsonl"));
     let out = cnx(&[
         "eval",
         "--model",
@@ -48,6 +59,8 @@ fn eval(digits: &Digits, backend: &str, dir: &Path) -> (serde_json::Value, Vec<V
         s(&digits.held_out),
         "--backend",
         backend,
+        "--precision",
+        precision,
         "--batch",
         "37",
         "--json",
@@ -67,12 +80,14 @@ fn eval(digits: &Digits, backend: &str, dir: &Path) -> (serde_json::Value, Vec<V
         .map(|image| {
             let line = &by_path[&image.path];
             assert_eq!(line["label"], image.label.to_string(), "{}", image.name);
-            assert_eq!(
-                line["predicted"],
-                image.predicted.to_string(),
-                "{backend}: {}",
-                image.name
-            );
+            if precision == "f32" {
+                assert_eq!(
+                    line["predicted"],
+                    image.predicted.to_string(),
+                    "{backend}: {}",
+                    image.name
+                );
+            }
             line["logits"]
                 .as_array()
                 .unwrap()
@@ -113,11 +128,10 @@ fn static_library() -> PathBuf {
     .1
 }
 
-#[test]
-fn c_program_gives_transformers_predictions() {
-    let digits = Digits::load(&repo());
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// `cnx compile --emit obj` of the digits model at `precision`, the C program of
+/// `examples/c` linked against it, run on every held-out image: its logits, one row per image,
+/// and the top-1 labels it printed.
+fn c_program(digits: &Digits, precision: &str, d: &Path) -> (Vec<Vec<f32>>, Vec<String>) {
     let pixels = d.join("pixels.npy");
     // cnx preprocess walks the tree in path order, the order of `digits.images`.
     cnx(&[
@@ -128,21 +142,29 @@ fn c_program_gives_transformers_predictions() {
         "--output",
         s(&pixels),
     ]);
-    let object = d.join("digits.o");
+    let object = d.join(format!("digits_{precision}.o"));
     cnx(&[
         "compile",
         s(&digits.model),
         "--emit",
         "obj",
+        "--precision",
+        precision,
         "--output",
         s(&object),
         "--symbol-prefix",
-        "digits",
+        &format!("digits_{precision}"),
     ]);
-    let exe = d.join("classify");
+    let header = std::fs::read_to_string(d.join(format!("digits_{precision}.h"))).unwrap();
+    let define = format!(
+        "#define DIGITS_{}_PRECISION \"{precision}\"",
+        precision.to_uppercase()
+    );
+    assert!(header.contains(&define), "{header}");
+    let exe = d.join(format!("classify-{precision}"));
     let cc = Command::new("cc")
         .args(["-O2", "-Wall", "-Wextra", "-Werror"])
-        .arg("-DCNX_MODEL_HEADER=\"digits.h\"")
+        .arg(format!("-DCNX_MODEL_HEADER=\"digits_{precision}.h\""))
         .arg(format!("-I{}", d.display()))
         .arg(repo().join("examples/c/classify.c"))
         .arg(&object)
@@ -156,7 +178,7 @@ fn c_program_gives_transformers_predictions() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let logits_file = d.join("logits.f32");
+    let logits_file = d.join(format!("logits-{precision}.f32"));
     let out = Command::new(&exe)
         .arg(digits.model.join("model.safetensors"))
         .arg(&pixels)
@@ -174,14 +196,22 @@ fn c_program_gives_transformers_predictions() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     let rows: Vec<Vec<f32>> = logits.chunks(10).map(<[f32]>::to_vec).collect();
-    digits.check_logits("C program", &rows);
-    // The C program's printed top-1 for each image is transformers' label.
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let printed: Vec<&str> = stdout
+    let printed = String::from_utf8(out.stdout)
+        .unwrap()
         .lines()
         .filter(|l| !l.starts_with("image "))
-        .map(|l| l.rsplit(' ').next().unwrap())
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
         .collect();
+    (rows, printed)
+}
+
+#[test]
+fn c_program_gives_transformers_predictions() {
+    let digits = Digits::load(&repo());
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, printed) = c_program(&digits, "f32", dir.path());
+    digits.check_logits("C program", &rows);
+    // The C program's printed top-1 for each image is transformers' label.
     let expected: Vec<String> = digits
         .images
         .iter()
@@ -189,6 +219,25 @@ fn c_program_gives_transformers_predictions() {
         .collect();
     assert_eq!(printed, expected);
     // And they are the interpreter's bit for bit (the JIT's equal the interpreter's above).
-    let (_, interp) = eval(&digits, "interp", d);
+    let (_, interp) = eval(&digits, "interp", dir.path());
     assert_eq!(rows, interp, "the object's logits are the interpreter's");
+}
+
+/// In int8 too, the object quantises at load and runs the interpreter's program: its logits
+/// are `cnx eval --precision int8`'s on the interpreter and on the JIT, bit for bit.
+#[test]
+fn int8_object_and_eval_agree_with_the_interpreter() {
+    let digits = Digits::load(&repo());
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, printed) = c_program(&digits, "int8", dir.path());
+    let (scores, interp) = eval_at(&digits, "interp", "int8", dir.path());
+    assert_eq!(
+        rows, interp,
+        "the int8 object's logits are the interpreter's"
+    );
+    let (jit_scores, jit) = eval_at(&digits, "jit", "int8", dir.path());
+    assert_eq!(jit, interp, "int8: the JIT's logits are the interpreter's");
+    assert_eq!(jit_scores, scores);
+    let top: Vec<String> = rows.iter().map(|r| digits::argmax(r).to_string()).collect();
+    assert_eq!(printed, top);
 }

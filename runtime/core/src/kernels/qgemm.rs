@@ -155,7 +155,8 @@ pub fn qlinear_fused_packed(
 
 /// [`qlinear_fused_packed`] for the output columns of `panels` only: `out` is `[rows,
 /// cols]` for those columns; `bias` and `epilogue.residual` cover all `N` columns, `sums`
-/// only these. Splitting the columns over threads this way changes no result.
+/// only these. Splitting the columns over threads this way changes no result. A block of
+/// rows at a time is quantised (into per-thread scratch), then multiplied.
 #[allow(clippy::too_many_arguments)]
 pub fn qlinear_fused_packed_panels(
     x: &[f32],
@@ -168,79 +169,140 @@ pub fn qlinear_fused_packed_panels(
     out: &mut [f32],
     mut sums: Option<&mut SquareSums<'_>>,
 ) {
-    let (k, n, kp, nr) = (w.k, w.n, w.kp, w.nr);
-    let mr = tile(w.isa).0;
-    let col0 = panels.start * nr;
-    let width = (panels.end * nr).min(n) - col0;
+    let (k, n, kp) = (w.k, w.n, w.kp);
+    let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * width);
-    assert_eq!(bias.len(), n);
-    if let Some(r) = epilogue.residual {
-        assert_eq!(r.len(), rows * n);
-    }
-    let activation = epilogue
-        .activation
-        .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act)));
     let block = w.block_rows().min(rows.max(1));
-    let row_len = if prologue.is_identity() { 0 } else { k };
-    crate::scratch::with_u8(block * kp, |qa| {
+    crate::scratch::with_u8(block * kp, |data| {
         crate::scratch::with_row_quants(block, |quants| {
-            crate::scratch::with_f32(row_len, |row| {
-                for m0 in (0..rows).step_by(block) {
-                    let mb = block.min(rows - m0);
-                    for (i, (dst, quant)) in qa
-                        .chunks_exact_mut(kp)
-                        .zip(&mut *quants)
-                        .take(mb)
-                        .enumerate()
-                    {
-                        let src = &x[(m0 + i) * k..(m0 + i + 1) * k];
-                        *quant = if prologue.is_identity() {
-                            quantise_row(src, dst)
-                        } else {
-                            prologue.apply_from(m0 + i, src, row);
-                            quantise_row(row, dst)
-                        };
-                    }
-                    for p in panels.clone() {
-                        let cols = nr.min(n - p * nr);
-                        for r0 in (0..mb).step_by(mr) {
-                            let tile_rows = mr.min(mb - r0);
-                            let first = m0 + r0;
-                            let at = first * width + p * nr - col0;
-                            let tile = QTile {
-                                a: &qa[r0 * kp..mb * kp],
-                                lda: kp,
-                                rows: tile_rows,
-                                kp,
-                                panel: w.panel(p),
-                                quants: &quants[r0..mb],
-                                col_sums: &w.col_sums[p * nr..(p + 1) * nr],
-                                scales: &w.scales[p * nr..(p + 1) * nr],
-                                c: &mut out[at..],
-                                ldc: width,
-                                cols,
-                                epilogue: TileEpilogue {
-                                    bias: &bias[p * nr..p * nr + cols],
-                                    activation,
-                                    residual: epilogue
-                                        .residual
-                                        .map(|r| (&r[first * n + p * nr..], n)),
-                                },
-                            };
-                            microkernel(w.isa, tile);
-                            if let Some(sums) = sums.as_deref_mut() {
-                                for i in 0..tile_rows {
-                                    let y = &out[at + i * width..][..cols];
-                                    sums.add(first + i, p * nr - col0, y);
-                                }
-                            }
-                        }
-                    }
-                }
-            })
+            for m0 in (0..rows).step_by(block) {
+                let mb = block.min(rows - m0);
+                let (data, quants) = (&mut data[..mb * kp], &mut quants[..mb]);
+                quantise_rows(&x[m0 * k..(m0 + mb) * k], k, prologue, m0, data, quants);
+                let a = QuantisedRows { data, quants, kp };
+                qgemm_panels(
+                    a,
+                    w,
+                    panels.clone(),
+                    bias,
+                    epilogue
+                        .activation
+                        .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act))),
+                    epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
+                    &mut out[m0 * width..(m0 + mb) * width],
+                    sums.as_deref_mut().map(|s| (s, m0)),
+                );
+            }
         })
     })
+}
+
+/// The bytes [`quantise_rows`] writes per row: `k` rounded up to a multiple of 4.
+pub fn padded_k(k: usize) -> usize {
+    k.next_multiple_of(4)
+}
+
+/// Rows of A quantised for the int8 GEMM: [`padded_k`] bytes each, and each row's scale and
+/// zero point.
+#[derive(Clone, Copy)]
+pub struct QuantisedRows<'a> {
+    pub data: &'a [u8],
+    pub quants: &'a [RowQuant],
+    pub kp: usize,
+}
+
+/// Quantises the rows of `x` (`[rows, k]`) after the prologue (row `i` of `x` is the
+/// prologue's row `first + i`) into `data` (`rows x padded_k(k)`) and `quants` (`rows`).
+pub fn quantise_rows(
+    x: &[f32],
+    k: usize,
+    prologue: LinearPrologue<'_>,
+    first: usize,
+    data: &mut [u8],
+    quants: &mut [RowQuant],
+) {
+    let kp = padded_k(k);
+    let rows = quants.len();
+    assert_eq!(x.len(), rows * k);
+    assert_eq!(data.len(), rows * kp);
+    let row_len = if prologue.is_identity() { 0 } else { k };
+    crate::scratch::with_f32(row_len, |row| {
+        let dst = data.chunks_exact_mut(kp.max(1)).zip(quants.iter_mut());
+        for (i, (src, (dst, quant))) in x.chunks_exact(k.max(1)).zip(dst).enumerate() {
+            *quant = if prologue.is_identity() {
+                quantise_row(src, dst)
+            } else {
+                prologue.apply_from(first + i, src, row);
+                quantise_row(row, dst)
+            };
+        }
+    })
+}
+
+/// The int8 product of quantised rows `a` and the output columns of `panels`: `out` is
+/// `[rows, cols]` for those columns, `bias` covers all `N` columns, `residual` is `[rows, N]`;
+/// with `sums`, the squares of the outputs go to its rows from the given one.
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_panels(
+    a: QuantisedRows<'_>,
+    w: &QPackedWeights,
+    panels: std::ops::Range<usize>,
+    bias: &[f32],
+    activation: Option<ActivationKernel>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    mut sums: Option<super::gemm::SumsSink<'_, '_>>,
+) {
+    let (n, kp, nr) = (w.n, w.kp, w.nr);
+    let mr = tile(w.isa).0;
+    let rows = a.quants.len();
+    let col0 = panels.start * nr;
+    let width = (panels.end * nr).min(n) - col0;
+    assert_eq!(a.kp, kp);
+    assert_eq!(a.data.len(), rows * kp);
+    assert_eq!(out.len(), rows * width);
+    assert_eq!(bias.len(), n);
+    if let Some(r) = residual {
+        assert_eq!(r.len(), rows * n);
+    }
+    // Row blocks: a block's quantised rows stay in L2 while the panels stream past.
+    let block = w.block_rows();
+    for m0 in (0..rows).step_by(block) {
+        let mb = block.min(rows - m0);
+        for p in panels.clone() {
+            let cols = nr.min(n - p * nr);
+            for r0 in (m0..m0 + mb).step_by(mr) {
+                let tile_rows = mr.min(m0 + mb - r0);
+                let at = r0 * width + p * nr - col0;
+                let tile = QTile {
+                    a: &a.data[r0 * kp..(m0 + mb) * kp],
+                    lda: kp,
+                    rows: tile_rows,
+                    kp,
+                    panel: w.panel(p),
+                    quants: &a.quants[r0..m0 + mb],
+                    col_sums: &w.col_sums[p * nr..(p + 1) * nr],
+                    scales: &w.scales[p * nr..(p + 1) * nr],
+                    c: &mut out[at..],
+                    ldc: width,
+                    cols,
+                    epilogue: TileEpilogue {
+                        bias: &bias[p * nr..p * nr + cols],
+                        activation,
+                        residual: residual.map(|r| (&r[r0 * n + p * nr..], n)),
+                    },
+                };
+                microkernel(w.isa, tile);
+                if let Some((sums, row0)) = sums.as_mut() {
+                    for i in 0..tile_rows {
+                        let y = &out[at + i * width..][..cols];
+                        sums.add(*row0 + r0 + i, p * nr - col0, y);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets the

@@ -138,16 +138,52 @@ pub fn row_quant(row: &[f32]) -> RowQuant {
 }
 
 /// `q[i] = clamp(round(row[i] / s) + z, 0, 255)` for `row`'s [`RowQuant`]; `out` may be
-/// longer than `row` (padding to a multiple of 4): its tail is set to 0.
-#[inline(always)]
+/// longer than `row` (padding to a multiple of 4): its tail is set to 0. On the widest
+/// vectors the CPU has (the same exact operations, so the same bytes, on every one).
 pub fn quantise_row(row: &[f32], out: &mut [u8]) -> RowQuant {
+    match super::Isa::detect().width() {
+        // SAFETY: `Isa::detect` names only an instruction set the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        super::Width::Avx512 => unsafe { quantise_row_avx512(row, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        super::Width::Avx2 => unsafe { quantise_row_avx2(row, out) },
+        super::Width::Portable => quantise_row_lanes(row, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn quantise_row_avx512(row: &[f32], out: &mut [u8]) -> RowQuant {
+    quantise_row_lanes(row, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantise_row_avx2(row: &[f32], out: &mut [u8]) -> RowQuant {
+    quantise_row_lanes(row, out)
+}
+
+#[inline(always)]
+fn quantise_row_lanes(row: &[f32], out: &mut [u8]) -> RowQuant {
     let rq = row_quant(row);
     let inv = 1.0 / rq.scale;
     let zero = rq.zero as f32;
     let (head, tail) = out.split_at_mut(row.len());
     for (d, &v) in head.iter_mut().zip(row) {
-        // NaN clamps to... nothing: `as u8` saturates NaN to 0.
-        *d = (round_small(v * inv) + zero).clamp(0.0, ACTIVATION_LEVELS) as u8;
+        // Clamped to 0..=255 by comparisons (`maxps` / `minps`); NaN fails the first and
+        // becomes 0.
+        let t = round_small(v * inv) + zero;
+        let t = if t > 0.0 { t } else { 0.0 };
+        let t = if t < ACTIVATION_LEVELS {
+            t
+        } else {
+            ACTIVATION_LEVELS
+        };
+        // SAFETY: `t` is finite and in 0..=255 (the comparisons above), so it converts to an
+        // i32 (and that to a u8) exactly; the unchecked conversion vectorises, where `as`
+        // (saturating, NaN-checking) would be one element at a time.
+        *d = unsafe { t.to_int_unchecked::<i32>() } as u8;
     }
     tail.fill(0);
     rq

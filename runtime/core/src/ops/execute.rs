@@ -5,7 +5,9 @@ use super::{
     Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, Precision, ValueType,
 };
 use crate::kernels::reference as k;
-use crate::kernels::{conv, gemm, qgemm, quantize, Activation, Isa, PreparedWeights};
+use crate::kernels::{
+    conv, gemm, qgemm, quantize, Activation, ActivationKernel, Isa, PreparedWeights,
+};
 use crate::{pool, scratch};
 
 /// Tasks an op's work is cut into per pool thread: enough that a thread done early takes
@@ -343,6 +345,50 @@ impl<'a> LinearJob<'a> {
     /// segments for its columns, in its own contiguous part of the partials too.
     fn by_columns(
         &self,
+        panels: (usize, usize),
+        rows: usize,
+        threads: usize,
+        out: &mut [f32],
+        sums: Option<SumsOut<'_>>,
+    ) {
+        let Some(w) = self.p.qpacked else {
+            return self.by_columns_of(None, panels, rows, threads, out, sums);
+        };
+        // int8: every row quantised once (over the threads), then each column task multiplies
+        // all of them by its panels.
+        let k = self.l.in_features;
+        let kp = qgemm::padded_k(w.k);
+        scratch::with_u8(rows * kp, |data| {
+            scratch::with_row_quants(rows, |quants| {
+                let per_task = rows.div_ceil(threads * TASKS_PER_THREAD).max(1);
+                let rows_of = |t: usize| t * per_task..((t + 1) * per_task).min(rows);
+                // SAFETY: both region functions are pure functions of the task index.
+                unsafe {
+                    pool::for_each_region_pair_mut(
+                        data,
+                        quants,
+                        rows.div_ceil(per_task),
+                        &|t| {
+                            let r = rows_of(t);
+                            (r.start * kp..r.end * kp, r)
+                        },
+                        &|t, data, quants| {
+                            let r = rows_of(t);
+                            let x = &self.x[r.start * k..r.end * k];
+                            qgemm::quantise_rows(x, k, self.prologue(0), r.start, data, quants)
+                        },
+                    )
+                }
+                let a = qgemm::QuantisedRows { data, quants, kp };
+                self.by_columns_of(Some(a), panels, rows, threads, out, sums)
+            })
+        })
+    }
+
+    /// [`LinearJob::by_columns`] with A already quantised (int8) or as it is (f32).
+    fn by_columns_of(
+        &self,
+        quantised: Option<qgemm::QuantisedRows<'_>>,
         (panel_count, panel_width): (usize, usize),
         rows: usize,
         threads: usize,
@@ -399,16 +445,15 @@ impl<'a> LinearJob<'a> {
                                 part,
                                 sums.as_mut(),
                             ),
-                            (_, Some(w)) => qgemm::qlinear_fused_packed_panels(
-                                x,
-                                rows,
+                            (_, Some(w)) => qgemm::qgemm_panels(
+                                quantised.expect("int8 rows are quantised first"),
                                 w,
                                 panels,
                                 bias,
-                                prologue,
-                                epilogue,
+                                epilogue.activation.map(ActivationKernel::of),
+                                epilogue.residual,
                                 part,
-                                sums.as_mut(),
+                                sums.as_mut().map(|s| (s, 0)),
                             ),
                             _ => unreachable!("a column split needs packed weights"),
                         }
