@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Forward-pass latency of ConvNeXt V2 side by side, in one run on this machine: PyTorch eager,
 torch.compile (inductor, default mode), ONNX Runtime (CPU execution provider) and cnx's own
-`cnx bench --json`. Random weights (timing only), float32, same threads and batch sizes for all.
+`cnx bench --json`, in float32; and in int8: ONNX Runtime's `quantize_dynamic` (QInt8 weights
+per channel, the MatMuls; reduce_range where the CPU has no VNNI), PyTorch's dynamic
+quantisation of `nn.Linear` (x86 engine) and `cnx bench --precision int8`. Random weights
+(timing only), same threads and batch sizes for all.
 
     python tools/bench_peers.py --model tiny-1k-224 --batch 1,8 --threads 2 --runs 10 \
-        [--engines eager,compile,onnx,cnx] [--cnx target/release/cnx] [--warmup 3] [--json]
+        [--engines eager,compile,onnx,cnx,eager-int8,onnx-int8,cnx-int8] \
+        [--cnx target/release/cnx] [--warmup 3] [--json]
 
 The model is `transformers.ConvNextV2ForImageClassification` built from the committed
 `models/facebook/convnextv2-<model>/config.json` (never the network: HF_HUB_OFFLINE=1), input
@@ -33,8 +37,31 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ["eager", "compile", "onnx", "cnx"]
-LABEL = {"eager": "torch eager", "compile": "torch.compile", "onnx": "onnxruntime", "cnx": "cnx"}
+ENGINES = ["eager", "compile", "onnx", "cnx", "eager-int8", "onnx-int8", "cnx-int8"]
+LABEL = {"eager": "torch eager", "compile": "torch.compile", "onnx": "onnxruntime", "cnx": "cnx",
+         "eager-int8": "torch dynamic int8", "onnx-int8": "onnxruntime int8", "cnx-int8": "cnx int8"}
+F32_PEERS = ["eager", "compile", "onnx"]
+INT8_PEERS = ["eager-int8", "onnx-int8"]
+
+
+def has_vnni():
+    """Whether the CPU has AVX-512 VNNI or AVX-VNNI (/proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l for l in f if l.startswith("flags")), "").split()
+        return "avx512_vnni" in flags or "avx_vnni" in flags
+    except OSError:
+        return False
+
+
+def quantize_onnx(src, dst, vnni):
+    """ONNX Runtime's dynamic quantisation of `src`: QInt8 weights per output channel, the
+    MatMul ops (the 1x1 convs and the classifier), activations u8 per tensor at run time;
+    reduce_range (7-bit weights) without VNNI, as its documentation advises."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=not vnni, op_types_to_quantize=["MatMul"])
 CACHE = "/tmp/cnx-bench-peers"
 
 
@@ -159,15 +186,17 @@ def key_name(key):
     return f"{LABEL[key[0]]} batch {key[1]}" if isinstance(key, tuple) else LABEL[key]
 
 
-def run_cnx(b, args):
+def run_cnx(b, args, engine="cnx"):
     """`cnx bench --json` as a subprocess, before torch is loaded so nothing else holds the CPU."""
     if not os.path.isfile(args.cnx) or not os.access(args.cnx, os.X_OK):
         msg = f"cnx binary {args.cnx} not found (build it: cargo build --release); skipped"
         log(msg)
-        b.errors["cnx"] = msg
+        b.errors[engine] = msg
         return
+    precision = "int8" if engine == "cnx-int8" else "f32"
     cmd = [args.cnx, "bench", args.model, "--batch", ",".join(map(str, args.batches)),
-           "--threads", str(args.threads), "--runs", str(args.runs), "--json", "--backend", args.cnx_backend]
+           "--threads", str(args.threads), "--runs", str(args.runs), "--json", "--backend", args.cnx_backend,
+           "--precision", precision]
     b.notes.append("cnx: " + shlex.join(cmd))
     log("cnx: " + shlex.join(cmd))
     try:
@@ -182,13 +211,15 @@ def run_cnx(b, args):
             r = json.loads(line)
             batch = int(r["batch"])
             extra = {k: r[k] for k in ("gflops", "first_inference_ms", "peak_rss_mib", "backend", "fused") if k in r}
-            b.record("cnx", batch, float(r["median_ms"]), float(r["min_ms"]), **extra)
-            b.results[("cnx", batch)]["images_per_s"] = float(r.get("images_per_s", batch / (r["median_ms"] / 1e3)))
+            b.record(engine, batch, float(r["median_ms"]), float(r["min_ms"]), **extra)
+            b.results[(engine, batch)]["images_per_s"] = float(r.get("images_per_s", batch / (r["median_ms"] / 1e3)))
+            if "isa" in r:
+                b.versions["cnx kernels"] = r["isa"]
             found += 1
         if not found:
             raise RuntimeError(f"no JSON lines in its output: {p.stdout.strip()[-500:]!r}")
     except Exception as e:  # report and go on
-        b.fail("cnx", e)
+        b.fail(engine, e)
 
 
 def main():
@@ -210,10 +241,11 @@ def main():
     if args.sgemm:
         b.sgemm_gflops = numpy_sgemm_gflops(args.threads)
         b.notes.append(f"numpy sgemm 2048^3, {args.threads} threads: {b.sgemm_gflops:.1f} GFLOP/s (median of 9)")
-    if "cnx" in args.engine_list:
-        run_cnx(b, args)
+    for engine in ("cnx", "cnx-int8"):
+        if engine in args.engine_list:
+            run_cnx(b, args, engine)
 
-    torch_engines = [e for e in args.engine_list if e != "cnx"]
+    torch_engines = [e for e in args.engine_list if not e.startswith("cnx")]
     size = None
     if torch_engines:
         import torch
@@ -274,7 +306,26 @@ def main():
                 except Exception as e:
                     b.fail(("eager", n), e)
 
-        if "onnx" in torch_engines:
+        if "eager-int8" in torch_engines:
+            try:
+                # PyTorch's dynamic quantisation: nn.Linear (the 1x1 convs and the classifier)
+                # with int8 weights per tensor, u8 activations quantised per call; x86 engine.
+                torch.backends.quantized.engine = "x86"
+                b.versions["torch quantized engine"] = torch.backends.quantized.engine
+                qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                for n in args.batches:
+                    try:
+                        log(f"torch dynamic int8 batch {n} ...")
+                        with torch.inference_mode():
+                            diff = max_diff(n, qmodel(inputs[n]))
+                        med, mn, _ = time_torch(qmodel, n)
+                        b.record("eager-int8", n, med, mn, max_abs_diff_vs_eager=diff)
+                    except Exception as e:
+                        b.fail(("eager-int8", n), e)
+            except Exception as e:
+                b.fail("eager-int8", e)
+
+        if "onnx" in torch_engines or "onnx-int8" in torch_engines:
             sess = None
             try:
                 import onnxruntime as ort
@@ -297,29 +348,43 @@ def main():
                     b.notes.append(f"onnx export: {export_s:.1f} s -> {path}")
                 else:
                     b.notes.append(f"onnx: cached {path}")
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = args.threads
-                so.inter_op_num_threads = 1
-                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                t0 = time.perf_counter()
-                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-                session_s = time.perf_counter() - t0
-                in_name = sess.get_inputs()[0].name
-                for n in args.batches:
-                    try:
-                        log(f"onnxruntime batch {n} ...")
-                        x = inputs[n].numpy()
-                        feed = {in_name: x}
-                        out = sess.run(None, feed)[0]
-                        diff = max_diff(n, out)
-                        for _ in range(args.warmup):
-                            sess.run(None, feed)
-                        med, mn, _ = timed(lambda: sess.run(None, feed), args.runs)
-                        b.record("onnx", n, med, mn, session_s=session_s, export_s=export_s,
-                                 max_abs_diff_vs_eager=diff)
-                    except Exception as e:
-                        b.fail(("onnx", n), e)
+                variants = []
+                if "onnx" in torch_engines:
+                    variants.append(("onnx", path))
+                if "onnx-int8" in torch_engines:
+                    vnni = has_vnni()
+                    qpath = path.replace(".onnx", f"-int8{'' if vnni else '-reduce-range'}.onnx")
+                    if not os.path.isfile(qpath):
+                        log(f"onnx-int8: quantize_dynamic -> {qpath} ...")
+                        quantize_onnx(path, qpath, vnni)
+                    b.notes.append(f"onnx-int8: quantize_dynamic(QInt8, per_channel, MatMul, reduce_range={not vnni}) -> {qpath}")
+                    variants.append(("onnx-int8", qpath))
+                for engine, model_path in variants:
+                    so = ort.SessionOptions()
+                    so.intra_op_num_threads = args.threads
+                    so.inter_op_num_threads = 1
+                    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    t0 = time.perf_counter()
+                    sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+                    session_s = time.perf_counter() - t0
+                    in_name = sess.get_inputs()[0].name
+                    for n in args.batches:
+                        try:
+                            log(f"{LABEL[engine]} batch {n} ...")
+                            x = inputs[n].numpy()
+                            feed = {in_name: x}
+                            out = sess.run(None, feed)[0]
+                            diff = max_diff(n, out)
+                            for _ in range(args.warmup):
+                                sess.run(None, feed)
+                            med, mn, _ = timed(lambda: sess.run(None, feed), args.runs)
+                            b.record(engine, n, med, mn, session_s=session_s, export_s=export_s,
+                                     max_abs_diff_vs_eager=diff)
+                        except Exception as e:
+                            b.fail((engine, n), e)
+                    del sess  # its spinning thread pool must not overlap the next engine
+                    sess = None
             except Exception as e:
                 b.fail("onnx", e)
             finally:
@@ -394,7 +459,7 @@ def report(b, args, size):
     engines = [e for e in ENGINES if e in args.engine_list]
     batches = args.batches
     hw = f"{size}x{size}" if size else "(config size)"
-    p(f"## {args.model}, {hw}, float32, random weights, {args.threads} threads, "
+    p(f"## {args.model}, {hw}, random weights, {args.threads} threads, "
       f"median of {args.runs} runs after {args.warmup} warm-ups (min in brackets)")
     p()
     p("| engine | " + " | ".join(f"batch {n}" for n in batches) + " |")
@@ -415,24 +480,32 @@ def report(b, args, size):
     for e in engines:
         p(f"| {LABEL[e]} | " + " | ".join(cell(e, n, lambda r: f"{r['images_per_s']:.1f}") for n in batches) + " |")
     p()
-    if any(e == "cnx" for e, _ in b.results):
-        p("cnx median / engine median (below 1: cnx faster):")
+    for mine in ("cnx", "cnx-int8"):
+        if not any(e == mine for e, _ in b.results):
+            continue
+        p(f"{LABEL[mine]} median / engine median (below 1: {LABEL[mine]} faster):")
         p()
-        p("| cnx vs | " + " | ".join(f"batch {n}" for n in batches) + " |")
+        p(f"| {LABEL[mine]} vs | " + " | ".join(f"batch {n}" for n in batches) + " |")
         p("|---" * (len(batches) + 1) + "|")
         for e in engines:
-            if e == "cnx":
+            if e.startswith("cnx") and e != "cnx" or e == mine:
                 continue
             cells = []
             for n in batches:
-                if ("cnx", n) in b.results and (e, n) in b.results:
-                    cells.append(f"{b.results[('cnx', n)]['median_ms'] / b.results[(e, n)]['median_ms']:.2f}x")
+                if (mine, n) in b.results and (e, n) in b.results:
+                    cells.append(f"{b.results[(mine, n)]['median_ms'] / b.results[(e, n)]['median_ms']:.2f}x")
                 else:
                     cells.append("-")
             p(f"| {LABEL[e]} | " + " | ".join(cells) + " |")
-        p()
-    elif "cnx" in engines:
-        p("cnx: no results, so no ratios.")
+        for group, peers in (("best f32 peer", F32_PEERS), ("best int8 peer", INT8_PEERS)):
+            cells = []
+            for n in batches:
+                times = [b.results[(e, n)]["median_ms"] for e in peers if (e, n) in b.results]
+                if (mine, n) in b.results and times:
+                    cells.append(f"{b.results[(mine, n)]['median_ms'] / min(times):.2f}x")
+                else:
+                    cells.append("-")
+            p(f"| {group} | " + " | ".join(cells) + " |")
         p()
     for n in batches:
         r = b.results.get(("compile", n))
@@ -440,7 +513,7 @@ def report(b, args, size):
             p(f"torch.compile batch {n}: first call (compile + one forward) {r['compile_s']:.1f} s"
               + (" (inductor caches disabled)" if args.cold_compile else
                  " (inductor's on-disk caches enabled: a repeat run compiles faster; --cold-compile for a cold one)"))
-    for e in ("compile", "onnx"):
+    for e in ("compile", "onnx", "eager-int8", "onnx-int8"):
         diffs = [b.results[(e, n)]["max_abs_diff_vs_eager"] for n in batches if (e, n) in b.results]
         if diffs:
             p(f"{LABEL[e]}: max |logits - eager logits| = {max(diffs):.2e}")

@@ -65,12 +65,13 @@ impl Pass for QuantizeGemmsToInt8 {
     }
 }
 
-/// Whether `id` reads the graph's input (the stem).
+/// Whether `id` reads the graph's input, directly or through layout permutes (the stem).
 fn reads_the_pixels(graph: &Graph, id: NodeId) -> bool {
-    graph
-        .inputs(id)
-        .iter()
-        .any(|&i| matches!(graph.node(i).op, Op::Input))
+    graph.inputs(id).iter().any(|&i| match graph.node(i).op {
+        Op::Input => true,
+        Op::Permute(_) => reads_the_pixels(graph, i),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
