@@ -36,8 +36,11 @@ PHOTOS = ["astronaut.png", "camera_grey.png", "chelsea.png", "coffee.png", "rock
           "chelsea.jpg", "rocket_exif6.jpg", "coffee.bmp", "astronaut.webp", "tall_260x600.png"]
 
 
-def sh(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def sh(cmd, isa=None):
+    env = dict(os.environ)
+    if isa:
+        env["CNX_ISA"] = isa
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if p.returncode != 0:
         sys.exit(f"{shlex.join(cmd)} failed ({p.returncode}): {p.stderr[-2000:]}")
     return p.stdout
@@ -77,17 +80,18 @@ def digits(args):
     assert (f32.argmax(-1) == f32_top1).all(), "transformers' f32 predictions moved since the fixture"
     add("transformers float32", f32.argmax(-1))
 
-    # cnx int8, through its own preprocessing of the files.
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "p.jsonl")
-        sh([args.cnx, "eval", "--model", DIGITS, os.path.join(DIGITS, "held-out"), "--precision", "int8",
-            "--threads", str(args.threads), "--predictions", out, "--json"])
-        by_path = {}
-        for line in open(out):
-            r = json.loads(line)
-            rel = os.path.relpath(r["path"], os.path.join(DIGITS, "held-out"))
-            by_path[rel] = int(np.argmax(r["logits"]))
-        add("cnx int8", np.array([by_path[n] for n in names]))
+    # cnx int8, through its own preprocessing of the files, on each kernel family.
+    for isa in args.isas:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "p.jsonl")
+            sh([args.cnx, "eval", "--model", DIGITS, os.path.join(DIGITS, "held-out"), "--precision", "int8",
+                "--threads", str(args.threads), "--predictions", out, "--json"], isa)
+            by_path = {}
+            for line in open(out):
+                r = json.loads(line)
+                rel = os.path.relpath(r["path"], os.path.join(DIGITS, "held-out"))
+                by_path[rel] = int(np.argmax(r["logits"]))
+            add(f"cnx int8 ({isa_label(args, isa)})", np.array([by_path[n] for n in names]))
 
     # PyTorch dynamic quantisation.
     torch.backends.quantized.engine = "x86"
@@ -134,19 +138,20 @@ def digits(args):
 def random_models(args):
     photos = [os.path.join(ROOT, "tests", "fixtures", "images", p) for p in PHOTOS]
     print("### Random-weight models on the committed photos: cnx int8 against cnx float32\n")
-    print("| model | images | logits max rel. error | pooler_output max rel. error | top-1 agree | top-5 overlap |")
-    print("|---|---|---|---|---|---|")
+    print("| model | kernels | images | logits max rel. error | pooler_output max rel. error | top-1 agree | top-5 overlap |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in ("tiny-1k-224", "base-1k-224"):
+        for preset, isa in [(p, i) for p in ("tiny-1k-224", "base-1k-224") for i in args.isas]:
             model = os.path.join(tmp, preset)
-            sh([args.cnx, "random-model", preset, "--output", model])
             pv = os.path.join(tmp, f"{preset}.npy")
-            sh([args.cnx, "preprocess", "--model", model, *photos, "--output", pv])
+            if not os.path.isdir(model):
+                sh([args.cnx, "random-model", preset, "--output", model])
+                sh([args.cnx, "preprocess", "--model", model, *photos, "--output", pv])
             outs = {}
             for precision in ("f32", "int8"):
                 out = os.path.join(tmp, f"{preset}-{precision}.npz")
                 sh([args.cnx, "run", "--model", model, "--input", pv, "--output", out, "--precision", precision,
-                    "--threads", str(args.threads)])
+                    "--threads", str(args.threads)], isa)
                 outs[precision] = np.load(out)
             errs = {}
             for name in ("logits", "pooler_output"):
@@ -156,18 +161,29 @@ def random_models(args):
             top1 = float((a.argmax(-1) == b.argmax(-1)).mean())
             t5a, t5b = np.argsort(-a, -1)[:, :5], np.argsort(-b, -1)[:, :5]
             overlap = float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(t5a, t5b)]))
-            print(f"| {preset} | {len(photos)} | {errs['logits']:.2e} | {errs['pooler_output']:.2e} | "
+            print(f"| {preset} | {isa_label(args, isa)} | {len(photos)} | {errs['logits']:.2e} | {errs['pooler_output']:.2e} | "
                   f"{100 * top1:.0f}% | {100 * overlap:.0f}% |")
     print()
+
+
+def isa_label(args, isa):
+    return args.kernels[isa]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cnx", default=os.path.join(ROOT, "target", "release", "cnx"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isas", default=",avx2",
+                    help="CNX_ISA values to run cnx under, comma-separated ('' = the CPU's best)")
     ap.add_argument("--skip-random", action="store_true")
     args = ap.parse_args()
-    kernels = json.loads(sh([args.cnx, "bench", "atto-1k-224", "--runs", "1", "--json"]).splitlines()[-1]).get("isa")
+    args.isas = [i.strip() for i in args.isas.split(",")]
+    args.kernels = {}
+    for isa in args.isas:
+        line = sh([args.cnx, "bench", "atto-1k-224", "--runs", "1", "--json"], isa).splitlines()[-1]
+        args.kernels[isa] = json.loads(line).get("isa")
+    kernels = ", ".join(args.kernels.values())
     digits(args)
     if not args.skip_random:
         random_models(args)

@@ -15,7 +15,7 @@
 //! matrix's edge, and activations other than GELU, take the same arithmetic through a tile on
 //! the stack.
 
-use super::reference::{LinearEpilogue, LinearPrologue, SquareSums};
+use super::fused::{LinearEpilogue, LinearPrologue, SquareSums};
 use super::ActivationKernel;
 pub use super::{Isa, Width};
 use crate::Activation;
@@ -25,7 +25,7 @@ use crate::Activation;
 pub const MC: usize = 192;
 
 // Row blocks must also be whole sum-of-squares blocks.
-const _: () = assert!(MC.is_multiple_of(super::reference::SUM_SQUARES_BLOCK));
+const _: () = assert!(MC.is_multiple_of(super::fused::SUM_SQUARES_BLOCK));
 
 /// Bytes of one weight panel's `K` block: it stays in L1 (32 KiB on Zen 3 / Zen 4, 48 KiB on
 /// Ice Lake) while every row tile of the A block streams past it, with room for those rows'

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod fused;
 pub mod gemm;
 pub mod isa;
 pub mod qgemm;

@@ -19,9 +19,9 @@
 //! | AVX2 | 4 x 16 | `vpmaddubsw` + `vpmaddwd` + `vpaddd`, twice (ymm); weights at most 63 |
 //! | portable | 4 x 16 | plain loops |
 
+use super::fused::{LinearEpilogue, LinearPrologue, SquareSums};
 use super::gemm::{tile_to_c, TileEpilogue};
 use super::quantize::{quantise_row, weight_max, QuantisedWeights, RowQuant};
-use super::reference::{LinearEpilogue, LinearPrologue, SquareSums};
 use super::{ActivationKernel, Isa};
 
 /// Bytes of quantised A per row block: the block stays in L2 while every panel streams past
