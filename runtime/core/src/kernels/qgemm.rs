@@ -28,6 +28,14 @@ use super::{ActivationKernel, Isa};
 /// it.
 const BLOCK_BYTES: usize = 256 * 1024;
 
+/// At most this many rows per block (a multiple of every kernel's `MR`).
+const MAX_BLOCK_ROWS: usize = 192;
+
+/// The f32 row the prologue writes before quantisation: scratch of at least this many floats
+/// (every `K` of a ConvNeXt V2 up to huge's 11264), for the reason given in
+/// [`qlinear_fused_packed_panels`].
+const ROW_SCRATCH: usize = 16 * 1024;
+
 /// (MR, NR): the tile one int8 microkernel call computes on `isa`.
 pub fn tile(isa: Isa) -> (usize, usize) {
     match isa {
@@ -122,7 +130,7 @@ impl QPackedWeights {
     /// Rows of A per quantised block.
     fn block_rows(&self) -> usize {
         let mr = tile(self.isa).0;
-        let rows = (BLOCK_BYTES / self.kp.max(1)).clamp(mr, 192);
+        let rows = (BLOCK_BYTES / self.kp.max(1)).clamp(mr, MAX_BLOCK_ROWS);
         rows - rows % mr
     }
 }
@@ -174,8 +182,13 @@ pub fn qlinear_fused_packed_panels(
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * width);
     let block = w.block_rows().min(rows.max(1));
-    crate::scratch::with_u8(block * kp, |data| {
-        crate::scratch::with_row_quants(block, |quants| {
+    // Scratch of the largest size any layer asks for (a block is at most BLOCK_BYTES and 192
+    // rows unless K is huge): a thread that takes another thread's task in a later pass
+    // (the pool's stealing) finds its buffers big enough, so a warm pass allocates nothing.
+    let data_len = (block * kp).max(BLOCK_BYTES);
+    let quants_len = block.max(MAX_BLOCK_ROWS);
+    crate::scratch::with_u8(data_len, |data| {
+        crate::scratch::with_row_quants(quants_len, |quants| {
             for m0 in (0..rows).step_by(block) {
                 let mb = block.min(rows - m0);
                 let (data, quants) = (&mut data[..mb * kp], &mut quants[..mb]);
@@ -226,8 +239,13 @@ pub fn quantise_rows(
     let rows = quants.len();
     assert_eq!(x.len(), rows * k);
     assert_eq!(data.len(), rows * kp);
-    let row_len = if prologue.is_identity() { 0 } else { k };
+    let row_len = if prologue.is_identity() {
+        0
+    } else {
+        k.max(ROW_SCRATCH)
+    };
     crate::scratch::with_f32(row_len, |row| {
+        let row = &mut row[..row_len.min(k)];
         let dst = data.chunks_exact_mut(kp.max(1)).zip(quants.iter_mut());
         for (i, (src, (dst, quant))) in x.chunks_exact(k.max(1)).zip(dst).enumerate() {
             *quant = if prologue.is_identity() {
