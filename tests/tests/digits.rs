@@ -50,7 +50,6 @@ fn every_backend_gives_transformers_predictions_on_the_held_out_digits() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let digits = Digits::load(&repo);
     let x = held_out_batch(&digits);
-    let batch = x.shape()[0];
     let spec = ModelSpec::resolve(digits.model.to_str().unwrap()).unwrap();
     let model = spec.load(None, (32, 32)).unwrap();
 
@@ -60,33 +59,49 @@ fn every_backend_gives_transformers_predictions_on_the_held_out_digits() {
     let accuracy = digits.check_logits("interpreter", &rows(&interpreted));
     assert!(accuracy >= 0.97, "the trained model's accuracy {accuracy}");
 
+    let generated = DigitsClassifier::load(digits.model.join("model.safetensors")).unwrap();
+    assert_eq!(DigitsClassifier::LABELS[7], "7");
+    let forward = |x: &[f32], batch: usize| generated.forward(x, batch).unwrap();
+    assert_backends_match("f32", model, &x, &interpreted, forward);
+    let top = generated.classify(&x.data()[..3 * 32 * 32], 1, 1).unwrap();
+    assert_eq!(top[0][0].label, digits.images[0].predicted.to_string());
+}
+
+/// The JIT (1, 2 and 3 threads) and the `convnextv2!` macro's code (`forward`: the whole batch,
+/// and a batch of 3, odd, at an offset) give the interpreter's logits bit for bit.
+fn assert_backends_match(
+    what: &str,
+    model: LoadedModel,
+    x: &Tensor,
+    interpreted: &[f32],
+    forward: impl Fn(&[f32], usize) -> Vec<f32>,
+) {
     let options = JitOptions {
         verify: true,
         disassemble: false,
     };
     let jit = JitModel::compile(model, &[outputs::LOGITS], options).unwrap();
     for threads in [1, 2, 3] {
-        let got = jit.run(&x, threads).unwrap()[outputs::LOGITS]
+        let got = jit.run(x, threads).unwrap()[outputs::LOGITS]
             .data()
             .to_vec();
         assert_eq!(
             got, interpreted,
-            "JIT, {threads} threads: not the interpreter's"
+            "{what} JIT, {threads} threads: not the interpreter's"
         );
     }
-
-    let generated = DigitsClassifier::load(digits.model.join("model.safetensors")).unwrap();
-    assert_eq!(DigitsClassifier::LABELS[7], "7");
-    let got = generated.forward(x.data(), batch).unwrap();
-    assert_eq!(got, interpreted, "convnextv2! macro: not the interpreter's");
-    // A batch of 3 (odd) at an offset: the same rows as in the whole batch.
+    let got = forward(x.data(), x.shape()[0]);
+    assert_eq!(
+        got, interpreted,
+        "{what} convnextv2! macro: not the interpreter's"
+    );
     let per_image = 3 * 32 * 32;
-    let got = generated
-        .forward(&x.data()[5 * per_image..8 * per_image], 3)
-        .unwrap();
-    assert_eq!(got, interpreted[50..80], "convnextv2! macro, batch 3");
-    let top = generated.classify(&x.data()[..per_image], 1, 1).unwrap();
-    assert_eq!(top[0][0].label, digits.images[0].predicted.to_string());
+    let got = forward(&x.data()[5 * per_image..8 * per_image], 3);
+    assert_eq!(
+        got,
+        interpreted[50..80],
+        "{what} convnextv2! macro, batch 3"
+    );
 }
 
 /// The int8 accuracy floor: transformers' f32 top-1 less half a point.
@@ -99,7 +114,6 @@ fn int8_keeps_the_accuracy_on_every_instruction_set_and_backends_agree() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let digits = Digits::load(&repo);
     let x = held_out_batch(&digits);
-    let batch = x.shape()[0];
     let spec = ModelSpec::resolve(digits.model.to_str().unwrap()).unwrap();
     let pipeline = Pipeline::default_pipeline().with_precision(Precision::Int8);
     let load = |isa: Isa| {
@@ -172,26 +186,7 @@ fn int8_keeps_the_accuracy_on_every_instruction_set_and_backends_agree() {
     let interpreted = interp::run(&model, &x, &[outputs::LOGITS]).unwrap()[outputs::LOGITS]
         .data()
         .to_vec();
-    let options = JitOptions {
-        verify: true,
-        disassemble: false,
-    };
-    let jit = JitModel::compile(model, &[outputs::LOGITS], options).unwrap();
-    for threads in [1, 2, 3] {
-        let got = jit.run(&x, threads).unwrap()[outputs::LOGITS]
-            .data()
-            .to_vec();
-        assert_eq!(got, interpreted, "int8 JIT, {threads} threads");
-    }
     let generated = DigitsInt8::load(digits.model.join("model.safetensors")).unwrap();
-    assert_eq!(
-        generated.forward(x.data(), batch).unwrap(),
-        interpreted,
-        "int8 macro"
-    );
-    let per_image = 3 * 32 * 32;
-    let got = generated
-        .forward(&x.data()[5 * per_image..8 * per_image], 3)
-        .unwrap();
-    assert_eq!(got, interpreted[50..80], "int8 macro, batch 3");
+    let forward = |x: &[f32], batch: usize| generated.forward(x, batch).unwrap();
+    assert_backends_match("int8", model, &x, &interpreted, forward);
 }
