@@ -717,23 +717,19 @@ mod tests {
         }
     }
 
-    /// The int8 product is within the scheme's error bound of the f32 one
-    /// ([`quantize::error_bound`](super::super::quantize::error_bound), from the row's and the
-    /// column's scales), and much closer than that on average.
+    /// The int8 reference twin, and every kernel, is within the scheme's error bound of the
+    /// f32 product ([`quantize::error_bound`](super::super::quantize::error_bound), derived
+    /// from the row's and the column's scales), on every weight width (127 and 63).
     #[test]
     fn int8_is_within_the_quantisation_bound_of_f32() {
         let (m, k, n) = (97, 75, 37);
         let x = values(m * k, 6);
         let w = values(n * k, 7);
         let bias = values(n, 8);
-        for isa in Isa::available() {
-            let q = QuantisedWeights::new(&w, n, k, weight_max(isa));
-            let packed = QPackedWeights::from_quantised(&q, isa);
-            let mut got = vec![0.0; m * n];
-            let none = (LinearPrologue::default(), LinearEpilogue::default());
-            qlinear_fused_packed(&x, m, &packed, &bias, none.0, none.1, &mut got, None);
-            let mut exact = vec![0.0; m * n];
-            reference::linear(&x, m, k, &w, Some(&bias), n, &mut exact);
+        let none = (LinearPrologue::default(), LinearEpilogue::default());
+        let mut exact = vec![0.0; m * n];
+        reference::linear(&x, m, k, &w, Some(&bias), n, &mut exact);
+        let check = |what: &str, got: &[f32], q: &QuantisedWeights| {
             for r in 0..m {
                 for o in 0..n {
                     let bound = super::super::quantize::error_bound(
@@ -742,9 +738,22 @@ mod tests {
                         q.scales[o],
                     );
                     let err = (got[r * n + o] - exact[r * n + o]).abs() as f64;
-                    assert!(err <= bound, "{isa:?} [{r}, {o}]: {err} > {bound}");
+                    assert!(err <= bound, "{what} [{r}, {o}]: {err} > {bound}");
                 }
             }
+        };
+        for q_max in [127, 63] {
+            let q = QuantisedWeights::new(&w, n, k, q_max);
+            let mut twin = vec![0.0; m * n];
+            reference::qlinear_fused(&x, m, &q, &bias, none.0, none.1, &mut twin, None);
+            check(&format!("reference twin, weights up to {q_max}"), &twin, &q);
+        }
+        for isa in Isa::available() {
+            let q = QuantisedWeights::new(&w, n, k, weight_max(isa));
+            let packed = QPackedWeights::from_quantised(&q, isa);
+            let mut got = vec![0.0; m * n];
+            qlinear_fused_packed(&x, m, &packed, &bias, none.0, none.1, &mut got, None);
+            check(&format!("{isa:?}"), &got, &q);
         }
     }
 
