@@ -22,6 +22,8 @@ pub struct BenchResult {
     /// The kernels' instruction set (`avx512`, `avx2`, `portable`; `CNX_ISA` caps it).
     pub isa: String,
     pub fused: bool,
+    /// The products' arithmetic (`f32`, `int8`).
+    pub precision: String,
     pub batch: usize,
     pub threads: usize,
     pub height: usize,
@@ -57,6 +59,7 @@ pub struct BenchConfig<'a> {
     pub runs: usize,
     pub pipeline: &'a Pipeline,
     pub fused: bool,
+    pub precision: cnx_compiler::ir::Precision,
     /// Run every op on the plain reference kernels (no packed GEMM).
     pub reference_kernels: bool,
     /// The engine timed.
@@ -227,6 +230,7 @@ pub fn bench(cfg: &BenchConfig<'_>) -> Result<Vec<BenchResult>, Error> {
             },
             isa: cnx_runtime::kernels::Isa::detect().name().into(),
             fused: cfg.fused,
+            precision: cfg.precision.name().into(),
             batch,
             threads: cfg.threads,
             height: cfg.input_hw.0,

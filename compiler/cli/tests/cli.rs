@@ -469,8 +469,22 @@ fn bench_reports_the_contracted_json_keys() {
         }
         assert_eq!(v["batch"], batch);
         assert_eq!(v["threads"], 2);
+        assert_eq!(v["precision"], "f32");
         assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
     }
+    let out = cnx(&[
+        "bench",
+        s(&case),
+        "--runs",
+        "1",
+        "--input-size",
+        "64",
+        "--precision",
+        "int8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "int8");
     // Random weights for a preset; bad batch sizes are usage errors.
     let out = cnx(&["bench", "atto-1k-224", "--input-size", "32", "--runs", "1"]);
     assert!(

@@ -66,6 +66,7 @@ impl Args {
             runs: self.runs as usize,
             pipeline: &pipeline,
             fused: !self.passes.no_fuse,
+            precision: self.passes.precision.get(),
             reference_kernels: self.reference_kernels,
             backend: self.backend,
         };
@@ -73,8 +74,14 @@ impl Args {
         let peak = (self.peak || self.profile).then(|| {
             let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
             if !self.json {
+                let note = match cfg.precision {
+                    cnx_compiler::ir::Precision::Int8 => {
+                        " (int8 steps' % of peak: of this f32 peak)"
+                    }
+                    cnx_compiler::ir::Precision::F32 => "",
+                };
                 println!(
-                    "peak: {} microkernel, {} threads: {gflops:.1} GFLOP/s",
+                    "peak: {} f32 microkernel, {} threads: {gflops:.1} GFLOP/s{note}",
                     isa.name(),
                     cfg.threads
                 );
@@ -113,7 +120,7 @@ impl Args {
 
 fn print_result(r: &BenchResult) {
     println!(
-        "{} {}x{} batch {} threads {} {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
+        "{} {}x{} batch {} threads {} {} {} {} {}: median {:.1} ms, min {:.1} ms, {:.2} images/s, {:.2} GFLOP/s, first inference {:.0} ms, peak RSS {}",
         r.model,
         r.height,
         r.width,
@@ -122,6 +129,7 @@ fn print_result(r: &BenchResult) {
         r.backend,
         r.isa,
         if r.fused { "fused" } else { "unfused" },
+        r.precision,
         r.median_ms,
         r.min_ms,
         r.images_per_s,
