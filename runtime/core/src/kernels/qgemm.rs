@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | AVX-512 VNNI | 6 x 32 | one `vpdpbusd` (zmm, 64 multiply-adds) |
 //! | AVX-VNNI | 6 x 16 | two `vpdpbusd` (ymm) |
-//! | AVX2 | 4 x 16 | `vpmaddubsw` + `vpmaddwd` + `vpaddd`, twice (ymm); weights at most 63 |
+//! | AVX2 | 6 x 16 | `vpmaddubsw` + `vpmaddwd` + `vpaddd`, twice (ymm); weights at most 63 |
 //! | portable | 4 x 16 | plain loops |
 
 use super::fused::{LinearEpilogue, LinearPrologue, SquareSums};
@@ -41,7 +41,7 @@ pub fn tile(isa: Isa) -> (usize, usize) {
     match isa {
         Isa::Portable => (4, 16),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => (4, 16),
+        Isa::Avx2 | Isa::Avx512 => (6, 16),
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => (6, 16),
         #[cfg(target_arch = "x86_64")]
@@ -372,7 +372,7 @@ fn microkernel(isa: Isa, t: QTile<'_>) {
         // asserted the CPU runs it; `check` asserted every size the kernel reads and writes for
         // its (MR, NR).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2_4x16(t) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2_6x16(t) },
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => unsafe { x86::avx_vnni_6x16(t) },
         #[cfg(target_arch = "x86_64")]
@@ -573,12 +573,12 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `t` passed `QTile::check(4, 16)` and its weights are at
+    /// The CPU supports AVX2 and FMA; `t` passed `QTile::check(6, 16)` and its weights are at
     /// most 63 in magnitude (no saturation in `vpmaddubsw`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_4x16(t: QTile<'_>) {
+    pub(super) unsafe fn avx2_6x16(t: QTile<'_>) {
         // SAFETY: the caller's contract.
-        unsafe { exact_rows::<Madd256, 4>(t) }
+        unsafe { exact_rows::<Madd256, 6>(t) }
     }
 
     /// The kernel of exactly the tile's rows (at most `MR`).
