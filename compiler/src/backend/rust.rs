@@ -116,7 +116,7 @@ struct MacroArgs {
     fuse: Option<LitBool>,
     weights: Option<LitStr>,
     backbone: Option<LitBool>,
-    precision: Option<LitStr>,
+    precision: Option<Precision>,
     call_site: Span,
 }
 
@@ -202,13 +202,13 @@ impl Parse for MacroArgs {
                     let lit: LitStr = syn::parse2(value).map_err(|e| {
                         syn::Error::new(e.span(), "`precision` takes \"f32\" or \"int8\"")
                     })?;
-                    if Precision::from_name(&lit.value()).is_none() {
-                        return Err(syn::Error::new(
+                    let precision = Precision::from_name(&lit.value()).ok_or_else(|| {
+                        syn::Error::new(
                             lit.span(),
                             format!("unknown precision `{}` (f32 or int8)", lit.value()),
-                        ));
-                    }
-                    args.precision = Some(lit);
+                        )
+                    })?;
+                    args.precision = Some(precision);
                 }
                 "weights" => {
                     dup(args.weights.is_some())?;
@@ -299,10 +299,7 @@ impl MacroArgs {
             embedded_weights,
             config_path,
             backbone: self.backbone.is_some_and(|b| b.value),
-            precision: self
-                .precision
-                .and_then(|p| Precision::from_name(&p.value()))
-                .unwrap_or_default(),
+            precision: self.precision.unwrap_or_default(),
         })
     }
 }

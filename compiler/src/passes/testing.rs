@@ -97,3 +97,44 @@ pub fn check_pipeline(names: &[&str]) {
         }
     }
 }
+
+/// The default pipeline with and without `quantize_gemms_to_int8` on every test config, both
+/// on the optimised kernels of this CPU (int8 needs its packed weights), from the same random
+/// checkpoint: every output within `bound` of its f32 magnitude, and not equal to it.
+pub fn check_int8_against_f32(bound: f32) {
+    use crate::ir::Precision;
+    for (i, config) in configs().iter().enumerate() {
+        for (hw, batch) in [((97, 75), 3), ((64, 64), 2)] {
+            let unfused = build_graph(config, hw).unwrap();
+            let params = random::random_parameters(&unfused, 7 + i as u64);
+            let load = |precision| {
+                let store = WeightStore::from_tensors(params.clone()).unwrap();
+                let pipeline = Pipeline::default_pipeline().with_precision(precision);
+                LoadedModel::new("test", config.clone(), store, hw, &pipeline).unwrap()
+            };
+            let (f32_model, int8_model) = (load(Precision::F32), load(Precision::Int8));
+            let x = random::random_pixel_values(&unfused, batch, 11);
+            let names = outputs::all(config.num_stages);
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let want = interp::run(&f32_model, &x, &refs).unwrap();
+            let got = interp::run_threaded(&int8_model, &x, &refs, 2).unwrap();
+            for name in &refs {
+                let (a, b) = (want[*name].data(), got[*name].data());
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+                let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                println!(
+                    "config {i} {hw:?} {name}: max |int8 - f32| = {:.2e} of {scale:.2e}",
+                    err / scale
+                );
+                assert!(
+                    err <= bound * scale,
+                    "config {i} {hw:?} {name}: {err:e} > {bound} * {scale:e}"
+                );
+                // Outputs before the first int8 product (the stem's) are f32 in both.
+                if *name != "hidden_states_0" {
+                    assert!(err > 0.0, "config {i} {hw:?} {name}: int8 changed nothing");
+                }
+            }
+        }
+    }
+}

@@ -598,10 +598,7 @@ impl fmt::Display for Step {
                         .map_or(String::new(), |e| format!(" norm-in eps={e:e}")),
                     conv.output_norm
                         .map_or(String::new(), |n| format!(" norm-out eps={:e}", n.eps))
-                        + match conv.precision {
-                            ops::Precision::F32 => "",
-                            ops::Precision::Int8 => " int8",
-                        },
+                        + &precision_suffix(conv.precision),
                     w(*weight),
                     w(*bias),
                     affine(norm)
@@ -660,6 +657,14 @@ impl fmt::Display for Step {
     }
 }
 
+/// ` int8` after a step's attributes when it does not run in f32 (the default, unmarked).
+fn precision_suffix(p: ops::Precision) -> String {
+    match p {
+        ops::Precision::F32 => String::new(),
+        other => format!(" {}", other.name()),
+    }
+}
+
 impl Step {
     /// A linear step's listing (its operands, prologue, epilogue and sums).
     fn fmt_linear(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -689,9 +694,7 @@ impl Step {
         if let Some(a) = l.activation {
             write!(f, " {a}")?;
         }
-        if l.precision != ops::Precision::F32 {
-            write!(f, " {}", l.precision.name())?;
-        }
+        write!(f, "{}", precision_suffix(l.precision))?;
         write!(f, ") weight=w{weight} bias=w{bias}")?;
         if let Some(s) = sums {
             write!(f, " sums->s{s}")?;

@@ -291,9 +291,10 @@ impl<'a> LinearJob<'a> {
                     sums.as_mut(),
                 ),
                 (None, None, Precision::Int8) => {
-                    // The reference kernels asked for: the weights quantised here (full 8
-                    // bits, as for the portable kernel).
-                    let q = quantize::QuantisedWeights::new(p.weight, n, k_in, 127);
+                    // The reference kernels asked for: the weights quantised here, as for
+                    // the portable kernel (as an int8 conv without prepared weights is).
+                    let q_max = quantize::weight_max(Isa::Portable);
+                    let q = quantize::QuantisedWeights::new(p.weight, n, k_in, q_max);
                     k::qlinear_fused(x, rows, &q, p.bias, prologue, epilogue, y, sums.as_mut())
                 }
                 (None, None, Precision::F32) => k::linear_fused(
