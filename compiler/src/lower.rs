@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use cnx_runtime::compiled::{Prepare, WeightSlot};
-use cnx_runtime::program::{AffineParams, Program, ProgramOutput, Step, StepOp, Value};
+use cnx_runtime::program::{AffineParams, Phase, Program, ProgramOutput, Step, StepOp, Value};
 use cnx_runtime::weights::derive::ParamSpec;
 
 use crate::ir::{Graph, GraphError, GrnSource, NodeId, Op};
@@ -67,7 +67,10 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
     let (weights, index) = weight_table(graph)?;
     let binder = Binder { graph, plan, index };
     let mut steps = Vec::new();
+    // The first step at or after each position of the order.
+    let mut step_at = Vec::with_capacity(plan.order.len() + 1);
     for &id in &plan.order {
+        step_at.push(steps.len());
         let Some(op) = binder.bind(id)? else {
             continue;
         };
@@ -89,21 +92,32 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
             });
         }
     }
+    step_at.push(steps.len());
+    let image_runs: Vec<std::ops::Range<usize>> = plan
+        .image_runs
+        .iter()
+        .map(|r| step_at[r.start]..step_at[r.end])
+        .filter(|r| !r.is_empty())
+        .collect();
+    let cuts: Vec<usize> = image_runs.iter().flat_map(|r| [r.start, r.end]).collect();
     let mut sums_sizes = vec![0; plan.sums_slots];
     for (&producer, &s) in &plan.sums_slot {
         if let Op::Linear(l) = graph.node(producer).op {
             sums_sizes[s] = sums_sizes[s].max(l.out_features);
         }
     }
-    Ok(Program {
+    let mut program = Program {
         input: graph.input_type(),
         input_value: binder.value(graph.input())?,
         slot_sizes: plan.slot_sizes.clone(),
         sums_sizes,
         weights,
         steps,
+        phases: Vec::new(),
         outputs,
-    })
+    };
+    program.phases = Phase::cut(&program, &cuts, |r| image_runs.contains(&r));
+    Ok(program)
 }
 
 /// Binds nodes to the weight table and the memory plan.

@@ -6,8 +6,13 @@
 //! size: a slot is as large as its largest value, per image. Sums of squares (the side
 //! results of linear layers feeding a GRN) are planned the same way in a slot space of their
 //! own.
+//!
+//! Runs of nodes that may run image-parallel ([`image_runs`]) change one thing: a value such a
+//! run reads from before it stays live to the run's end, so that no value the run writes
+//! shares its slot (each image's copy into its lane and back then touches disjoint regions).
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::ir::{Graph, GraphError, GrnSource, NodeId, Op};
 
@@ -25,6 +30,47 @@ pub struct MemoryPlan {
     /// The sums slot of each linear layer that accumulates sums of squares.
     pub sums_slot: HashMap<NodeId, usize>,
     pub sums_slots: usize,
+    /// The runs of `order` (positions) that may run image-parallel.
+    pub image_runs: Vec<Range<usize>>,
+}
+
+/// Pixels per image at which a node's work is large enough to run image by image, each image
+/// on its own thread with the one-thread kernels, rather than with every op split over the
+/// threads. At 224x224: stem, stages 0-2 and the last downsampling (stage 3's 7x7 layers, whose
+/// large weights each image would stream again, and the head stay op-parallel). Chosen by
+/// measurement (BENCHMARKS.md, "Batches").
+pub const MIN_IMAGE_PARALLEL_PIXELS: usize = 196;
+
+/// Whether node `id` may run image-parallel: its value or an operand has at least
+/// [`MIN_IMAGE_PARALLEL_PIXELS`] pixels per image.
+pub fn image_parallel_node(graph: &Graph, id: NodeId) -> bool {
+    std::iter::once(id)
+        .chain(graph.inputs(id))
+        .any(|n| graph.node(n).ty.pixels() >= min_pixels_tmp())
+}
+
+/// The maximal runs of `order` (positions) whose nodes may run image-parallel (the input,
+/// which runs nothing, joins the run after it).
+pub fn image_runs(graph: &Graph, order: &[NodeId]) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let mut start = None;
+    for (pos, &id) in order.iter().enumerate() {
+        let eligible = matches!(graph.node(id).op, Op::Input) || image_parallel_node(graph, id);
+        match (eligible, start) {
+            (true, None) => start = Some(pos),
+            (false, Some(s)) => {
+                runs.push(s..pos);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push(s..order.len());
+    }
+    // A run of the input alone runs nothing.
+    runs.retain(|r| !(r.len() == 1 && matches!(graph.node(order[r.start]).op, Op::Input)));
+    runs
 }
 
 impl MemoryPlan {
@@ -48,6 +94,27 @@ impl MemoryPlan {
         for w in wanted {
             last_use.insert(*w, usize::MAX);
         }
+        // A value an image-parallel run reads from before it is held to the run's end.
+        let image_runs = image_runs(graph, &order);
+        for run in &image_runs {
+            for &id in &order[run.clone()] {
+                for i in graph.inputs(id) {
+                    let before = position[&i] < run.start
+                        || (position[&i] == run.start && matches!(graph.node(i).op, Op::Input));
+                    if before {
+                        let last = last_use.entry(i).or_insert(0);
+                        *last = (*last).max(run.end - 1);
+                    }
+                }
+            }
+        }
+        // The values whose last use is at each position.
+        let mut expiring: Vec<Vec<NodeId>> = vec![Vec::new(); order.len()];
+        for (&id, &last) in &last_use {
+            if let Some(e) = expiring.get_mut(last) {
+                e.push(id);
+            }
+        }
         // The last position at which each producer's sums of squares are read.
         let mut last_sums_use: HashMap<NodeId, usize> = HashMap::new();
         for &id in &order {
@@ -68,6 +135,7 @@ impl MemoryPlan {
             slot_sizes: Vec::new(),
             sums_slot: HashMap::new(),
             sums_slots: 0,
+            image_runs: image_runs.clone(),
         };
         let mut free: Vec<bool> = Vec::new();
         let mut sums_free: Vec<bool> = Vec::new();
@@ -82,11 +150,9 @@ impl MemoryPlan {
             if matches!(graph.node(id).op, Op::Linear(l) if l.sum_squares) {
                 plan.sums_slot.insert(id, take_lowest(&mut sums_free));
             }
-            // Release operands read for the last time here.
-            for i in graph.inputs(id) {
-                if last_use.get(&i) == Some(&pos) {
-                    free[plan.slot[&i]] = true;
-                }
+            // Release the values used for the last time here.
+            for i in &expiring[pos] {
+                free[plan.slot[i]] = true;
             }
             // A producer's sums are read by GRN scales only: free after the last one has run.
             if let Op::GrnScale {
@@ -199,4 +265,12 @@ mod tests {
             assert!(plan.order.len() > 20);
         }
     }
+}
+
+// TEMPORARY (measurement): override of the threshold.
+fn min_pixels_tmp() -> usize {
+    std::env::var("CNX_TMP_MIN_PIXELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIN_IMAGE_PARALLEL_PIXELS)
 }

@@ -84,7 +84,7 @@ fn check<M: Forward>(precision: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     random::write_safetensors(&path, &random::random_parameters(&graph, 3)).unwrap();
-    for (threads, batch) in [(1, 1), (2, 1), (2, 3), (3, 2)] {
+    for (threads, batch) in [(1, 1), (2, 1), (2, 3), (3, 2), (2, 8)] {
         let model = M::load(&path, threads);
         let x = random::random_pixel_values(&graph, batch, 5);
         let mut logits = vec![0f32; batch * M::NUM_LABELS];

@@ -79,6 +79,7 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     let n_steps = steps.len();
     let schedule = clif::Schedule {
         steps,
+        phases: program.phases.iter().map(|p| p.steps.clone()).collect(),
         verify: spec.verify,
         disassemble: false,
     };

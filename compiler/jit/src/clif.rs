@@ -1,14 +1,15 @@
 //! Every Cranelift call of cnx: a [`Schedule`] (the JIT's view of a lowered program, built by
 //! the crate root) compiled for the host into one native function.
 //!
-//! The entry is `extern "C" fn(ctx, arena, sums, batch)`: one call per step into the runtime
+//! The entry is `extern "C" fn(ctx, arena, sums, batch, phase)`: for the steps of phase
+//! `phase`, one call per step into the runtime
 //! (`cnx_step(ctx, step, operands, n, out, sums, batch)`), every operand, output and sums
 //! pointer computed from its slot's per-image offset, an immediate, scaled by the batch. No
 //! step kernel is generated: each one measured slower than the runtime's (BENCHMARKS.md).
 
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, StackSlotData, StackSlotKind, Value};
 use cranelift_codegen::settings::Configurable;
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Switch};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
@@ -34,6 +35,8 @@ pub struct Step {
 /// What to compile.
 pub struct Schedule {
     pub steps: Vec<Step>,
+    /// The steps of each phase (indices into `steps`), in order.
+    pub phases: Vec<std::ops::Range<usize>>,
     /// Run the Cranelift verifier on every function.
     pub verify: bool,
     /// Keep each function's machine code listing in [`Compiled::asm`].
@@ -98,7 +101,8 @@ pub fn compile(schedule: &Schedule) -> Fail<Compiled> {
 pub const STEP_SYMBOL: &str = "cnx_step";
 
 /// Declares and defines the schedule's entry function `name` in `module` (the JIT's or an
-/// object's): `fn(ctx, arena, sums, batch)`, one runtime call per step.
+/// object's): `fn(ctx, arena, sums, batch, phase)`, a switch on `phase` to one runtime call
+/// per step of that phase (an unknown phase runs nothing).
 pub fn define_schedule<M: Module>(
     module: &mut M,
     schedule: &Schedule,
@@ -113,7 +117,7 @@ pub fn define_schedule<M: Module>(
         ));
     }
     let step_sig = signature(module, 7, Some(types::I32));
-    let entry_sig = signature(module, 4, None);
+    let entry_sig = signature(module, 5, None);
     let step_fn = module
         .declare_function(STEP_SYMBOL, Linkage::Import, &step_sig)
         .map_err(err)?;
@@ -138,10 +142,19 @@ pub fn define_schedule<M: Module>(
                 )),
                 exit: b.create_block(),
             };
-            for step in &schedule.steps {
-                e.step(b, step);
+            let mut switch = Switch::new();
+            let blocks: Vec<_> = schedule.phases.iter().map(|_| b.create_block()).collect();
+            for (k, &block) in blocks.iter().enumerate() {
+                switch.set_entry(k as u128, block);
             }
-            b.ins().jump(e.exit, &[]);
+            switch.emit(b, p[4], e.exit);
+            for (phase, &block) in schedule.phases.iter().zip(&blocks) {
+                b.switch_to_block(block);
+                for step in &schedule.steps[phase.clone()] {
+                    e.step(b, step);
+                }
+                b.ins().jump(e.exit, &[]);
+            }
             b.switch_to_block(e.exit);
             b.ins().return_(&[]);
         },

@@ -102,6 +102,7 @@ impl JitModel {
         let runtime_steps = steps.len();
         let code = clif::compile(&clif::Schedule {
             steps,
+            phases: program.phases.iter().map(|p| p.steps.clone()).collect(),
             verify: options.verify,
             disassemble: options.disassemble,
         })?;

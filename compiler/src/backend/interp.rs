@@ -6,12 +6,13 @@
 //! pass is tested against). Deterministic: fixed summation orders, whatever the thread count.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cnx_runtime::compiled::{Weights, Workspace};
 use cnx_runtime::program::{check_finite, run_step, NonFinite, Program};
-use cnx_runtime::{pool, Tensor};
+use cnx_runtime::{phases, pool, Tensor};
 
 use crate::error::RunError;
 use crate::LoadedModel;
@@ -88,7 +89,8 @@ impl Interpreter {
 }
 
 /// Runs `program` with `weights` (the table it was lowered against) on `threads` threads;
-/// returns every program output by name. With `profile`, each step's wall time, in order.
+/// returns every program output by name. With `profile`, each step's time, in order: its wall
+/// time, or in an image-parallel phase its time summed over the images divided by the threads.
 /// NaN or infinite pixel values are refused.
 pub fn run_program(
     program: &Program,
@@ -122,13 +124,41 @@ fn run_on(
     check_finite(pixel_values.data(), program.chw(), non_finite)?;
     ws.for_batch(batch);
     ws.set(program.input_value.slot, pixel_values.data());
+    // With a profile: each step's time summed over the images and threads that ran it, in
+    // nanoseconds (an image-parallel phase's steps run on every thread at once).
+    let spent: Vec<AtomicU64> = match profile {
+        Some(_) => program.steps.iter().map(|_| AtomicU64::new(0)).collect(),
+        None => Vec::new(),
+    };
+    let mut image_parallel = vec![false; spent.len()];
     pool::install(threads, || {
-        for step in &program.steps {
-            let start = Instant::now();
-            run_step(step, weights, ws, batch);
-            if let Some(p) = profile.as_deref_mut() {
-                p.push(start.elapsed());
+        let threads = pool::threads();
+        for phase in &program.phases {
+            if phases::image_parallel(phase, batch, threads) {
+                image_parallel
+                    .get_mut(phase.steps.clone())
+                    .into_iter()
+                    .flatten()
+                    .for_each(|f| *f = true);
             }
+        }
+        phases::run(&program.phases, ws, &|ws, batch, k| {
+            let range = program.phases[k].steps.clone();
+            for (i, step) in program.steps[range.clone()].iter().enumerate() {
+                let start = Instant::now();
+                run_step(step, weights, ws, batch);
+                if let Some(t) = spent.get(range.start + i) {
+                    t.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+            true
+        });
+        if let Some(p) = profile.as_deref_mut() {
+            // An image-parallel step's share of the wall time: its time over the threads.
+            p.extend(spent.iter().zip(&image_parallel).map(|(t, &ip)| {
+                let ns = t.load(Ordering::Relaxed) / if ip { threads as u64 } else { 1 };
+                Duration::from_nanos(ns)
+            }));
         }
     });
     program

@@ -31,7 +31,7 @@ use crate::passes::{PassError, Pipeline};
 use crate::verify::VerifyError;
 use crate::{presets, verify};
 use cnx_runtime::compiled::Prepare;
-use cnx_runtime::program::{Program, Step, StepOp};
+use cnx_runtime::program::{Program, Step, StepOp, Value};
 use cnx_runtime::weights::derive::{DeriveRule, ParamSpec};
 use cnx_runtime::Activation;
 
@@ -406,6 +406,8 @@ impl Segment {
 /// One run of consecutive steps of a segment, with its slots.
 struct Instance {
     segment: Segment,
+    /// The program phase its steps belong to.
+    phase: usize,
     values: Vec<usize>,
     params: Vec<usize>,
     sums: Vec<usize>,
@@ -503,6 +505,23 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
     let mut params = ParamTable::default();
     let instances = instances(&program, &mut params);
     let (fn_items, tables, calls) = functions(&instances);
+    let phase_arms = calls
+        .iter()
+        .enumerate()
+        .map(|(k, calls)| quote!(#k => { #(#calls)* }));
+    let n_phases = program.phases.len();
+    let phase_items = program.phases.iter().map(|p| {
+        let (start, end, images) = (p.steps.start, p.steps.end, p.images);
+        let values = |vs: &[Value]| {
+            let vs = vs.iter().map(|v| {
+                let (slot, len) = (v.slot, v.len);
+                quote!(Value { slot: #slot, len: #len })
+            });
+            quote!(Cow::Borrowed(&[#(#vs),*]))
+        };
+        let (live_in, live_out) = (values(&p.live_in), values(&p.live_out));
+        quote!(Phase { steps: #start..#end, images: #images, live_in: #live_in, live_out: #live_out })
+    });
     let checkpoint_entries = checkpoint
         .iter()
         .map(|(name, shape)| quote!((#name, &[#(#shape),*])));
@@ -566,6 +585,7 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
                 self, Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, OutputNorm, Permute, Precision,
                 ValueType,
             };
+            use ::convnextv2::program::{Phase, Value};
             use ::convnextv2::weights::derive::{DeriveRule, ParamSpec};
             use ::convnextv2::Activation;
 
@@ -581,9 +601,23 @@ fn emit_suffixed(spec: &EmitSpec) -> Result<TokenStream, EmitError> {
             pub(super) const SLOT_SIZES: [usize; #n_slots] = [#(#slot_sizes),*];
             pub(super) const SUMS_SIZES: [usize; #n_sums] = [#(#sums_sizes),*];
 
-            /// The forward pass: `pixel_values` in the input slot, logits in the logits slot.
+            /// The steps cut into phases, as the program's (`cnx compile --emit program`).
+            pub(super) static PHASES: [Phase; #n_phases] = [#(#phase_items),*];
+
+            /// The forward pass: `pixel_values` in the input slot, logits in the logits slot;
+            /// phase by phase, op- or image-parallel as the runtime decides from the batch and
+            /// the threads.
             pub(super) fn forward(w: &Weights, ws: &mut Workspace, batch: usize) {
-                #(#calls)*
+                debug_assert_eq!(ws.batch(), batch);
+                // The steps of phase `phase` on `ws` (the whole workspace or a lane), for
+                // `batch` images.
+                ::convnextv2::phases::run(&PHASES, ws, &|ws: &mut Workspace, batch: usize, phase: usize| {
+                    match phase {
+                        #(#phase_arms)*
+                        _ => {}
+                    }
+                    true
+                });
             }
 
             #(#tables)*
@@ -604,22 +638,35 @@ fn instances(program: &Program, params: &mut ParamTable) -> Vec<Instance> {
         producers.push(step.operands().iter().map(|v| writer[&v.slot]).collect());
         writer.insert(step.out.slot, Some(i));
     }
+    let phase_of = |i: usize| {
+        program
+            .phases
+            .iter()
+            .position(|p| p.steps.contains(&i))
+            .unwrap_or(0)
+    };
     let mut instances = Vec::new();
     let mut start = 0;
     for i in 0..program.steps.len() {
         let segment = Segment::of(&program.steps[i].name);
         let next = program.steps.get(i + 1).map(|s| Segment::of(&s.name));
-        if next.as_ref() != Some(&segment) {
-            instances.push(instance(program, &producers, params, segment, start..i + 1));
+        // An instance ends with its segment or its phase.
+        if next.as_ref() != Some(&segment) || phase_of(i + 1) != phase_of(i) {
+            let mut inst = instance(program, &producers, params, segment, start..i + 1);
+            inst.phase = phase_of(i);
+            instances.push(inst);
             start = i + 1;
         }
     }
     instances
 }
 
-/// Identical bodies share a function; consecutive instances of one function, a loop over a
-/// table of their slots. Returns the functions, the tables and the calls of `forward`.
-fn functions(instances: &[Instance]) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<TokenStream>) {
+/// Identical bodies share a function; consecutive instances of one function in one phase, a
+/// loop over a table of their slots. Returns the functions, the tables and the calls of each
+/// phase.
+fn functions(
+    instances: &[Instance],
+) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<Vec<TokenStream>>) {
     // (name, body, first instance)
     let mut functions: Vec<(String, String, usize)> = Vec::new();
     let mut function_of: Vec<usize> = Vec::new();
@@ -660,14 +707,16 @@ fn functions(instances: &[Instance]) -> (Vec<TokenStream>, Vec<TokenStream>, Vec
             }
         })
         .collect();
-    let (mut tables, mut calls) = (Vec::new(), Vec::new());
+    let phases = instances.iter().map(|i| i.phase + 1).max().unwrap_or(0);
+    let (mut tables, mut calls) = (Vec::new(), vec![Vec::new(); phases]);
     let mut table_names: HashMap<String, usize> = HashMap::new();
     let mut i = 0;
     while i < instances.len() {
-        let f = function_of[i];
+        let (f, phase) = (function_of[i], instances[i].phase);
         let j = (i..instances.len())
-            .find(|&j| function_of[j] != f)
+            .find(|&j| function_of[j] != f || instances[j].phase != phase)
             .unwrap_or(instances.len());
+        let calls = &mut calls[phase];
         let mut table = instances[i].segment.table();
         let seen = table_names.entry(table.clone()).or_insert(0);
         *seen += 1;
@@ -774,6 +823,7 @@ fn instance(
     }
     Instance {
         segment,
+        phase: 0,
         values: locals.slots,
         params: locals.params,
         sums: locals.sums,

@@ -9,7 +9,7 @@ use crate::program::Program;
 
 /// Bumped whenever the object's contract with the runtime changes (the descriptor, the step
 /// call, this struct): an object is only run by a runtime of the same format.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// The model an object was compiled for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

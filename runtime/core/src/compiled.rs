@@ -12,7 +12,7 @@ use crate::kernels::reference::Affine;
 use crate::kernels::Isa;
 use crate::kernels::PreparedWeights;
 use crate::ops::{self, Conv2d, ConvParams, Linear, LinearParams};
-use crate::program::{Step, StepBuffers, SumsAccess, SumsBuffer};
+use crate::program::{Step, StepBuffers, SumsAccess, SumsBuffer, Value};
 use crate::weights::derive::{evaluate, ParamSpec};
 use crate::{pool, Error, Result, WeightSource, WeightStore};
 
@@ -231,6 +231,12 @@ pub struct Workspace {
     batch: usize,
     values: Vec<f32>,
     sums: Vec<f64>,
+    /// One-image workspaces of the same layout, one per thread of an image-parallel phase
+    /// (made on first use, kept: a warm pass allocates nothing).
+    lanes: Vec<Mutex<Workspace>>,
+    /// The workspace of an image-parallel phase's remainder (batch % threads images, run
+    /// op-parallel).
+    rest: Option<Box<Workspace>>,
 }
 
 /// Slot starts (per image) for slots of `sizes`, each rounded up to 16 elements (64 bytes of
@@ -261,7 +267,142 @@ impl Workspace {
             batch: 0,
             values: Vec::new(),
             sums: Vec::new(),
+            lanes: Vec::new(),
+            rest: None,
         }
+    }
+
+    /// An empty workspace of this one's layout.
+    fn sibling(&self) -> Workspace {
+        Workspace {
+            offsets: self.offsets.clone(),
+            sizes: self.sizes.clone(),
+            per_image: self.per_image,
+            sums_offsets: self.sums_offsets.clone(),
+            sums_per_image: self.sums_per_image,
+            lens: vec![0; self.lens.len()],
+            ..Workspace::default()
+        }
+    }
+
+    /// Bytes this workspace holds now: its arenas, its lanes' and its remainder's.
+    pub fn bytes(&self) -> usize {
+        let own = self.values.capacity() * 4 + self.sums.capacity() * 8;
+        let lanes: usize = self
+            .lanes
+            .iter()
+            .map(|l| l.lock().map_or(0, |l| l.bytes()))
+            .sum();
+        own + lanes + self.rest.as_ref().map_or(0, |r| r.bytes())
+    }
+
+    /// Runs one image-parallel phase (`live_in` and `live_out` as in [`crate::program::Phase`])
+    /// on `threads` threads of the current pool: images `0..batch - batch % threads` each on
+    /// one thread, through `run(lane, 1)` on a one-image lane; the rest through `run(rest,
+    /// rest_batch)` op-parallel. Live values are copied into the lanes and back. `run` returns
+    /// `false` when a step failed; then so does this (the other images may still have run).
+    ///
+    /// The live values must fit their slots and no two may share one (`Program::validate`:
+    /// checked here again, in debug builds).
+    pub fn run_images(
+        &mut self,
+        live_in: &[Value],
+        live_out: &[Value],
+        threads: usize,
+        run: &(dyn Fn(&mut Workspace, usize) -> bool + Sync),
+    ) -> bool {
+        let batch = self.batch;
+        debug_assert!(live_in
+            .iter()
+            .chain(live_out)
+            .all(|v| v.len <= self.sizes[v.slot]));
+        // (Pairwise, not sorted: a warm pass allocates nothing, in debug builds too.)
+        debug_assert!({
+            let live = || live_in.iter().chain(live_out);
+            live()
+                .enumerate()
+                .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot))
+        });
+        // The first image-parallel pass on new lanes runs every thread's own images, none
+        // taken from another: then each thread has run a one-image task and sized its scratch
+        // for them, and the later passes (stealing images from a busy thread) allocate nothing.
+        let fresh = self.lanes.len() < threads;
+        while self.lanes.len() < threads {
+            let lane = self.sibling();
+            self.lanes.push(Mutex::new(lane));
+        }
+        for lane in &mut self.lanes {
+            lane.get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .for_batch(1);
+        }
+        let whole = batch - batch % threads;
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        {
+            let arena = ArenaPtr(self.values.as_mut_ptr());
+            let (offsets, lanes) = (&self.offsets, &self.lanes);
+            // Value `v` of image `i`: `v.len` f32 at `offsets[v.slot] * batch + i * v.len`.
+            let at = |v: &Value, i: usize| offsets[v.slot] * batch + i * v.len;
+            let dispatch = if fresh {
+                pool::parallel_for_own
+            } else {
+                pool::parallel_for
+            };
+            dispatch(whole, &|i| {
+                // At most `threads` tasks run at once and each holds one lane: one is free.
+                let mut lane = lanes
+                    .iter()
+                    .find_map(|l| l.try_lock().ok())
+                    .expect("a lane per thread");
+                let arena = &arena;
+                for v in live_in {
+                    // SAFETY: image `i`'s region of a live-in value lies in the arena (the
+                    // value fits its slot, sized for `batch` images); during the phase no
+                    // task writes a live-in slot (live-out slots are other slots), so shared
+                    // reads are sound.
+                    let x = unsafe { std::slice::from_raw_parts(arena.0.add(at(v, i)), v.len) };
+                    lane.set(v.slot, x);
+                }
+                if !run(&mut lane, 1) {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                for v in live_out {
+                    // SAFETY: image `i`'s region of a live-out value lies in the arena and is
+                    // written by this task only (tasks have distinct images; no other live
+                    // value shares the slot), and read by no task during the phase.
+                    let y = unsafe { std::slice::from_raw_parts_mut(arena.0.add(at(v, i)), v.len) };
+                    y.copy_from_slice(lane.written(*v));
+                }
+            });
+        }
+        if failed.into_inner() {
+            return false;
+        }
+        if whole < batch {
+            let n = batch - whole;
+            let mut rest = self.rest.take().unwrap_or_else(|| Box::new(self.sibling()));
+            rest.for_batch(n);
+            for v in live_in {
+                let start = self.offsets[v.slot] * batch + whole * v.len;
+                rest.set(v.slot, &self.values[start..start + n * v.len]);
+            }
+            let ok = run(&mut rest, n);
+            if ok {
+                for v in live_out {
+                    let start = self.offsets[v.slot] * batch + whole * v.len;
+                    self.values[start..start + n * v.len].copy_from_slice(rest.written(*v));
+                }
+            }
+            self.rest = Some(rest);
+            if !ok {
+                return false;
+            }
+        }
+        for v in live_out {
+            self.lens[v.slot] = batch * v.len;
+        }
+        true
     }
 
     /// Sizes the arenas for `batch` images (no allocation at a batch size already seen).
@@ -273,6 +414,18 @@ impl Workspace {
         self.batch = batch;
         self.values.resize(self.per_image * batch, 0.0);
         self.sums.resize(self.sums_per_image * batch, 0.0);
+    }
+
+    /// Value `v` of the current batch, as its writer left it: generated code writes the
+    /// arenas without recording lengths, so this reads by the value's own length.
+    fn written(&self, v: Value) -> &[f32] {
+        let start = self.offsets[v.slot] * self.batch;
+        &self.values[start..start + self.batch * v.len]
+    }
+
+    /// The batch it is sized for.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Slot `slot`'s region for the current batch.
@@ -400,6 +553,13 @@ impl Workspace {
         }
     }
 }
+
+/// The value arena's base, shared by the tasks of an image-parallel phase (each touches its
+/// own images' regions).
+struct ArenaPtr(*mut f32);
+// SAFETY: see `Workspace::run_images`: tasks read live-in regions no one writes and write
+// disjoint live-out regions.
+unsafe impl Sync for ArenaPtr {}
 
 /// A workspace shared by the calls of one model: reused when free, a fresh one when another
 /// thread holds it (calls never wait for each other).

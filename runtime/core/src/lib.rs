@@ -13,6 +13,7 @@ pub mod compiled;
 pub mod error;
 pub mod kernels;
 pub mod ops;
+pub mod phases;
 pub mod pool;
 pub mod preprocess;
 pub mod program;

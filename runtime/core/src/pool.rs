@@ -61,13 +61,32 @@ pub fn threads() -> usize {
 /// belongs to thread `i % threads` (the caller is thread 0), which runs it unless it is still
 /// unstarted when another thread has finished its own (see `run_tasks`).
 pub fn parallel_for(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    dispatch(tasks, task, Steal::Yes)
+}
+
+/// [`parallel_for`] where every thread runs exactly its own tasks (`t, t + threads, ...`), no
+/// other: slower when a core is busy, but after it every thread has run a task of the set
+/// (what sizes a thread's scratch for such tasks, so that later sets, stealing, allocate
+/// nothing).
+pub fn parallel_for_own(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    dispatch(tasks, task, Steal::No)
+}
+
+/// Whether a thread done with its own tasks takes others' unstarted ones.
+#[derive(Clone, Copy, PartialEq)]
+enum Steal {
+    Yes,
+    No,
+}
+
+fn dispatch(tasks: usize, task: &(dyn Fn(usize) + Sync), steal: Steal) {
     let pool = if threads() > 1 && tasks > 1 {
         CURRENT.with(|c| c.borrow().clone())
     } else {
         None
     };
     match pool {
-        Some(pool) => pool.run(tasks, task),
+        Some(pool) => pool.run(tasks, task, steal),
         None => {
             let outer = IN_TASK.with(|t| t.replace(true));
             (0..tasks).for_each(task);
@@ -168,6 +187,7 @@ struct Job {
     task: *const (dyn Fn(usize) + Sync + 'static),
     /// The pool's thread count: the stride of each thread's task indices.
     threads: usize,
+    steal: Steal,
 }
 
 // SAFETY: the pointee is `Sync` and outlives every use (see `Pool::run`).
@@ -237,7 +257,7 @@ impl Pool {
         }
     }
 
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync), steal: Steal) {
         let s = &*self.shared;
         // A list's positions are packed in 32 bits.
         assert!(tasks < 1 << 32, "{tasks} tasks in one set");
@@ -252,6 +272,7 @@ impl Pool {
             *job = Some(Job {
                 task: erased,
                 threads: self.threads,
+                steal,
             });
             s.busy.store(self.workers, Ordering::Relaxed);
             for (t, list) in s.lists.iter().enumerate().take(self.threads) {
@@ -263,7 +284,7 @@ impl Pool {
         s.wake.notify_all();
         let mine = catch_unwind(AssertUnwindSafe(|| {
             IN_TASK.with(|t| t.set(true));
-            run_tasks(task, &s.lists, 0, self.threads);
+            run_tasks(task, &s.lists, 0, self.threads, steal);
             IN_TASK.with(|t| t.set(false));
         }));
         IN_TASK.with(|t| t.set(false));
@@ -307,13 +328,19 @@ fn own_tasks(tasks: usize, t: usize, threads: usize) -> usize {
 /// whole-size task of this set (only the last task of a set may be smaller, and a thread
 /// whose own list is just that one has nothing to steal: every list then holds one task),
 /// so the scratch buffers sized by the first pass fit and a warm pass allocates nothing.
-fn run_tasks(task: &(dyn Fn(usize) + Sync), lists: &[AtomicU64], index: usize, threads: usize) {
+fn run_tasks(
+    task: &(dyn Fn(usize) + Sync),
+    lists: &[AtomicU64],
+    index: usize,
+    threads: usize,
+    steal: Steal,
+) {
     let mut ran_own = false;
     while let Some(pos) = claim(&lists[index], Claim::Front) {
         ran_own = true;
         task(index + pos * threads);
     }
-    if !ran_own {
+    if !ran_own || steal == Steal::No {
         return;
     }
     for victim in (1..threads).map(|d| (index + d) % threads) {
@@ -378,7 +405,7 @@ fn worker(s: &Shared, index: usize) {
             // happens only after this use (the decrement below).
             let task = unsafe { &*job.task };
             let ran = catch_unwind(AssertUnwindSafe(|| {
-                run_tasks(task, &s.lists, index, job.threads)
+                run_tasks(task, &s.lists, index, job.threads, job.steal)
             }));
             if ran.is_err() {
                 s.panicked.store(true, Ordering::Release);

@@ -10,7 +10,9 @@
 //! a call of [`crate::ops`] at run time; the macro's emitter writes the same calls out as Rust
 //! (the macro tests hold the two bit-equal).
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use crate::compiled::{Weights, Workspace};
 use crate::kernels::Activation;
@@ -284,6 +286,29 @@ pub struct ProgramOutput {
     pub ty: ValueType,
 }
 
+/// A run of consecutive steps and how the threads share it.
+///
+/// Every step can run op-parallel: the whole batch through one op at a time, each op split
+/// over the threads, a barrier after it. A phase marked `images` can also run image-parallel:
+/// when the batch has at least as many images as there are threads, each image goes through
+/// all the phase's steps on one thread, on that thread's own one-image workspace (a lane),
+/// with the one-thread kernels and no barrier until the phase ends (the remainder of the batch
+/// over the thread count runs op-parallel). A phase reads only its `live_in` values from the
+/// workspace and leaves only its `live_out` values there: those are copied into and out of
+/// the lanes. The compiler decides which phases may run image-parallel, from the shapes;
+/// [`crate::phases::run`] decides at run time, from the batch and thread count.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Phase {
+    /// The program's steps it runs.
+    pub steps: Range<usize>,
+    /// It may run image-parallel.
+    pub images: bool,
+    /// The values it reads that were written before it (in the lanes: copied in).
+    pub live_in: Cow<'static, [Value]>,
+    /// The values it writes that are read after it or are outputs (in the lanes: copied out).
+    pub live_out: Cow<'static, [Value]>,
+}
+
 /// A lowered model, for one input size and any batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Program {
@@ -298,6 +323,8 @@ pub struct Program {
     /// with its kernel preparation.
     pub weights: Vec<WeightSlot>,
     pub steps: Vec<Step>,
+    /// The steps cut into phases, in order: each step in exactly one.
+    pub phases: Vec<Phase>,
     pub outputs: Vec<ProgramOutput>,
 }
 
@@ -307,6 +334,78 @@ pub struct Program {
 pub struct ProgramError {
     pub step: String,
     pub reason: String,
+}
+
+impl Phase {
+    /// The program's steps cut at `cuts` (sorted step indices where a phase starts; 0 and the
+    /// end implied), each phase marked by `images(range)`, with its live values: what it reads
+    /// from before it (the input included) and what it leaves for after it (the outputs
+    /// included).
+    pub fn cut(
+        program: &Program,
+        cuts: &[usize],
+        images: impl Fn(Range<usize>) -> bool,
+    ) -> Vec<Phase> {
+        let n = program.steps.len();
+        let bounds: Vec<usize> = std::iter::once(0)
+            .chain(cuts.iter().copied().filter(|&c| c > 0 && c < n))
+            .chain(std::iter::once(n))
+            .collect();
+        let mut phases: Vec<Phase> = bounds
+            .windows(2)
+            .filter(|w| w[0] < w[1])
+            .map(|w| Phase {
+                steps: w[0]..w[1],
+                images: images(w[0]..w[1]),
+                live_in: Cow::Owned(Vec::new()),
+                live_out: Cow::Owned(Vec::new()),
+            })
+            .collect();
+        // The step that last wrote each slot (`None`: the input, before every step).
+        let mut writer: Vec<Option<Option<usize>>> = vec![None; program.slot_sizes.len()];
+        if let Some(w) = writer.get_mut(program.input_value.slot) {
+            *w = Some(None);
+        }
+        let phase_of = |step: usize| phases.iter().position(|p| p.steps.contains(&step));
+        let mut live_in: Vec<Vec<Value>> = vec![Vec::new(); phases.len()];
+        let mut live_out: Vec<Vec<Value>> = vec![Vec::new(); phases.len()];
+        let note = |list: &mut Vec<Value>, v: Value| {
+            if !list.contains(&v) {
+                list.push(v);
+            }
+        };
+        for (i, step) in program.steps.iter().enumerate() {
+            let k = phase_of(i).expect("the phases cover every step");
+            for v in step.operands().iter() {
+                let from = writer.get(v.slot).copied().flatten();
+                match from {
+                    // Written in an earlier phase (or the input): read from the workspace
+                    // here, left there by its writer's phase.
+                    Some(None) => note(&mut live_in[k], v),
+                    Some(Some(w)) if !phases[k].steps.contains(&w) => {
+                        note(&mut live_in[k], v);
+                        let kw = phase_of(w).expect("covered");
+                        note(&mut live_out[kw], program.steps[w].out);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(w) = writer.get_mut(step.out.slot) {
+                *w = Some(Some(i));
+            }
+        }
+        for o in &program.outputs {
+            if let Some(Some(Some(w))) = writer.get(o.value.slot) {
+                let kw = phase_of(*w).expect("covered");
+                note(&mut live_out[kw], program.steps[*w].out);
+            }
+        }
+        for (p, (i, o)) in phases.iter_mut().zip(live_in.into_iter().zip(live_out)) {
+            p.live_in = Cow::Owned(i);
+            p.live_out = Cow::Owned(o);
+        }
+        phases
+    }
 }
 
 impl Program {
@@ -353,6 +452,71 @@ impl Program {
                     format!("parameter w{p} is not in the weight table"),
                 );
             }
+        }
+        self.validate_phases()
+    }
+
+    /// What the image-parallel run relies on: the phases cover the steps in order; a phase's
+    /// live values fit their slots, and in a phase that may run image-parallel no two of them
+    /// share a slot (the lanes copy each image's live-in values from the workspace and their
+    /// live-out values back while other images' copies run) and no step reads sums written
+    /// before the phase (a lane has sums of its own).
+    fn validate_phases(&self) -> Result<(), ProgramError> {
+        let fail = |phase: usize, reason: String| {
+            Err(ProgramError {
+                step: format!("(phase {phase})"),
+                reason,
+            })
+        };
+        let mut next = 0;
+        for (k, phase) in self.phases.iter().enumerate() {
+            if phase.steps.start != next || phase.steps.end <= phase.steps.start {
+                return fail(
+                    k,
+                    format!("steps {:?} do not follow step {next}", phase.steps),
+                );
+            }
+            next = phase.steps.end;
+            if next > self.steps.len() {
+                return fail(k, format!("steps {:?} past the program's end", phase.steps));
+            }
+            let live = phase.live_in.iter().chain(phase.live_out.iter());
+            for v in live.clone() {
+                if self.slot_sizes.get(v.slot).is_none_or(|&size| v.len > size) {
+                    return fail(k, format!("{v} does not hold {} values", v.len));
+                }
+            }
+            if !phase.images {
+                continue;
+            }
+            let mut slots: Vec<usize> = live.map(|v| v.slot).collect();
+            slots.sort_unstable();
+            if let Some(w) = slots.windows(2).find(|w| w[0] == w[1]) {
+                return fail(k, format!("two live values share slot v{}", w[0]));
+            }
+            let mut written = Vec::new();
+            for step in &self.steps[phase.steps.clone()] {
+                match step.sums() {
+                    SumsAccess::Write { slot, .. } => written.push(slot),
+                    SumsAccess::Read { slot, .. } if !written.contains(&slot) => {
+                        return fail(k, format!("reads sums slot s{slot} written before it"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if next != self.steps.len() {
+            return fail(self.phases.len(), format!("the phases end at step {next}"));
+        }
+        let cuts: Vec<usize> = self.phases.iter().map(|p| p.steps.start).collect();
+        let recut = Phase::cut(self, &cuts, |r| {
+            self.phases.iter().any(|p| p.steps == r && p.images)
+        });
+        if let Some(k) = (0..recut.len()).find(|&k| recut[k] != self.phases[k]) {
+            return fail(
+                k,
+                "its live values are not the ones its steps read and leave".into(),
+            );
         }
         Ok(())
     }
@@ -553,6 +717,33 @@ pub fn run_step(step: &Step, weights: &Weights, ws: &mut Workspace, batch: usize
     })
 }
 
+impl fmt::Display for Phase {
+    /// `# phase: steps 0..52, image-parallel when batch >= threads > 1 (in v0; out v3)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |values: &[Value]| {
+            values
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let how = if self.images {
+            "image-parallel when batch >= threads > 1 (each image on one thread, one-thread \
+             kernels, its own lane; batch % threads images op-parallel), else op-parallel"
+        } else {
+            "op-parallel (every op split over the threads)"
+        };
+        write!(
+            f,
+            "# phase: steps {}..{}, {how}; in {}; out {}",
+            self.steps.start,
+            self.steps.end,
+            list(&self.live_in),
+            list(&self.live_out)
+        )
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v{}", self.slot)
@@ -728,7 +919,10 @@ impl fmt::Display for Program {
                 slot.param.name, slot.param.shape
             )?;
         }
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Some(p) = self.phases.iter().find(|p| p.steps.start == i) {
+                writeln!(f, "{p}")?;
+            }
             writeln!(f, "{step}")?;
         }
         for o in &self.outputs {

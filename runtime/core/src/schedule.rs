@@ -1,12 +1,14 @@
 //! Generated schedules, run: what the JIT's in-memory code and an ahead-of-time object's code
 //! call, and how they are called.
 //!
-//! Cranelift compiles a [`Program`] into one function, [`Entry`]: for every step, in order,
-//! the addresses of its operands, output and sums (each a slot offset of the workspace, an
-//! immediate scaled by the batch) and one call of [`cnx_step`], which runs the step on the
-//! runtime's kernels through [`execute`]. The JIT registers [`cnx_step`] by address; an object
-//! imports it by name from the runtime library (`libconvnextv2`). Both run
-//! the entry through [`run`]: one code generator, one calling convention, two outputs.
+//! Cranelift compiles a [`Program`] into one function, [`Entry`], which runs the steps of one
+//! phase: for every step of it, in order, the addresses of its operands, output and sums (each
+//! a slot offset of the workspace, an immediate scaled by the batch) and one call of
+//! [`cnx_step`], which runs the step on the runtime's kernels through [`execute`]. The JIT
+//! registers [`cnx_step`] by address; an object imports it by name from the runtime library
+//! (`libconvnextv2`). Both run the entry through [`run`], which calls it phase by phase
+//! through [`crate::phases::run`] (on the whole workspace, or image by image on one-image
+//! lanes): one code generator, one calling convention, two outputs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,9 +18,11 @@ use crate::compiled::{Weights, Workspace};
 use crate::pool;
 use crate::program::{execute, Program, StepBuffers, SumsAccess, SumsBuffer};
 
-/// A compiled schedule: `entry(ctx, value_arena, sums_arena, batch)`, `ctx` a
+/// A compiled schedule: `entry(ctx, value_arena, sums_arena, batch, phase)` runs the steps of
+/// phase `phase` (an index into the program's phases; any other runs nothing), `ctx` a
 /// [`StepContext`] passed back to every [`cnx_step`] call.
-pub type Entry = unsafe extern "C" fn(ctx: usize, arena: usize, sums: usize, batch: usize);
+pub type Entry =
+    unsafe extern "C" fn(ctx: usize, arena: usize, sums: usize, batch: usize, phase: usize);
 
 /// What [`cnx_step`] needs to run a step: the program the code was compiled from and the
 /// weights it indexes. Lives for one [`run`].
@@ -60,13 +64,25 @@ pub unsafe fn run(
         failure: Mutex::new(None),
         runtime_ns: AtomicU64::new(0),
     };
-    let (arena, sums) = ws.arenas_mut();
-    let (arena, sums) = (arena.as_mut_ptr() as usize, sums.as_mut_ptr() as usize);
+    debug_assert_eq!(ws.batch(), batch, "the workspace is sized for its batch");
     let ctx_addr = &ctx as *const StepContext<'_> as usize;
-    // SAFETY: the caller's contract: `entry` is `program`'s schedule for this workspace
-    // layout, and the arenas are sized for `batch`; every address it computes stays inside
-    // them. `ctx` outlives the call.
-    pool::install(threads, || unsafe { entry(ctx_addr, arena, sums, batch) });
+    let ctx_ref = &ctx;
+    pool::install(threads, || {
+        crate::phases::run(&program.phases, ws, &|ws, batch, phase| {
+            let (arena, sums) = ws.arenas_mut();
+            let (arena, sums) = (arena.as_mut_ptr() as usize, sums.as_mut_ptr() as usize);
+            // SAFETY: the caller's contract: `entry` is `program`'s schedule for this
+            // workspace layout, which the whole workspace and its lanes share, each sized for
+            // the `batch` passed here; every address it computes stays inside their arenas.
+            // `ctx` outlives the call.
+            unsafe { entry(ctx_addr, arena, sums, batch, phase) };
+            ctx_ref
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        })
+    });
     match ctx.failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(failure) => Err(failure),
         None => Ok(Duration::from_nanos(ctx.runtime_ns.into_inner())),
