@@ -46,7 +46,7 @@ pub const MIN_IMAGE_PARALLEL_PIXELS: usize = 196;
 pub fn image_parallel_node(graph: &Graph, id: NodeId) -> bool {
     std::iter::once(id)
         .chain(graph.inputs(id))
-        .any(|n| graph.node(n).ty.pixels() >= min_pixels_tmp())
+        .any(|n| graph.node(n).ty.pixels() >= MIN_IMAGE_PARALLEL_PIXELS)
 }
 
 /// The maximal runs of `order` (positions) whose nodes may run image-parallel (the input,
@@ -265,12 +265,4 @@ mod tests {
             assert!(plan.order.len() > 20);
         }
     }
-}
-
-// TEMPORARY (measurement): override of the threshold.
-fn min_pixels_tmp() -> usize {
-    std::env::var("CNX_TMP_MIN_PIXELS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MIN_IMAGE_PARALLEL_PIXELS)
 }
