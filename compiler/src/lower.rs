@@ -372,4 +372,67 @@ mod tests {
             );
         }
     }
+
+    /// At 224x224 the image-parallel phase runs from the input to stage 3's downsampling (its
+    /// input has 14x14 pixels) and stage 3 and the head run op-parallel; no step of an
+    /// image-parallel phase writes the slot of a value the phase reads from before it (the
+    /// lanes copy those in while other images' results are copied out).
+    #[test]
+    fn the_image_parallel_phase_ends_before_stage_3s_layers_and_keeps_its_inputs() {
+        let config =
+            ConvNextV2Config::from_json(crate::presets::find("tiny-1k-224").unwrap().config_json)
+                .unwrap();
+        for fused in [false, true] {
+            let mut graph = build_graph(&config, (224, 224)).unwrap();
+            if fused {
+                Pipeline::default_pipeline().run(&mut graph).unwrap();
+            }
+            let program = lower_outputs(&graph, &["logits", "pooler_output"]).unwrap();
+            program.validate().unwrap();
+            let kinds: Vec<bool> = program.phases.iter().map(|p| p.images).collect();
+            assert_eq!(kinds, [true, false], "{program}");
+            let first = &program.phases[0];
+            assert_eq!(first.steps.start, 0);
+            assert_eq!(&first.live_in[..], &[program.input_value]);
+            let next = &program.steps[first.steps.end].name;
+            assert_eq!(
+                next, "convnextv2.encoder.stages.3.layers.0.dwconv",
+                "{program}"
+            );
+            for step in &program.steps[first.steps.clone()] {
+                assert!(
+                    first.live_in.iter().all(|v| v.slot != step.out.slot),
+                    "{step} overwrites the phase's input"
+                );
+            }
+            assert!(first
+                .live_out
+                .iter()
+                .all(|v| first.live_in[0].slot != v.slot));
+        }
+    }
+
+    /// `validate` refuses phases that do not cover the steps, and live values that share a
+    /// slot or are not the ones the phase's steps read and leave.
+    #[test]
+    fn validate_refuses_phases_the_lanes_could_not_run() {
+        let graph = atto(true);
+        let program = lower_outputs(&graph, &["logits"]).unwrap();
+        program.validate().unwrap();
+        let image = program.phases.iter().position(|p| p.images).unwrap();
+        let mut shared = program.clone();
+        let v = shared.phases[image].live_in[0];
+        shared.phases[image].live_out.to_mut().push(v);
+        assert!(shared.validate().unwrap_err().reason.contains("share slot"));
+        let mut missing = program.clone();
+        missing.phases[image].live_in.to_mut().clear();
+        assert!(missing
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("live values"));
+        let mut gap = program.clone();
+        gap.phases.pop();
+        assert!(gap.validate().is_err());
+    }
 }

@@ -112,7 +112,7 @@ fn run_on(
     ws: &mut Workspace,
     (pixel_values, non_finite): (&Tensor, NonFinite),
     threads: usize,
-    mut profile: Option<&mut Vec<Duration>>,
+    profile: Option<&mut Vec<Duration>>,
 ) -> Result<BTreeMap<String, Tensor>, RunError> {
     if weights.len() != program.weights.len() {
         return Err(RunError::WeightTable {
@@ -153,7 +153,7 @@ fn run_on(
             }
             true
         });
-        if let Some(p) = profile.as_deref_mut() {
+        if let Some(p) = profile {
             // An image-parallel step's share of the wall time: its time over the threads.
             p.extend(spent.iter().zip(&image_parallel).map(|(t, &ip)| {
                 let ns = t.load(Ordering::Relaxed) / if ip { threads as u64 } else { 1 };
