@@ -29,15 +29,16 @@ IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 
 
 def embed_folder(model: str, images: str, output: str, *, reader: str = "images",
-                 actors: int = 2, cpus_per_actor: float = 1.0, batch_size: int = 16,
+                 actors: int = 2, cpus_per_actor: float = 1.0, read_cpus: float = 1.0,
+                 batch_size: int = 16,
                  threads: Optional[int] = None, top_k: int = 1, normalize: bool = False,
                  precision: str = "f32") -> int:
     """Runs the job on the connected Ray cluster; returns the number of rows written."""
     if reader == "images":
-        ds = ray.data.read_images(images, include_paths=True, mode="RGB",
+        ds = ray.data.read_images(images, include_paths=True, mode="RGB", num_cpus=read_cpus,
                                   file_extensions=IMAGE_EXTENSIONS)
     elif reader == "binary":
-        ds = ray.data.read_binary_files(images, include_paths=True,
+        ds = ray.data.read_binary_files(images, include_paths=True, num_cpus=read_cpus,
                                         file_extensions=IMAGE_EXTENSIONS)
     else:
         raise ValueError(f"reader {reader!r}: expected 'images' or 'binary'")
@@ -64,6 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--reader", choices=["images", "binary"], default="images")
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--read-cpus", type=float, default=1.0,
+                        help="CPUs per read task (fractional with fractional actors: a read "
+                             "task must fit beside the actors on a node)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, help="cnx threads per actor")
     parser.add_argument("--top-k", type=int, default=1)
@@ -74,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     start = time.perf_counter()
     rows = embed_folder(args.model, args.images, args.output, reader=args.reader,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                        batch_size=args.batch_size, threads=args.threads, top_k=args.top_k,
+                        read_cpus=args.read_cpus, batch_size=args.batch_size, threads=args.threads, top_k=args.top_k,
                         normalize=args.normalize, precision=args.precision)
     wall = time.perf_counter() - start
     print(f"{rows} images in {wall:.2f} s ({rows / wall:.1f} images/s); wrote {args.output}")

@@ -18,15 +18,18 @@ from conftest import DIGITS, IMAGES, REPO
 
 # Set by the outer test for the run inside the namespace (never recurse).
 INSIDE = os.environ.get("CNX_TEST_LOOPBACK_NAMESPACE") == "1"
-JOB_TIMEOUT_S = 600
+JOB_TIMEOUT_S = 300
 
 
 @pytest.mark.skipif(INSIDE, reason="already inside the loopback-only namespace")
 def test_ray_job_in_a_loopback_only_namespace():
-    # pytest again, on this file, inside a new user + network namespace with `lo` up.
-    command = 'ip link set lo up && exec "$0" -m pytest -q -p no:cacheprovider "$1"'
+    # pytest again, on this file, inside new user, network and PID namespaces with `lo` up:
+    # when the shell (PID 1 there) ends, or is killed on the timeout, the kernel ends every
+    # process left in the namespace (Ray's daemons included).
+    command = 'ip link set lo up && "$0" -m pytest -q -p no:cacheprovider "$1"'
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CNX_TEST_LOOPBACK_NAMESPACE="1")
-    result = subprocess.run(["unshare", "-rn", "sh", "-c", command, sys.executable, __file__],
+    result = subprocess.run(["unshare", "-rn", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                             command, sys.executable, __file__],
                             cwd=Path(__file__).parent, env=env, capture_output=True, text=True,
                             timeout=JOB_TIMEOUT_S)
     print(result.stdout[-4000:], result.stderr[-4000:])
@@ -72,8 +75,11 @@ def test_parquet_equals_direct_model_calls(tmp_path):
         model = cnx.ConvNextV2ForImageClassification.from_pretrained(DIGITS, threads=1)
         for reader, folder in (("images", clean), ("binary", with_bad)):
             out = tmp_path / f"out-{reader}"
+            # Read tasks at half a CPU too: with one actor on each node, a whole-CPU read task
+            # would fit on neither.
             rows = ray_embed.embed_folder(str(DIGITS), str(folder), str(out), reader=reader,
-                                          actors=2, cpus_per_actor=0.5, batch_size=8)
+                                          actors=2, cpus_per_actor=0.5, read_cpus=0.5,
+                                          batch_size=8)
             table = pq.read_table(out).sort_by("path").to_pydict()
             assert rows == len(table["path"])
             paths = sorted(str(p) for p in folder.rglob("*.png"))
