@@ -59,10 +59,11 @@ pub(super) async fn server_metadata(State(s): State<Shared>) -> Response {
     .into_response()
 }
 
-/// `{name}` or `{name}/versions/{version}`: the error answer if they are not this model's.
-fn check_model(s: &Shared, name: &str, version: Option<&str>) -> Result<(), Response> {
+/// `{name}` or `{name}/versions/{version}`: the error answer (404) if they are not this
+/// model's.
+fn wrong_model(s: &Shared, name: &str, version: Option<&str>) -> Option<Response> {
     if name != s.v2.name {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             format!(
                 "model `{name}` is not served here (this server serves `{}`)",
@@ -71,11 +72,11 @@ fn check_model(s: &Shared, name: &str, version: Option<&str>) -> Result<(), Resp
         ));
     }
     match version {
-        Some(v) if v != MODEL_VERSION => Err(error(
+        Some(v) if v != MODEL_VERSION => Some(error(
             StatusCode::NOT_FOUND,
             format!("model `{name}` has no version `{v}` (its version is `{MODEL_VERSION}`)"),
         )),
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -97,27 +98,25 @@ fn metadata(s: &Shared) -> Value {
 }
 
 pub(super) async fn model_metadata(State(s): State<Shared>, Path(name): Path<String>) -> Response {
-    respond(
-        &s,
-        "v2_metadata",
-        check_model(&s, &name, None).map(|()| metadata(&s)),
-    )
+    let wrong = wrong_model(&s, &name, None);
+    respond(&s, "v2_metadata", wrong, || metadata(&s))
 }
 
 pub(super) async fn version_metadata(
     State(s): State<Shared>,
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
-    let checked = check_model(&s, &name, Some(&version));
-    respond(&s, "v2_metadata", checked.map(|()| metadata(&s)))
+    let wrong = wrong_model(&s, &name, Some(&version));
+    respond(&s, "v2_metadata", wrong, || metadata(&s))
 }
 
 pub(super) async fn model_ready(State(s): State<Shared>, Path(name): Path<String>) -> Response {
-    let checked = check_model(&s, &name, None);
+    let wrong = wrong_model(&s, &name, None);
     respond(
         &s,
         "v2_health",
-        checked.map(|()| json!({"name": name, "ready": true})),
+        wrong,
+        || json!({"name": name, "ready": true}),
     )
 }
 
@@ -125,19 +124,23 @@ pub(super) async fn version_ready(
     State(s): State<Shared>,
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
-    let checked = check_model(&s, &name, Some(&version));
+    let wrong = wrong_model(&s, &name, Some(&version));
     respond(
         &s,
         "v2_health",
-        checked.map(|()| json!({"name": name, "ready": true})),
+        wrong,
+        || json!({"name": name, "ready": true}),
     )
 }
 
-fn respond(s: &Shared, route: &'static str, answer: Result<Value, Response>) -> Response {
-    let response = match answer {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    };
+/// `wrong`, else the JSON `answer`; counted under `route`.
+fn respond(
+    s: &Shared,
+    route: &'static str,
+    wrong: Option<Response>,
+    answer: impl FnOnce() -> Value,
+) -> Response {
+    let response = wrong.unwrap_or_else(|| Json(answer()).into_response());
     s.metrics.request(route, response.status().as_u16());
     response
 }
@@ -148,9 +151,9 @@ pub(super) async fn model_infer(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let response = match check_model(&s, &name, None) {
-        Ok(()) => run(&s, headers, body).await,
-        Err(r) => r,
+    let response = match wrong_model(&s, &name, None) {
+        None => run(&s, headers, body).await,
+        Some(r) => r,
     };
     s.metrics.request("v2_infer", response.status().as_u16());
     response
@@ -162,9 +165,9 @@ pub(super) async fn version_infer(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let response = match check_model(&s, &name, Some(&version)) {
-        Ok(()) => run(&s, headers, body).await,
-        Err(r) => r,
+    let response = match wrong_model(&s, &name, Some(&version)) {
+        None => run(&s, headers, body).await,
+        Some(r) => r,
     };
     s.metrics.request("v2_infer", response.status().as_u16());
     response
