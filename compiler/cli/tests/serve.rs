@@ -526,3 +526,209 @@ fn digits_served_as_transformers_classifies_them() {
     }
     assert!(server.stop().success());
 }
+
+/// The Open Inference Protocol (KServe V2) over plain HTTP, against the spec's JSON shapes:
+/// health, metadata, readiness, and inference on encoded images (BYTES, base64 JSON and the
+/// binary tensor extension) and on pixel values (FP32, JSON and binary), whose outputs equal
+/// `cnx classify` / `cnx embed` / `cnx preprocess` bit for bit.
+#[test]
+fn open_inference_protocol_v2() {
+    let (top, embeddings) = offline();
+    let hidden = embeddings.len() / IMAGES.len();
+    let server = Server::start(&["--max-batch", "4", "--max-delay-ms", "50"]);
+    let name = "atto-224-b2";
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    let (status, body) = get(&server.url("/v2/health/live"));
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"live": true}))
+    );
+    let (status, body) = get(&server.url("/v2/health/ready"));
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"ready": true}))
+    );
+    let (status, body) = get(&server.url("/v2"));
+    assert_eq!((status, json(&body)["name"].as_str()), (200, Some("cnx")));
+    let (status, body) = get(&server.url(&format!("/v2/models/{name}")));
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({
+            "name": name, "versions": ["1"], "platform": "cnx",
+            "inputs": [
+                {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, 224, 224]},
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, 1000]},
+                {"name": "pooler_output", "datatype": "FP32", "shape": [-1, hidden]},
+            ],
+        })
+    );
+    for path in [
+        format!("/v2/models/{name}/ready"),
+        format!("/v2/models/{name}/versions/1/ready"),
+        format!("/v2/models/{name}/versions/1"),
+    ] {
+        assert_eq!(get(&server.url(&path)).0, 200, "{path}");
+    }
+    for path in [
+        "/v2/models/other".to_string(),
+        "/v2/models/other/ready".into(),
+        format!("/v2/models/{name}/versions/2/ready"),
+    ] {
+        let (status, body) = get(&server.url(&path));
+        assert_eq!(status, 404, "{path}");
+        assert!(json(&body)["error"].as_str().is_some(), "{path}: {body}");
+    }
+
+    let check = |answer: &serde_json::Value, who: &str| {
+        assert_eq!(answer["model_name"], name, "{who}");
+        let outputs = answer["outputs"].as_array().unwrap();
+        assert_eq!(outputs[0]["name"], "logits", "{who}");
+        assert_eq!(outputs[0]["datatype"], "FP32", "{who}");
+        assert_eq!(outputs[0]["shape"], serde_json::json!([3, 1000]), "{who}");
+        assert_eq!(outputs[1]["shape"], serde_json::json!([3, hidden]), "{who}");
+        let logits = floats(&outputs[0]["data"]);
+        let labels: Vec<String> = (0..1000).map(|i| format!("LABEL_{i}")).collect();
+        for (i, row) in logits.chunks(1000).enumerate() {
+            // Probabilities from the same logits by the same function; `cnx classify --json`
+            // prints them exactly, but serde_json's default parser may round the last bit of an
+            // f64 (its `float_roundtrip` feature is off): within 4 ulps.
+            let want = &top[i];
+            let got = cnx_cli::classify::top_k(row, &labels, 5);
+            for (g, w) in got.iter().zip(want.as_array().unwrap()) {
+                assert_eq!(
+                    g.index as u64,
+                    w["index"].as_u64().unwrap(),
+                    "{who} image {i}"
+                );
+                let p = w["probability"].as_f64().unwrap();
+                assert!(
+                    (g.probability - p).abs() <= 4.0 * f64::EPSILON * p,
+                    "{who} image {i}: {} vs {p}",
+                    g.probability
+                );
+            }
+        }
+        assert_eq!(floats(&outputs[1]["data"]), embeddings, "{who}");
+    };
+    let infer = server.url(&format!("/v2/models/{name}/infer"));
+
+    // BYTES as base64 strings in JSON.
+    let data: Vec<String> = IMAGES
+        .iter()
+        .map(|n| base64::engine::general_purpose::STANDARD.encode(image(n)))
+        .collect();
+    let request = serde_json::json!({"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": data}]});
+    let (status, answer, _) = post(&infer, "application/json", request.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], "r1");
+    check(&answer, "BYTES json");
+
+    // BYTES in the binary extension: 4-byte little-endian length, then the bytes.
+    let mut blob = Vec::new();
+    for n in IMAGES {
+        let bytes = image(n);
+        blob.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&bytes);
+    }
+    let head = serde_json::json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": blob.len()}}]}).to_string();
+    let answer = post_binary(&infer, &head, &blob);
+    check(&answer, "BYTES binary");
+
+    // FP32 pixel values, as `cnx preprocess` makes them: JSON (nested as the shape) and binary.
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("pv.npy");
+    let files: Vec<PathBuf> = IMAGES
+        .iter()
+        .map(|n| repo().join("tests/fixtures/images").join(n))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args(["preprocess", "--model"])
+        .arg(model())
+        .args(&files)
+        .arg("--output")
+        .arg(&npy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pixels = cnx_cli::io::read_npy(&npy).unwrap();
+    let nested: Vec<Vec<Vec<Vec<f32>>>> = pixels
+        .data()
+        .chunks(3 * 224 * 224)
+        .map(|img| {
+            img.chunks(224 * 224)
+                .map(|ch| ch.chunks(224).map(<[f32]>::to_vec).collect())
+                .collect()
+        })
+        .collect();
+    let request = serde_json::json!({"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [3, 3, 224, 224], "data": nested}],
+        "outputs": [{"name": "logits"}, {"name": "pooler_output"}]});
+    let (status, answer, _) = post(&infer, "application/json", request.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    check(&answer, "FP32 json");
+    let raw: Vec<u8> = pixels.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let head = serde_json::json!({"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [3, 3, 224, 224], "parameters": {"binary_data_size": raw.len()}}]}).to_string();
+    check(&post_binary(&infer, &head, &raw), "FP32 binary");
+    let versioned = server.url(&format!("/v2/models/{name}/versions/1/infer"));
+    check(
+        &post_binary(&versioned, &head, &raw),
+        "FP32 binary, version 1",
+    );
+
+    // Errors: the spec's {"error": ...}, 400 or 404; the server goes on.
+    let mut nan = raw.clone();
+    nan[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
+        (infer.clone(), b"{".to_vec(), 400, "not valid JSON"),
+        (
+            infer.clone(),
+            serde_json::json!({"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": vec![0.0; 3072]}]}).to_string().into_bytes(),
+            400,
+            "the model's size",
+        ),
+        (
+            infer.clone(),
+            serde_json::json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["bm90IGFuIGltYWdl"]}]}).to_string().into_bytes(),
+            400,
+            "image 0",
+        ),
+        (
+            server.url("/v2/models/other/infer"),
+            b"{}".to_vec(),
+            404,
+            "not served here",
+        ),
+    ];
+    for (url, body, code, needle) in cases {
+        let (status, answer, _) = post(&url, "application/json", &body);
+        assert_eq!(status, code, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+    let response = agent()
+        .post(&infer)
+        .set("Inference-Header-Content-Length", &head.len().to_string())
+        .send_bytes(&[head.as_bytes(), &nan].concat());
+    let Err(ureq::Error::Status(400, r)) = response else {
+        panic!("NaN pixel values were not refused");
+    };
+    assert!(r.into_string().unwrap().contains("NaN or infinite"));
+    assert!(server.stop().success());
+}
+
+/// POSTs a V2 request in the binary tensor data extension: the JSON header, then `data`.
+fn post_binary(url: &str, head: &str, data: &[u8]) -> serde_json::Value {
+    let body = [head.as_bytes(), data].concat();
+    let response = agent()
+        .post(url)
+        .set("Content-Type", "application/octet-stream")
+        .set("Inference-Header-Content-Length", &head.len().to_string())
+        .send_bytes(&body)
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    response.into_json().unwrap()
+}

@@ -11,7 +11,8 @@ use crate::serve::{serve, ServeOptions};
 use crate::{Error, ModelSpec};
 
 /// Serve a model over HTTP: POST /v1/classify and /v1/embed (image bytes, JSON with base64, or
-/// multipart), GET /health and /metrics; requests from all clients are batched together.
+/// multipart), GET /health and /metrics, and the Open Inference Protocol (KServe V2) under /v2;
+/// requests from all clients are batched together.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -41,6 +42,10 @@ pub struct Args {
     backend: Backend,
     #[command(flatten)]
     passes: PassFlags,
+    /// The model's name on the V2 routes (/v2/models/NAME); default: the last component of
+    /// --model (facebook/convnextv2-tiny-1k-224 -> convnextv2-tiny-1k-224).
+    #[arg(long)]
+    model_name: Option<String>,
 }
 
 impl Args {
@@ -64,6 +69,7 @@ impl Args {
                 threads: self.threads.get(),
             },
             max_body_bytes: self.max_body_mb as usize * (1 << 20),
+            model_name: self.model_name,
         };
         serve(loaded, self.backend, cfg, options)
     }

@@ -7,6 +7,7 @@
 //!   preprocessing run on tokio's blocking pool; the forward passes on one inference thread
 //!   that batches images across requests ([`batcher`]).
 //! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]).
+//! - The Open Inference Protocol (KServe V2) REST routes under `/v2` ([`v2`]).
 //! - Errors are JSON `{"error": ...}`: 400 (undecodable image, bad body), 404, 405, 413 (body
 //!   over `--max-body-mb`), 503 with `Retry-After` (queue full), 500 (a failed batch).
 //! - SIGTERM or Ctrl-C: stop accepting, answer what is queued, exit 0.
@@ -14,6 +15,7 @@
 pub mod batcher;
 pub mod metrics;
 pub mod request;
+pub mod v2;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -42,6 +44,21 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     pub policy: BatchPolicy,
     pub max_body_bytes: usize,
+    /// The model's name on the V2 routes (`/v2/models/{name}`); default: the last component of
+    /// how the model was named (`facebook/convnextv2-tiny-1k-224` -> `convnextv2-tiny-1k-224`).
+    pub model_name: Option<String>,
+}
+
+/// The default V2 name of a model named `name` (a path or hub id): its last component.
+pub fn default_model_name(name: &str) -> String {
+    let trimmed = name.trim_end_matches('/');
+    let last = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    let last = last.strip_suffix(".json").unwrap_or(last);
+    if last.is_empty() || last == "config" {
+        "model".to_string()
+    } else {
+        last.to_string()
+    }
 }
 
 struct AppState {
@@ -54,6 +71,8 @@ struct AppState {
     max_body_bytes: usize,
     /// The model's input per image, `[C, H, W]`.
     input: [usize; 3],
+    /// Its name and output widths on the V2 routes.
+    v2: v2::ModelInfo,
 }
 
 type Shared = Arc<AppState>;
@@ -75,6 +94,22 @@ pub fn serve(
     let model_name = model.name.clone();
     let t = model.graph.input_type();
     let input = [t.channels, t.height, t.width];
+    let pooled = model.config.hidden_sizes.last().copied().unwrap_or(0);
+    // A bare `ConvNextV2Model` checkpoint (or one of no labels) has no classifier: its logits
+    // are the pooled features.
+    let bare = model.checkpoint().scheme() == cnx_runtime::NamingScheme::HuggingFaceBare;
+    let v2_info = v2::ModelInfo {
+        name: options
+            .model_name
+            .clone()
+            .unwrap_or_else(|| default_model_name(&model_name)),
+        logits: if bare || model.config.num_labels() == 0 {
+            pooled
+        } else {
+            model.config.num_labels()
+        },
+        pooled,
+    };
     let metrics = Arc::new(Metrics::default());
     let make_engine =
         move || Engine::new(model, backend, &[outputs::LOGITS, outputs::POOLER_OUTPUT]);
@@ -88,6 +123,7 @@ pub fn serve(
         max_images: options.policy.queue,
         max_body_bytes: options.max_body_bytes,
         input,
+        v2: v2_info,
     });
     // Decoding needs no more threads than cores; a bounded blocking pool also bounds the
     // allocator arenas (each new thread may get its own), so memory stops growing under load.
@@ -142,6 +178,24 @@ fn router(state: Shared) -> Router {
         .route("/v1/embed", post(embed))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::model_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::version_infer),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -173,7 +227,7 @@ async fn not_found(State(s): State<Shared>) -> Response {
     s.metrics.request("other", 404);
     error(
         StatusCode::NOT_FOUND,
-        "no such route (routes: POST /v1/classify, POST /v1/embed, GET /health, GET /metrics)",
+        "no such route (routes: POST /v1/classify, POST /v1/embed, GET /health, GET /metrics, and the V2 protocol's: GET /v2/health/live, GET /v2/health/ready, GET /v2/models/{name}[/ready], POST /v2/models/{name}/infer)",
     )
 }
 
@@ -231,88 +285,26 @@ async fn handle(s: Shared, task: Task, headers: HeaderMap, body: axum::body::Bod
 }
 
 async fn answer(s: &Shared, task: Task, headers: HeaderMap, body: axum::body::Body) -> Response {
-    // A declared length over the limit is refused before a byte is read; a body without one
-    // is read up to the limit.
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is over --max-body-mb",
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
-        return too_large();
-    }
-    let body = match axum::body::to_bytes(body, s.max_body_bytes).await {
+    let body = match read_body(s, &headers, body).await {
         Ok(b) => b,
-        Err(e) if e.to_string().contains("length limit") => return too_large(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        Err(response) => return response,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let request = match request::parse(content_type.as_deref(), body.to_vec(), s.max_images).await {
+    let mut request = match request::parse(content_type.as_deref(), body, s.max_images).await {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
     };
-    // Decode and preprocess off the async workers (and off the inference thread).
-    let start = Instant::now();
-    let images = request.images;
-    let (cfg, limits, want) = (s.preprocess.clone(), s.limits.clone(), s.input);
-    let pixels = tokio::task::spawn_blocking(move || {
-        images
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                let pixels =
-                    std::panic::catch_unwind(|| preprocess_one(bytes, &cfg, &limits, want))
-                        .unwrap_or_else(|_| Err("the image decoder failed on this image".into()));
-                pixels.map_err(|e| format!("image {i}: {e}"))
-            })
-            .collect::<Result<Vec<Vec<f32>>, String>>()
-    })
-    .await;
-    s.metrics.preprocess.observe_duration(start.elapsed());
-    let pixels = match pixels {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "preprocessing failed"),
+    let pixels = match preprocess_all(s, std::mem::take(&mut request.images)).await {
+        Ok(p) => p,
+        Err(response) => return response,
     };
-    // Queue every image (all or none: a request that does not fit is refused whole).
-    let depth = s.metrics.queue_depth.load(Ordering::Relaxed) as usize;
-    if depth + pixels.len() > s.max_images {
-        return busy();
-    }
-    let mut replies = Vec::with_capacity(pixels.len());
-    for p in pixels {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            pixels: p,
-            enqueued: Instant::now(),
-            reply: tx,
-        };
-        if s.batcher.submit(job).is_err() {
-            return busy();
-        }
-        replies.push(rx);
-    }
-    let mut results: Vec<ImageResult> = Vec::with_capacity(replies.len());
-    for rx in replies {
-        match rx.await {
-            Ok(Ok(r)) => results.push(r),
-            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            Err(_) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the inference thread stopped",
-                )
-            }
-        }
-    }
+    let results = match infer(s, pixels).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
     let answers: Vec<serde_json::Value> = match task {
         Task::Classify => {
             let k = request.top_k.unwrap_or(5).min(s.labels.len().max(1));
@@ -348,6 +340,101 @@ async fn answer(s: &Shared, task: Task, headers: HeaderMap, body: axum::body::Bo
             .unwrap_or(serde_json::Value::Null);
         Json(one).into_response()
     }
+}
+
+/// The request body, read up to `--max-body-mb` (413 past it; a declared length over the limit
+/// is refused before a byte is read).
+async fn read_body(
+    s: &Shared,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is over --max-body-mb",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, s.max_body_bytes).await {
+        Ok(b) => Ok(b.to_vec()),
+        Err(e) if e.to_string().contains("length limit") => Err(too_large()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+/// Decodes and preprocesses encoded images off the async workers (and off the inference
+/// thread); 400 naming the first image that cannot be used.
+async fn preprocess_all(s: &Shared, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, Response> {
+    let start = Instant::now();
+    let (cfg, limits, want) = (s.preprocess.clone(), s.limits.clone(), s.input);
+    let pixels = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let pixels =
+                    std::panic::catch_unwind(|| preprocess_one(bytes, &cfg, &limits, want))
+                        .unwrap_or_else(|_| Err("the image decoder failed on this image".into()));
+                pixels.map_err(|e| format!("image {i}: {e}"))
+            })
+            .collect::<Result<Vec<Vec<f32>>, String>>()
+    })
+    .await;
+    s.metrics.preprocess.observe_duration(start.elapsed());
+    match pixels {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, e)),
+        Err(_) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "preprocessing failed",
+        )),
+    }
+}
+
+/// Queues every image's pixel values (all or none: a request that does not fit is refused
+/// whole, 503) and waits for their results, in order.
+async fn infer(s: &Shared, pixels: Vec<Vec<f32>>) -> Result<Vec<ImageResult>, Response> {
+    let depth = s.metrics.queue_depth.load(Ordering::Relaxed) as usize;
+    if depth + pixels.len() > s.max_images {
+        return Err(busy());
+    }
+    let mut replies = Vec::with_capacity(pixels.len());
+    for p in pixels {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            pixels: p,
+            enqueued: Instant::now(),
+            reply: tx,
+        };
+        if s.batcher.submit(job).is_err() {
+            return Err(busy());
+        }
+        replies.push(rx);
+    }
+    let mut results: Vec<ImageResult> = Vec::with_capacity(replies.len());
+    for rx in replies {
+        match rx.await {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the inference thread stopped",
+                ))
+            }
+        }
+    }
+    Ok(results)
 }
 
 fn busy() -> Response {
