@@ -18,7 +18,7 @@ model=${1:?usage: tools/load_test.sh MODEL [SECONDS] [CLIENTS] [MAX_BATCH]}
 seconds=${2:-30}
 clients=${3:-64}
 max_batch=${4:-16}
-cnx=target/release/cnx
+cnx=${CNX:-target/release/cnx}  # CNX=other/cnx compares another build
 image=tests/fixtures/images/chelsea.jpg
 [ -x "$cnx" ] || cargo build --release -p cnx-cli
 command -v oha >/dev/null || { echo "needs oha: cargo install oha" >&2; exit 2; }

@@ -188,7 +188,6 @@ fn multipart(images: &[Vec<u8>], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
 
 /// `cnx classify --json` and `cnx embed` of the test images, offline (same backend).
 fn offline() -> (Vec<serde_json::Value>, Vec<f32>) {
-    let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = IMAGES
         .iter()
         .map(|n| repo().join("tests/fixtures/images").join(n))
@@ -205,17 +204,29 @@ fn offline() -> (Vec<serde_json::Value>, Vec<f32>) {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["top"].clone())
         .collect();
-    let npy = dir.path().join("emb.npy");
+    let embeddings = cnx_to_npy(&["embed", "--backend", "interp"], &files);
+    (top, embeddings.data().to_vec())
+}
+
+/// `cnx ARGS --model MODEL FILES... --output OUT.npy`, and the array it wrote.
+fn cnx_to_npy(args: &[&str], files: &[PathBuf]) -> cnx_runtime::Tensor {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("out.npy");
     let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
-        .args(["embed", "--backend", "interp", "--model"])
+        .args(args)
+        .arg("--model")
         .arg(model())
-        .args(&files)
+        .args(files)
         .arg("--output")
         .arg(&npy)
         .output()
         .unwrap();
-    assert!(out.status.success());
-    (top, cnx_cli::io::read_npy(&npy).unwrap().data().to_vec())
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cnx_cli::io::read_npy(&npy).unwrap()
 }
 
 /// The server's `[{"label", "score", "index"}]` as `cnx classify --json`'s
@@ -639,22 +650,11 @@ fn open_inference_protocol_v2() {
     check(&answer, "BYTES binary");
 
     // FP32 pixel values, as `cnx preprocess` makes them: JSON (nested as the shape) and binary.
-    let dir = tempfile::tempdir().unwrap();
-    let npy = dir.path().join("pv.npy");
     let files: Vec<PathBuf> = IMAGES
         .iter()
         .map(|n| repo().join("tests/fixtures/images").join(n))
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
-        .args(["preprocess", "--model"])
-        .arg(model())
-        .args(&files)
-        .arg("--output")
-        .arg(&npy)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let pixels = cnx_cli::io::read_npy(&npy).unwrap();
+    let pixels = cnx_to_npy(&["preprocess"], &files);
     let nested: Vec<Vec<Vec<Vec<f32>>>> = pixels
         .data()
         .chunks(3 * 224 * 224)

@@ -285,25 +285,14 @@ impl Workspace {
         }
     }
 
-    /// Bytes this workspace holds now: its arenas, its lanes' and its remainder's.
-    pub fn bytes(&self) -> usize {
-        let own = self.values.capacity() * 4 + self.sums.capacity() * 8;
-        let lanes: usize = self
-            .lanes
-            .iter()
-            .map(|l| l.lock().map_or(0, |l| l.bytes()))
-            .sum();
-        own + lanes + self.rest.as_ref().map_or(0, |r| r.bytes())
-    }
-
     /// Runs one image-parallel phase (`live_in` and `live_out` as in [`crate::program::Phase`])
     /// on `threads` threads of the current pool: images `0..batch - batch % threads` each on
     /// one thread, through `run(lane, 1)` on a one-image lane; the rest through `run(rest,
     /// rest_batch)` op-parallel. Live values are copied into the lanes and back. `run` returns
     /// `false` when a step failed; then so does this (the other images may still have run).
     ///
-    /// The live values must fit their slots and no two may share one (`Program::validate`:
-    /// checked here again, in debug builds).
+    /// The live values must fit their slots and no two may share one (`Program::validate`
+    /// checks it; checked here again, as the copies' safety rests on it).
     pub fn run_images(
         &mut self,
         live_in: &[Value],
@@ -312,17 +301,18 @@ impl Workspace {
         run: &(dyn Fn(&mut Workspace, usize) -> bool + Sync),
     ) -> bool {
         let batch = self.batch;
-        debug_assert!(live_in
-            .iter()
-            .chain(live_out)
-            .all(|v| v.len <= self.sizes[v.slot]));
-        // (Pairwise, not sorted: a warm pass allocates nothing, in debug builds too.)
-        debug_assert!({
-            let live = || live_in.iter().chain(live_out);
+        // Pairwise, not sorted: a warm pass allocates nothing. A handful of values per phase.
+        let live = || live_in.iter().chain(live_out);
+        assert!(
+            live().all(|v| self.sizes.get(v.slot).is_some_and(|&size| v.len <= size)),
+            "a live value does not fit its slot"
+        );
+        assert!(
             live()
                 .enumerate()
-                .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot))
-        });
+                .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot)),
+            "two live values share a slot"
+        );
         // The first image-parallel pass on new lanes runs every thread's own images, none
         // taken from another: then each thread has run a one-image task and sized its scratch
         // for them, and the later passes (stealing images from a busy thread) allocate nothing.

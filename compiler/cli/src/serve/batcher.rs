@@ -95,12 +95,16 @@ impl Batcher {
 
     /// Queues `job`, or says the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        // Counted before it is sent: the inference thread may take it (and subtract it)
+        // before `try_send` returns, and the depth must never wrap below zero (a handler
+        // adding to a wrapped depth overflowed: a dropped connection, seen in the tests).
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                Err(QueueFull)
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(QueueFull),
         }
     }
 }

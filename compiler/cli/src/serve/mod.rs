@@ -405,7 +405,7 @@ async fn preprocess_all(s: &Shared, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>
 /// whole, 503) and waits for their results, in order.
 async fn infer(s: &Shared, pixels: Vec<Vec<f32>>) -> Result<Vec<ImageResult>, Response> {
     let depth = s.metrics.queue_depth.load(Ordering::Relaxed) as usize;
-    if depth + pixels.len() > s.max_images {
+    if depth.saturating_add(pixels.len()) > s.max_images {
         return Err(busy());
     }
     let mut replies = Vec::with_capacity(pixels.len());
