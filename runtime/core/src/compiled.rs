@@ -237,6 +237,9 @@ pub struct Workspace {
     /// The workspace of an image-parallel phase's remainder (batch % threads images, run
     /// op-parallel).
     rest: Option<Box<Workspace>>,
+    /// The thread counts whose pool has run an image-parallel pass on these lanes (each pool
+    /// has threads of its own, each with its own scratch).
+    images_warm: Vec<usize>,
 }
 
 /// Slot starts (per image) for slots of `sizes`, each rounded up to 16 elements (64 bytes of
@@ -269,6 +272,7 @@ impl Workspace {
             sums: Vec::new(),
             lanes: Vec::new(),
             rest: None,
+            images_warm: Vec::new(),
         }
     }
 
@@ -313,10 +317,14 @@ impl Workspace {
                 .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot)),
             "two live values share a slot"
         );
-        // The first image-parallel pass on new lanes runs every thread's own images, none
-        // taken from another: then each thread has run a one-image task and sized its scratch
-        // for them, and the later passes (stealing images from a busy thread) allocate nothing.
-        let fresh = self.lanes.len() < threads;
+        // The first image-parallel pass at a thread count (a pool of its own threads) runs
+        // every thread's own images, none taken from another: then each thread has run a
+        // one-image task and sized its scratch for them, and the later passes (stealing
+        // images from a busy thread) allocate nothing.
+        let fresh = !self.images_warm.contains(&threads);
+        if fresh {
+            self.images_warm.push(threads);
+        }
         while self.lanes.len() < threads {
             let lane = self.sibling();
             self.lanes.push(Mutex::new(lane));
