@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Forward-pass latency of ConvNeXt V2 side by side, in one run on this machine: PyTorch eager,
-torch.compile (inductor, default mode), ONNX Runtime (CPU execution provider) and cnx's own
-`cnx bench --json`, in float32; and in int8: ONNX Runtime's `quantize_dynamic` (QInt8 weights
-per channel, the MatMuls; reduce_range where the CPU has no VNNI), PyTorch's dynamic
-quantisation of `nn.Linear` (x86 engine) and `cnx bench --precision int8`. Random weights
-(timing only), same threads and batch sizes for all.
+torch.compile (inductor, default mode), ONNX Runtime (CPU execution provider), OpenVINO (CPU
+plugin) and cnx's own `cnx bench --json`, in float32; in bfloat16 (issue 30, AMX-BF16 where the
+CPU has it): torch.compile with inductor's freezing under torch.autocast(bfloat16), OpenVINO with
+INFERENCE_PRECISION_HINT bf16 and `cnx bench --precision bf16`; and in int8: ONNX Runtime's
+`quantize_dynamic` (QInt8 weights per channel, the MatMuls; reduce_range where the CPU has no
+VNNI), PyTorch's dynamic quantisation of `nn.Linear` (x86 engine), OpenVINO on an NNCF
+post-training-quantised model (`nncf.quantize`, static int8 convolutions and MatMuls) and
+`cnx bench --precision int8`. Random weights (timing only), same threads and batch sizes for all.
 
     python tools/bench_peers.py --model tiny-1k-224 --batch 1,8 --threads 2 --runs 10 \
-        [--engines eager,compile,onnx,cnx,eager-int8,onnx-int8,cnx-int8] \
-        [--cnx target/release/cnx] [--warmup 3] [--json]
+        [--engines eager,compile,onnx,ov,cnx,eager-int8,onnx-int8,ov-int8,cnx-int8,compile-bf16,ov-bf16,cnx-bf16] \
+        [--cnx target/release/cnx] [--warmup 3] [--json] [--check-amx]
 
 The model is `transformers.ConvNextV2ForImageClassification` built from the committed
 `models/facebook/convnextv2-<model>/config.json` (never the network: HF_HUB_OFFLINE=1), input
@@ -17,11 +20,50 @@ compiles, is timed and reported apart, then --warmup more), then --runs timed fo
 (time.perf_counter, inside torch.inference_mode() for the torch engines); median and min ms,
 images/s. The ONNX file (torch.onnx.export, dynamic batch axis) is cached under /tmp.
 
+OpenVINO: `openvino.convert_model` of the same torch module (TorchScript trace), reshaped to a
+static batch x 3 x size x size and compiled once per batch size on "CPU" with PERFORMANCE_HINT
+LATENCY, NUM_STREAMS 1, INFERENCE_NUM_THREADS --threads; `ov` sets INFERENCE_PRECISION_HINT f32,
+`ov-bf16` bf16 (the plugin's default on AMX/AVX512-BF16 CPUs). `ov-int8`: `nncf.quantize` with
+its defaults (performance preset: symmetric int8 weights per output channel and activations per
+tensor; fast bias correction), calibrated on 30 images made from the photos in
+tests/fixtures/images (astronaut, camera, chelsea, coffee, rocket: seeded random square crops of
+50-100% of the short side, randomly mirrored, bicubic resize, /255, the model's preprocessor
+mean/std), or on random normal pixels if those can't be read (the report says which). The
+quantised IR is cached under /tmp (keyed by the torch, OpenVINO and NNCF versions); it compiles
+with no precision hint, so the ops left in floating point run in the plugin's default, bf16 on
+this kind of CPU. The timed call is the plain `InferRequest.infer(x, share_inputs=True)`.
+torch.compile bf16: inductor with `torch._inductor.config.freezing = True` (weights folded,
+convolutions/linears to oneDNN with prepacked weights), called under
+torch.autocast("cpu", torch.bfloat16) in inference_mode; its logits are cast to float32 for the
+check below.
+
+Every peer's logits (batch by batch, the first call) are checked against eager float32 logits:
+the report gives max |logits - eager logits| per engine (bf16 and int8 ones included; the cnx
+engines are timed only, through their own binary).
+
+--check-amx: for each peer engine, on the first batch size, which kernels did its convolutions
+and matmuls. Torch engines: one extra forward with oneDNN's and MKL's verbose output on
+(torch.backends.mkldnn.verbose / torch.backends.mkl.verbose, the same lines as ONEDNN_VERBOSE=1
+and MKL_VERBOSE=1), counting the executed convolution / matmul / inner_product primitives by
+implementation and source/weight data type (AMX: an implementation name with "amx", e.g.
+brg_conv_fwd:avx512_core_amx or brg_matmul:avx10_1_512_amx) and the MKL GEMM calls (f32 SGEMM:
+no AMX, AMX has no f32). OpenVINO: the compiled model's execution graph
+(get_runtime_model(): layerType, primitiveType, runtimePrecision of each Convolution /
+FullyConnected / MatMul node; AMX: e.g. brgconv_avx512_amx_bf16, brgemm_avx512_amx_i8).
+ONNX Runtime int8 and torch dynamic int8 don't say which kernel ran: the check runs them in a
+child process and reads, with arch_prctl(ARCH_GET_XCOMP_PERM), whether that process asked Linux
+for the AMX tile state (no AMX instruction can run without it): ONNX Runtime's MLAS asks at start
+exactly when it installs its AMX u8s8 GEMM (MlasGemmU8S8DispatchAmx), which then serves the
+quantised MatMuls; FBGEMM (torch dynamic int8) is checked on one quantised nn.Linear alone.
+ONNX Runtime float32 is not probed: MLAS has no float32 AMX kernel (AMX has no f32 arithmetic).
+
 Output: a Markdown table (engine rows x batch columns, "median ms (min)"), images/s, the ratio
-of cnx's median to each engine's, versions and the exact command line. With --json, stdout
-holds only one JSON object per (engine, batch) line and the Markdown report goes to stderr.
-An engine that fails is reported (error message) and the others go on. Needs torch,
-transformers, onnxruntime, onnx, onnxscript (tools/requirements-fixtures.txt); never run in CI.
+of each cnx engine's median to each engine's and to the best peer of each precision (f32, int8,
+bf16), max logit errors, versions and the exact command line. With --json, stdout holds only
+one JSON object per (engine, batch) line and the Markdown report goes to stderr. An engine that
+fails is reported (error message) and the others go on. Needs torch, transformers, onnxruntime,
+onnx, onnxscript (tools/requirements-fixtures.txt) and, for the ov engines, openvino and nncf
+(tools/requirements-peers.txt: one virtualenv with all of them); never run in CI.
 """
 
 import argparse
@@ -37,11 +79,26 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ["eager", "compile", "onnx", "cnx", "eager-int8", "onnx-int8", "cnx-int8"]
-LABEL = {"eager": "torch eager", "compile": "torch.compile", "onnx": "onnxruntime", "cnx": "cnx",
-         "eager-int8": "torch dynamic int8", "onnx-int8": "onnxruntime int8", "cnx-int8": "cnx int8"}
-F32_PEERS = ["eager", "compile", "onnx"]
-INT8_PEERS = ["eager-int8", "onnx-int8"]
+ENGINES = ["eager", "compile", "onnx", "ov", "cnx", "eager-int8", "onnx-int8", "ov-int8", "cnx-int8",
+           "compile-bf16", "ov-bf16", "cnx-bf16"]
+LABEL = {"eager": "torch eager", "compile": "torch.compile", "onnx": "onnxruntime", "ov": "OpenVINO", "cnx": "cnx",
+         "eager-int8": "torch dynamic int8", "onnx-int8": "onnxruntime int8", "ov-int8": "OpenVINO int8 (NNCF)",
+         "cnx-int8": "cnx int8", "compile-bf16": "torch.compile bf16", "ov-bf16": "OpenVINO bf16",
+         "cnx-bf16": "cnx bf16"}
+F32_PEERS = ["eager", "compile", "onnx", "ov"]
+INT8_PEERS = ["eager-int8", "onnx-int8", "ov-int8"]
+BF16_PEERS = ["ov-bf16", "compile-bf16"]
+CNX_PRECISION = {"cnx": "f32", "cnx-int8": "int8", "cnx-bf16": "bf16"}
+
+
+def has_amx():
+    """Whether the CPU has AMX tiles with int8 and bf16 (/proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l for l in f if l.startswith("flags")), "").split()
+        return "amx_tile" in flags and "amx_int8" in flags and "amx_bf16" in flags
+    except OSError:
+        return False
 
 
 def has_vnni():
@@ -62,7 +119,211 @@ def quantize_onnx(src, dst, vnni):
 
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=not vnni, op_types_to_quantize=["MatMul"])
+
+
 CACHE = "/tmp/cnx-bench-peers"
+CALIBRATION_PHOTOS = ["astronaut.png", "camera_grey.png", "chelsea.png", "coffee.png", "rocket.png"]
+
+
+def calibration_images(size, count, preprocessor_path):
+    """`count` float32 1x3xsize x size inputs for int8 calibration, and a phrase saying what they
+    are: seeded random square crops (50-100% of the short side, randomly mirrored) of the
+    photos in tests/fixtures/images, bicubic resize, /255, the model's preprocessor mean/std;
+    random normal pixels if Pillow or the photos are missing."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    try:
+        from PIL import Image
+
+        try:
+            with open(preprocessor_path) as f:
+                pre = json.load(f)
+            mean, std = pre["image_mean"], pre["image_std"]
+        except (OSError, KeyError, ValueError):
+            mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        mean = np.asarray(mean, np.float32)[:, None, None]
+        std = np.asarray(std, np.float32)[:, None, None]
+        photos = []
+        for name in CALIBRATION_PHOTOS:
+            with Image.open(os.path.join(ROOT, "tests", "fixtures", "images", name)) as im:
+                photos.append(im.convert("RGB"))
+        out = []
+        for i in range(count):
+            im = photos[i % len(photos)]
+            w, h = im.size
+            c = int(min(w, h) * rng.uniform(0.5, 1.0))
+            x0, y0 = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+            crop = im.crop((x0, y0, x0 + c, y0 + c)).resize((size, size), Image.BICUBIC)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            a = (np.asarray(crop, np.float32).transpose(2, 0, 1) / 255 - mean) / std
+            out.append(np.ascontiguousarray(a[None], dtype=np.float32))
+        return out, f"{count} crops of {len(photos)} photos in tests/fixtures/images ({', '.join(CALIBRATION_PHOTOS)})"
+    except Exception as e:  # no Pillow, no photos: random pixels
+        log(f"calibration photos unavailable ({type(e).__name__}: {e}); random normal pixels instead")
+        return ([rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(count)],
+                f"{count} random normal images (the photos were unavailable: {type(e).__name__})")
+
+
+GEMM_PRIMITIVES = ("convolution", "deconvolution", "matmul", "inner_product")
+
+
+def amx_check(fn):
+    """fn()'s --check-amx summary, or why it failed: a check never fails its engine."""
+    try:
+        return fn()
+    except Exception as e:
+        return f"check failed: {type(e).__name__}: {str(e)[:300]}"
+
+
+def capture_fd1(fn):
+    """Run fn() with file descriptor 1 sent to a temporary file (the C libraries' verbose
+    lines); returns that text. Python's stdout is flushed around it, so nothing is lost."""
+    import tempfile
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as f:
+        os.dup2(f.fileno(), 1)
+        try:
+            fn()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        f.seek(0)
+        return f.read()
+
+
+def torch_kernel_summary(torch, fn):
+    """One call of fn() with oneDNN's and MKL's verbose output on (what ONEDNN_VERBOSE=1 and
+    MKL_VERBOSE=1 print): the executed convolution/matmul/inner_product primitives counted by
+    implementation and src/weight data type, the MKL calls by function. A summary line."""
+
+    def run():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON))
+            try:
+                stack.enter_context(torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON))
+            except Exception:  # a build without MKL: oneDNN only
+                pass
+            fn()
+
+    text = capture_fd1(run)
+    prims, mkl = {}, {}
+    for line in text.splitlines():
+        f = line.split(",")
+        if f[0] == "onednn_verbose" and "exec" in f:
+            i = f.index("exec")  # ...,exec,cpu,<kind>,<implementation>,<prop>,<memory descriptors>,...
+            if len(f) < i + 5 or f[i + 2] not in GEMM_PRIMITIVES:
+                continue
+            dt = {}
+            for md in f[i + 5].split():
+                arg, _, rest = md.partition(":")
+                if arg in ("src", "wei"):
+                    dt[arg] = rest.split(":")[0]
+            key = (f[i + 2], f[i + 3], "/".join(dt.get(a, "?") for a in ("src", "wei")))
+            prims[key] = prims.get(key, 0) + 1
+        elif line.startswith("MKL_VERBOSE ") and "(" in line.split()[1]:  # a call, not the banner
+            name = line.split()[1].split("(")[0]
+            mkl[name] = mkl.get(name, 0) + 1
+    amx = sum(v for k, v in prims.items() if "amx" in k[1])
+    total = sum(prims.values())
+    parts = [f"{v}x {kind} {impl} {dt}" for (kind, impl, dt), v in sorted(prims.items(), key=lambda kv: -kv[1])]
+    parts += [f"{v}x MKL {name}" for name, v in sorted(mkl.items(), key=lambda kv: -kv[1])]
+    verdict = f"AMX {'yes' if amx else 'no'}: {amx} of {total} oneDNN conv/matmul calls on AMX"
+    if mkl:
+        verdict += f", {sum(mkl.values())} MKL calls (f32 GEMM: no AMX)"
+    return verdict + ("; " + ", ".join(parts) if parts else "; no oneDNN conv/matmul or MKL call seen")
+
+
+def ov_kernel_summary(compiled):
+    """The OpenVINO CPU plugin's execution graph: its Convolution / FullyConnected / MatMul nodes
+    counted by primitiveType and runtimePrecision. A summary line."""
+    counts = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        rt = node.get_rt_info()
+        layer = rt["layerType"].astype(str) if "layerType" in rt else node.get_type_name()
+        if layer not in ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"):
+            continue
+        key = (layer, rt["primitiveType"].astype(str), rt["runtimePrecision"].astype(str))
+        counts[key] = counts.get(key, 0) + 1
+    amx = sum(v for k, v in counts.items() if "amx" in k[1].lower())
+    parts = [f"{v}x {layer} {prim} {prec}" for (layer, prim, prec), v in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return (f"AMX {'yes' if amx else 'no'}: {amx} of {sum(counts.values())} conv/matmul nodes on AMX; "
+            + ", ".join(parts))
+
+
+# In a child process: whether it holds Linux's permission for the AMX tile data state
+# (arch_prctl ARCH_GET_XCOMP_PERM = 0x1022, XFEATURE_XTILEDATA = bit 18), which a library must
+# request (ARCH_REQ_XCOMP_PERM) before its first AMX instruction.
+AMX_PERM_SNIPPET = """
+import ctypes, json
+def amx_permitted():
+    mask = ctypes.c_uint64(0)
+    if ctypes.CDLL(None, use_errno=True).syscall(158, 0x1022, ctypes.byref(mask)) != 0:
+        return None
+    return bool(mask.value >> 18 & 1)
+steps = [("start", amx_permitted())]
+"""
+
+
+def amx_permission_probe(code, threads):
+    """Run AMX_PERM_SNIPPET + code (which appends (step, permitted) to `steps`) in a child
+    process with `threads` threads; returns the steps, e.g. [["start", False], ["run", True]]."""
+    code = AMX_PERM_SNIPPET + code + "\nprint(json.dumps(steps))\n"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"AMX probe exit status {p.returncode}: {p.stderr.strip()[-500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def steps_text(steps):
+    return ", ".join(f"{name}: {'unknown' if ok is None else 'granted' if ok else 'not requested'}" for name, ok in steps)
+
+
+def ort_amx_summary(model_path, threads, n, size):
+    """ONNX Runtime int8: MLAS asks for the AMX tile state at start-up when, and only when, it
+    installs its AMX u8s8 GEMM (platform.cpp: GemmU8S8Dispatch = &MlasGemmU8S8DispatchAmx after
+    MlasInitAMX()); the quantised MatMuls (u8 activations x s8 weights) go through that dispatch."""
+    steps = amx_permission_probe(f"""
+import numpy as np
+import onnxruntime as ort
+steps.append(("import onnxruntime", amx_permitted()))
+so = ort.SessionOptions()
+so.intra_op_num_threads = {threads}
+so.inter_op_num_threads = 1
+sess = ort.InferenceSession({model_path!r}, so, providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).standard_normal(({n}, 3, {size}, {size}), dtype=np.float32)
+sess.run(None, {{sess.get_inputs()[0].name: x}})
+steps.append(("session + one run", amx_permitted()))
+""", threads)
+    granted = bool(steps[-1][1]) and not steps[0][1]
+    return (f"AMX {'yes (MLAS installed its AMX u8s8 GEMM: MlasGemmU8S8DispatchAmx)' if granted else 'no'}"
+            f"; not observable per kernel; AMX tile permission in a fresh process: {steps_text(steps)}")
+
+
+def fbgemm_amx_summary(channels, rows, threads):
+    """torch dynamic int8 (FBGEMM): one quantised nn.Linear(c, 4c) alone, in a fresh process
+    (the full model's oneDNN depthwise convolutions would ask for the AMX state themselves)."""
+    steps = amx_permission_probe(f"""
+import torch
+torch.set_num_threads({threads})
+steps.append(("import torch", amx_permitted()))
+torch.backends.quantized.engine = "x86"
+m = torch.nn.Sequential(torch.nn.Linear({channels}, {4 * channels})).eval()
+q = torch.ao.quantization.quantize_dynamic(m, {{torch.nn.Linear}}, dtype=torch.qint8)
+with torch.inference_mode():
+    for _ in range(3):
+        q(torch.randn({rows}, {channels}))
+steps.append(("dynamic int8 Linear x3", amx_permitted()))
+""", threads)
+    used = bool(steps[-1][1]) and not steps[-2][1]
+    verdict = "possible (permission requested)" if used else "no: it ran without the AMX tile permission"
+    return (f"FBGEMM's quantised Linear: AMX {verdict} "
+            f"({steps_text(steps)}, Linear {channels}->{4 * channels}, {rows} rows)")
 
 
 def log(msg):
@@ -140,6 +401,10 @@ def parse_args():
     ap.add_argument("--cold-compile", action="store_true",
                     help="disable inductor's on-disk caches, so the compile time is a cold one")
     ap.add_argument("--json", action="store_true", help="one JSON object per (engine, batch) on stdout")
+    ap.add_argument("--check-amx", action="store_true",
+                    help="also show, per peer engine and for the first batch size, which kernels ran its "
+                         "convolutions/matmuls and whether on AMX (oneDNN/MKL verbose for torch, the execution "
+                         "graph for OpenVINO, the AMX tile permission of a child process for ONNX Runtime int8)")
     ap.add_argument("--sgemm", action="store_true",
                     help="also measure numpy's float32 GEMM 2048^3 on --threads threads (the machine's "
                          "SGEMM peak that issue 14's efficiency targets divide by)")
@@ -167,6 +432,7 @@ class Bench:
         self.results = {}  # (engine, batch) -> dict
         self.errors = {}  # engine -> message (whole engine) ; (engine, batch) -> message
         self.notes = []
+        self.amx = {}  # engine -> --check-amx summary
         self.versions = {"python": platform.python_version()}
 
     def record(self, engine, batch, median, mn, **extra):
@@ -193,7 +459,7 @@ def run_cnx(b, args, engine="cnx"):
         log(msg)
         b.errors[engine] = msg
         return
-    precision = "int8" if engine == "cnx-int8" else "f32"
+    precision = CNX_PRECISION[engine]
     cmd = [args.cnx, "bench", args.model, "--batch", ",".join(map(str, args.batches)),
            "--threads", str(args.threads), "--runs", str(args.runs), "--json", "--backend", args.cnx_backend,
            "--precision", precision]
@@ -241,7 +507,7 @@ def main():
     if args.sgemm:
         b.sgemm_gflops = numpy_sgemm_gflops(args.threads)
         b.notes.append(f"numpy sgemm 2048^3, {args.threads} threads: {b.sgemm_gflops:.1f} GFLOP/s (median of 9)")
-    for engine in ("cnx", "cnx-int8"):
+    for engine in CNX_PRECISION:
         if engine in args.engine_list:
             run_cnx(b, args, engine)
 
@@ -287,8 +553,12 @@ def main():
                     reference[n] = model(inputs[n])
             return reference[n]
 
+        def eager_logits_uncached(n):
+            with torch.inference_mode():
+                return model(inputs[n])
+
         def max_diff(n, out):
-            return float((torch.as_tensor(out) - eager_logits(n)).abs().max())
+            return float((torch.as_tensor(out).float() - eager_logits(n)).abs().max())
 
         def time_torch(fn, n):
             x = inputs[n]
@@ -301,6 +571,8 @@ def main():
             for n in args.batches:
                 try:
                     log(f"torch eager batch {n} ...")
+                    if args.check_amx and n == args.batches[0]:
+                        b.amx["eager"] = amx_check(lambda: torch_kernel_summary(torch, lambda: eager_logits_uncached(n)))
                     med, mn, _ = time_torch(model, n)
                     b.record("eager", n, med, mn)
                 except Exception as e:
@@ -318,6 +590,12 @@ def main():
                         log(f"torch dynamic int8 batch {n} ...")
                         with torch.inference_mode():
                             diff = max_diff(n, qmodel(inputs[n]))
+                        if args.check_amx and n == args.batches[0]:
+                            with torch.inference_mode():
+                                summary = amx_check(lambda: torch_kernel_summary(torch, lambda: qmodel(inputs[n])))
+                            c, rows = int(config.hidden_sizes[0]), n * (size // 4) ** 2  # the first stage's pwconv1
+                            b.amx["eager-int8"] = (summary + "; "
+                                                   + amx_check(lambda: fbgemm_amx_summary(c, rows, args.threads)))
                         med, mn, _ = time_torch(qmodel, n)
                         b.record("eager-int8", n, med, mn, max_abs_diff_vs_eager=diff)
                     except Exception as e:
@@ -359,6 +637,10 @@ def main():
                         quantize_onnx(path, qpath, vnni)
                     b.notes.append(f"onnx-int8: quantize_dynamic(QInt8, per_channel, MatMul, reduce_range={not vnni}) -> {qpath}")
                     variants.append(("onnx-int8", qpath))
+                    if args.check_amx:
+                        b.amx["onnx-int8"] = amx_check(lambda: ort_amx_summary(qpath, args.threads, args.batches[0], size))
+                if "onnx" in torch_engines and args.check_amx:
+                    b.amx["onnx"] = "AMX no: MLAS float32 SGEMM/convolutions (AMX has no f32 path); not observable per kernel"
                 for engine, model_path in variants:
                     so = ort.SessionOptions()
                     so.intra_op_num_threads = args.threads
@@ -390,6 +672,10 @@ def main():
             finally:
                 del sess  # its spinning thread pool must not overlap the next engine
 
+        ov_engines = [e for e in ("ov", "ov-bf16", "ov-int8") if e in torch_engines]
+        if ov_engines:
+            run_openvino(b, args, torch, model, config_path, size, inputs, max_diff, ov_engines)
+
         if "compile" in torch_engines:
             try:
                 # Inductor, default mode; one static graph per batch size (dynamic=False), the
@@ -404,6 +690,9 @@ def main():
                         compile_s = time.perf_counter() - t0
                         log(f"torch.compile batch {n}: first call (compile) {compile_s:.1f} s")
                         diff = max_diff(n, out)
+                        if args.check_amx and n == args.batches[0]:
+                            with torch.inference_mode():
+                                b.amx["compile"] = amx_check(lambda: torch_kernel_summary(torch, lambda: compiled(inputs[n])))
                         med, mn, _ = time_torch(compiled, n)
                         b.record("compile", n, med, mn, compile_s=compile_s, max_abs_diff_vs_eager=diff)
                     except Exception as e:
@@ -411,7 +700,143 @@ def main():
             except Exception as e:
                 b.fail("compile", e)
 
+        if "compile-bf16" in torch_engines:
+            try:
+                # Inductor with freezing (weights become constants: folded, prepacked for oneDNN's
+                # bf16 convolutions and linears), one static graph per batch size, called under
+                # autocast to bfloat16. Compiled afresh: nothing shared with the f32 engine.
+                import torch._inductor.config as inductor_config
+
+                torch._dynamo.reset()
+                compiled_bf16 = torch.compile(model, backend="inductor", mode=None, dynamic=False)
+
+                def run_bf16(x):
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return compiled_bf16(x)
+
+                for n in args.batches:
+                    try:
+                        log(f"torch.compile bf16 batch {n}: compiling ...")
+                        t0 = time.perf_counter()
+                        with inductor_config.patch(freezing=True), torch.inference_mode():
+                            out = run_bf16(inputs[n])
+                        compile_s = time.perf_counter() - t0
+                        log(f"torch.compile bf16 batch {n}: first call (compile) {compile_s:.1f} s")
+                        diff = max_diff(n, out)
+                        if args.check_amx and n == args.batches[0]:
+                            with torch.inference_mode():
+                                b.amx["compile-bf16"] = amx_check(
+                                    lambda: torch_kernel_summary(torch, lambda: run_bf16(inputs[n])))
+                        med, mn, _ = time_torch(run_bf16, n)
+                        b.record("compile-bf16", n, med, mn, compile_s=compile_s, max_abs_diff_vs_eager=diff)
+                    except Exception as e:
+                        b.fail(("compile-bf16", n), e)
+            except Exception as e:
+                b.fail("compile-bf16", e)
+
     report(b, args, size)
+
+
+def run_openvino(b, args, torch, model, config_path, size, inputs, max_diff, engines):
+    """The OpenVINO engines: the torch module converted once (openvino.convert_model, TorchScript
+    trace, dynamic input shape), for ov-int8 quantised by NNCF (cached IR), then per batch size
+    reshaped to a static shape, compiled on CPU (LATENCY, one stream, --threads threads), checked
+    against eager, warmed up and timed on one InferRequest."""
+    try:
+        import openvino as ov
+
+        b.versions["openvino"] = ov.get_version()
+        core = ov.Core()
+        converted = {}
+
+        def f32_model():
+            # Traced once; shared by ov and ov-bf16 (reshape() changes it in place, which is fine:
+            # compile_model copies what it needs) and the input of NNCF.
+            if "model" not in converted:
+                import warnings
+
+                log("openvino: convert_model ...")
+                t0 = time.perf_counter()
+                with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+                    warnings.simplefilter("ignore")  # the tracer's and transformers' deprecation noise
+                    converted["model"] = ov.convert_model(model, example_input=torch.randn(2, 3, size, size))
+                b.notes.append(f"openvino convert_model (TorchScript trace): {time.perf_counter() - t0:.1f} s")
+            return converted["model"]
+
+        for engine in engines:
+            try:
+                config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": args.threads}
+                if engine == "ov-int8":
+                    ov_model = ov_quantized_model(b, args, torch, ov, core, f32_model, config_path, size)
+                else:
+                    ov_model = f32_model()
+                    config["INFERENCE_PRECISION_HINT"] = "f32" if engine == "ov" else "bf16"
+                for n in args.batches:
+                    compiled = request = None
+                    try:
+                        log(f"{LABEL[engine]} batch {n} ...")
+                        ov_model.reshape([n, 3, size, size])
+                        t0 = time.perf_counter()
+                        compiled = core.compile_model(ov_model, "CPU", config)
+                        compile_s = time.perf_counter() - t0
+                        if n == args.batches[0]:  # the properties in force, hint set or not
+                            props = {k: compiled.get_property(k) for k in
+                                     ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")}
+                            b.notes.append(f"{engine}: compile_model on CPU: " + ", ".join(
+                                f"{k}={v.to_string() if hasattr(v, 'to_string') else v}"
+                                + ("" if k in config else " (plugin default)") for k, v in props.items()))
+                        request = compiled.create_infer_request()
+                        x = inputs[n].numpy()
+                        out = request.infer(x, share_inputs=True)[0]
+                        diff = max_diff(n, out)
+                        if args.check_amx and n == args.batches[0]:
+                            b.amx[engine] = amx_check(lambda: ov_kernel_summary(compiled))
+                        for _ in range(args.warmup):
+                            request.infer(x, share_inputs=True)
+                        med, mn, _ = timed(lambda: request.infer(x, share_inputs=True), args.runs)
+                        b.record(engine, n, med, mn, compile_s=compile_s, max_abs_diff_vs_eager=diff)
+                    except Exception as e:
+                        b.fail((engine, n), e)
+                    finally:
+                        request = compiled = None  # its threads must not overlap the next engine
+            except Exception as e:
+                b.fail(engine, e)
+    except Exception as e:
+        for engine in engines:
+            b.fail(engine, e)
+
+
+def ov_quantized_model(b, args, torch, ov, core, f32_model, config_path, size):
+    """NNCF post-training quantisation of the converted model (nncf.quantize, defaults: the
+    performance preset, i.e. symmetric int8 weights per output channel and activations per
+    tensor, for the convolutions and MatMuls), calibrated on 30 preprocessed crops of the
+    repository's test photos; the IR is cached (weights kept in f32, not compressed to f16)."""
+    import logging
+
+    import nncf
+
+    b.versions["nncf"] = nncf.__version__
+    os.makedirs(CACHE, exist_ok=True)
+    path = os.path.join(CACHE, f"convnextv2-{args.model}-torch{torch.__version__}-ov{ov.__version__.split('-')[0]}"
+                               f"-nncf{nncf.__version__}-seed0-int8.xml")
+    if os.path.isfile(path) and os.path.isfile(path[:-4] + ".bin"):
+        b.notes.append(f"ov-int8: cached {path}")
+        return core.read_model(path)
+    samples, what = calibration_images(size, 30, os.path.join(os.path.dirname(config_path), "preprocessor_config.json"))
+    fp32 = f32_model()
+    fp32.reshape([1, 3, size, size])
+    nncf.set_log_level(logging.WARNING)
+    log(f"ov-int8: nncf.quantize on {what} ...")
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars
+        quantized = nncf.quantize(fp32, nncf.Dataset(samples), subset_size=len(samples))
+    b.notes.append(f"ov-int8: nncf.quantize (performance preset, subset_size={len(samples)}) on {what}: "
+                   f"{time.perf_counter() - t0:.1f} s -> {path}")
+    tmp = path[:-4] + ".partial.xml"
+    ov.save_model(quantized, tmp, compress_to_fp16=False)
+    os.replace(tmp[:-4] + ".bin", path[:-4] + ".bin")
+    os.replace(tmp, path)  # last: the .xml marks a complete cache entry
+    return quantized
 
 
 def export_onnx(torch, model, size, path, b):
@@ -480,7 +905,7 @@ def report(b, args, size):
     for e in engines:
         p(f"| {LABEL[e]} | " + " | ".join(cell(e, n, lambda r: f"{r['images_per_s']:.1f}") for n in batches) + " |")
     p()
-    for mine in ("cnx", "cnx-int8"):
+    for mine in CNX_PRECISION:
         if not any(e == mine for e, _ in b.results):
             continue
         p(f"{LABEL[mine]} median / engine median (below 1: {LABEL[mine]} faster):")
@@ -497,7 +922,7 @@ def report(b, args, size):
                 else:
                     cells.append("-")
             p(f"| {LABEL[e]} | " + " | ".join(cells) + " |")
-        for group, peers in (("best f32 peer", F32_PEERS), ("best int8 peer", INT8_PEERS)):
+        for group, peers in (("best f32 peer", F32_PEERS), ("best int8 peer", INT8_PEERS), ("best bf16 peer", BF16_PEERS)):
             cells = []
             for n in batches:
                 times = [b.results[(e, n)]["median_ms"] for e in peers if (e, n) in b.results]
@@ -507,16 +932,25 @@ def report(b, args, size):
                     cells.append("-")
             p(f"| {group} | " + " | ".join(cells) + " |")
         p()
-    for n in batches:
-        r = b.results.get(("compile", n))
-        if r:
-            p(f"torch.compile batch {n}: first call (compile + one forward) {r['compile_s']:.1f} s"
-              + (" (inductor caches disabled)" if args.cold_compile else
-                 " (inductor's on-disk caches enabled: a repeat run compiles faster; --cold-compile for a cold one)"))
-    for e in ("compile", "onnx", "eager-int8", "onnx-int8"):
-        diffs = [b.results[(e, n)]["max_abs_diff_vs_eager"] for n in batches if (e, n) in b.results]
+    for e in ("compile", "compile-bf16"):
+        for n in batches:
+            r = b.results.get((e, n))
+            if r:
+                p(f"{LABEL[e]} batch {n}: first call (compile + one forward) {r['compile_s']:.1f} s"
+                  + (" (inductor caches disabled)" if args.cold_compile else
+                     " (inductor's on-disk caches enabled: a repeat run compiles faster; --cold-compile for a cold one)"))
+    for e in engines:
+        diffs = [b.results[(e, n)]["max_abs_diff_vs_eager"] for n in batches
+                 if "max_abs_diff_vs_eager" in b.results.get((e, n), {})]
         if diffs:
             p(f"{LABEL[e]}: max |logits - eager logits| = {max(diffs):.2e}")
+    if b.amx:
+        p()
+        p(f"AMX check (batch {batches[0]}, the CPU {'has' if has_amx() else 'lacks'} amx_bf16/amx_int8):")
+        for e in engines:
+            if e in b.amx:
+                p(f"- {LABEL[e]}: {b.amx[e]}")
+        p()
     for note in b.notes:
         p(f"note: {note}")
     for key, msg in b.errors.items():
@@ -539,6 +973,8 @@ def report(b, args, size):
                         obj["cnx_ratio"] = b.results[("cnx", n)]["median_ms"] / obj["median_ms"]
                 else:
                     obj["error"] = b.errors.get((e, n)) or b.errors.get(e) or "not run"
+                if e in b.amx and n == batches[0]:
+                    obj["amx_check"] = b.amx[e]
                 obj["versions"] = b.versions
                 print(json.dumps(obj), flush=True)
 

@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--threads", type=int, help="cnx threads per actor")
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings")
-    parser.add_argument("--precision", choices=["f32", "int8"], default="f32")
+    parser.add_argument("--precision", choices=["f32", "bf16", "int8"], default="f32")
     args = parser.parse_args(argv)
     ray.init(address=args.address)
     start = time.perf_counter()

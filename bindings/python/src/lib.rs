@@ -80,14 +80,20 @@ fn parse_backend(name: &str) -> PyResult<Backend> {
     }
 }
 
+/// A precision from the one table of names (`float32` and `bfloat16` as numpy and torch
+/// spell them, too).
 fn parse_precision(name: &str) -> PyResult<Precision> {
-    match name {
-        "f32" | "float32" => Ok(Precision::F32),
-        "int8" => Ok(Precision::Int8),
-        other => Err(PyValueError::new_err(format!(
-            "precision `{other}`: expected `f32` or `int8`"
-        ))),
-    }
+    let name = match name {
+        "float32" => "f32",
+        "bfloat16" => "bf16",
+        other => other,
+    };
+    Precision::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "precision `{name}`: expected {}",
+            Precision::names()
+        ))
+    })
 }
 
 fn check_threads(threads: usize) -> PyResult<usize> {
@@ -305,10 +311,7 @@ impl Engine {
                 Backend::Jit => "jit",
                 Backend::Interp => "interp",
             },
-            precision: match precision_kind {
-                Precision::F32 => "f32",
-                Precision::Int8 => "int8",
-            },
+            precision: precision_kind.name(),
         })
     }
 

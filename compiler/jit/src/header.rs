@@ -49,7 +49,8 @@ pub struct HeaderSpec<'a> {
     /// Workspace bytes per image of a batch (activations; weights apart).
     pub workspace_bytes_per_image: usize,
     pub embedded_weights: bool,
-    /// The products' arithmetic: "f32" or "int8" (int8: the weights are quantised at load).
+    /// The products' arithmetic: "f32", "bf16" or "int8" (bf16: the weights are rounded, int8:
+    /// quantised, at load).
     pub precision: &'a str,
     /// The object's file name, for the link line.
     pub object: &'a str,

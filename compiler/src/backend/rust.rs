@@ -77,7 +77,7 @@ pub struct EmitSpec {
     pub config_path: Option<PathBuf>,
     /// Emit `ConvNextV2Backbone` (its `feature_maps`) instead of the classifier.
     pub backbone: bool,
-    /// The products' arithmetic (`precision = "int8"`).
+    /// The products' arithmetic (`precision = "bf16"` or `"int8"`).
     pub precision: Precision,
 }
 
@@ -200,12 +200,19 @@ impl Parse for MacroArgs {
                 "precision" => {
                     dup(args.precision.is_some())?;
                     let lit: LitStr = syn::parse2(value).map_err(|e| {
-                        syn::Error::new(e.span(), "`precision` takes \"f32\" or \"int8\"")
+                        syn::Error::new(
+                            e.span(),
+                            format!("`precision` takes {}", quoted_precisions()),
+                        )
                     })?;
                     let precision = Precision::from_name(&lit.value()).ok_or_else(|| {
                         syn::Error::new(
                             lit.span(),
-                            format!("unknown precision `{}` (f32 or int8)", lit.value()),
+                            format!(
+                                "unknown precision `{}` ({})",
+                                lit.value(),
+                                Precision::names()
+                            ),
                         )
                     })?;
                     args.precision = Some(precision);
@@ -1379,9 +1386,20 @@ fn linear_tokens(l: &Linear) -> TokenStream {
     })
 }
 
+/// The precisions' names quoted, for messages: `"f32", "bf16" or "int8"`.
+fn quoted_precisions() -> String {
+    let names: Vec<String> = Precision::NAMES
+        .iter()
+        .map(|(_, n)| format!("\"{n}\""))
+        .collect();
+    let (last, rest) = names.split_last().expect("precisions");
+    format!("{} or {last}", rest.join(", "))
+}
+
 fn precision_tokens(p: Precision) -> TokenStream {
     match p {
         Precision::F32 => quote!(Precision::F32),
+        Precision::Bf16 => quote!(Precision::Bf16),
         Precision::Int8 => quote!(Precision::Int8),
     }
 }

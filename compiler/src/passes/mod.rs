@@ -20,6 +20,7 @@ mod fuse_head;
 mod fuse_layernorm_into_consumer;
 mod fuse_residual_into_linear;
 mod quantize_gemms_to_int8;
+mod round_gemms_to_bf16;
 mod to_nhwc;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use fuse_head::FuseHead;
 pub use fuse_layernorm_into_consumer::FuseLayerNormIntoConsumer;
 pub use fuse_residual_into_linear::FuseResidualIntoLinear;
 pub use quantize_gemms_to_int8::QuantizeGemmsToInt8;
+pub use round_gemms_to_bf16::RoundGemmsToBf16;
 pub use to_nhwc::ToNhwc;
 
 use crate::ir::{Graph, NodeId};
@@ -125,8 +127,10 @@ impl Pipeline {
     /// This pipeline, then the rewrite that runs its products at `precision` (nothing for
     /// f32): the one place precision enters the compiler.
     pub fn with_precision(mut self, precision: crate::ir::Precision) -> Pipeline {
-        if precision == crate::ir::Precision::Int8 {
-            self.passes.push(Box::new(QuantizeGemmsToInt8));
+        match precision {
+            crate::ir::Precision::F32 => {}
+            crate::ir::Precision::Bf16 => self.passes.push(Box::new(RoundGemmsToBf16)),
+            crate::ir::Precision::Int8 => self.passes.push(Box::new(QuantizeGemmsToInt8)),
         }
         self
     }

@@ -34,35 +34,37 @@ impl Pass for QuantizeGemmsToInt8 {
     }
 
     fn rewrite(&self, graph: &mut Graph, id: NodeId) -> bool {
-        let op = match graph.node(id).op {
-            // Over the pixels of an image (not the head's pooled features).
-            Op::Linear(l)
-                if l.precision == Precision::F32 && graph.node(id).ty.layout == Layout::Nhwc =>
-            {
-                Op::Linear(crate::ir::Linear {
-                    precision: Precision::Int8,
-                    ..l
-                })
-            }
-            Op::Conv2d(c)
-                if c.precision == Precision::F32
-                    && c.layout == Layout::Nhwc
-                    && c.groups == 1
-                    && c.kernel == c.stride
-                    && c.padding == [0, 0]
-                    && !reads_the_pixels(graph, id) =>
-            {
-                Op::Conv2d(crate::ir::Conv2d {
-                    precision: Precision::Int8,
-                    ..c
-                })
-            }
-            _ => return false,
-        };
-        // The op's operands and output type are unchanged: only how it computes.
-        graph.node_mut(id).op = op;
-        true
+        run_gemm_in(graph, id, Precision::Int8)
     }
+}
+
+/// Marks `id` to run its product in `precision` if it is one of the GEMMs that run in low
+/// precision (a Linear over pixel rows, or an NHWC conv over non-overlapping patches that
+/// does not read the pixels) and still f32; whether it did. The rewrite of both
+/// `quantize_gemms_to_int8` and `round_gemms_to_bf16`.
+pub(super) fn run_gemm_in(graph: &mut Graph, id: NodeId, precision: Precision) -> bool {
+    let op = match graph.node(id).op {
+        // Over the pixels of an image (not the head's pooled features).
+        Op::Linear(l)
+            if l.precision == Precision::F32 && graph.node(id).ty.layout == Layout::Nhwc =>
+        {
+            Op::Linear(crate::ir::Linear { precision, ..l })
+        }
+        Op::Conv2d(c)
+            if c.precision == Precision::F32
+                && c.layout == Layout::Nhwc
+                && c.groups == 1
+                && c.kernel == c.stride
+                && c.padding == [0, 0]
+                && !reads_the_pixels(graph, id) =>
+        {
+            Op::Conv2d(crate::ir::Conv2d { precision, ..c })
+        }
+        _ => return false,
+    };
+    // The op's operands and output type are unchanged: only how it computes.
+    graph.node_mut(id).op = op;
+    true
 }
 
 /// Whether `id` reads the graph's input, directly or through layout permutes (the stem).

@@ -98,10 +98,15 @@ pub fn check_pipeline(names: &[&str]) {
     }
 }
 
-/// The default pipeline with and without `quantize_gemms_to_int8` on every test config, both
-/// on the optimised kernels of this CPU (int8 needs its packed weights), from the same random
-/// checkpoint: every output within `bound` of its f32 magnitude, and not equal to it.
+/// [`check_precision_against_f32`] for int8.
 pub fn check_int8_against_f32(bound: f32) {
+    check_precision_against_f32(crate::ir::Precision::Int8, bound)
+}
+
+/// The default pipeline with and without the rewrite to `precision` on every test config,
+/// both on the optimised kernels of this CPU, from the same random checkpoint: every output
+/// within `bound` of its f32 magnitude, and not equal to it.
+pub fn check_precision_against_f32(precision: crate::ir::Precision, bound: f32) {
     use crate::ir::Precision;
     for (i, config) in configs().iter().enumerate() {
         for (hw, batch) in [((97, 75), 3), ((64, 64), 2)] {
@@ -112,7 +117,7 @@ pub fn check_int8_against_f32(bound: f32) {
                 let pipeline = Pipeline::default_pipeline().with_precision(precision);
                 LoadedModel::new("test", config.clone(), store, hw, &pipeline).unwrap()
             };
-            let (f32_model, int8_model) = (load(Precision::F32), load(Precision::Int8));
+            let (f32_model, int8_model) = (load(Precision::F32), load(precision));
             let x = random::random_pixel_values(&unfused, batch, 11);
             let names = outputs::all(config.num_stages);
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -123,16 +128,20 @@ pub fn check_int8_against_f32(bound: f32) {
                 let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
                 let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                 println!(
-                    "config {i} {hw:?} {name}: max |int8 - f32| = {:.2e} of {scale:.2e}",
+                    "config {i} {hw:?} {name}: max |{} - f32| = {:.2e} of {scale:.2e}",
+                    precision.name(),
                     err / scale
                 );
                 assert!(
                     err <= bound * scale,
                     "config {i} {hw:?} {name}: {err:e} > {bound} * {scale:e}"
                 );
-                // Outputs before the first int8 product (the stem's) are f32 in both.
+                // Outputs before the first low-precision product (the stem's) are f32 in both.
                 if *name != "hidden_states_0" {
-                    assert!(err > 0.0, "config {i} {hw:?} {name}: int8 changed nothing");
+                    assert!(
+                        err > 0.0,
+                        "config {i} {hw:?} {name}: {precision:?} changed nothing"
+                    );
                 }
             }
         }

@@ -174,10 +174,6 @@ impl Weights {
                 Some(PreparedWeights::Gemm(w)) => Some(w),
                 _ => None,
             },
-            qpacked: match &self.prepared[weight] {
-                Some(PreparedWeights::QGemm(w)) => Some(w),
-                _ => None,
-            },
         }
     }
 }

@@ -30,6 +30,7 @@ macro_rules! scratch_fn {
 scratch_fn!(with_f32, f32);
 scratch_fn!(with_f64, f64);
 scratch_fn!(with_u8, u8);
+scratch_fn!(with_u16, u16);
 scratch_fn!(with_row_quants, crate::kernels::quantize::RowQuant);
 
 #[cfg(test)]

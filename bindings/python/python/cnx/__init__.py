@@ -275,7 +275,8 @@ class _PreTrainedModel:
 
         ``backend``: ``"jit"`` (Cranelift, the default) or ``"interp"``; ``threads``: threads
         of a forward pass (default: one per core; results do not depend on it);
-        ``precision``: ``"f32"`` or ``"int8"`` (the 1x1 and downsampling convs in int8).
+        ``precision``: ``"f32"``, ``"bf16"`` or ``"int8"`` (the 1x1 and downsampling convs in
+        bf16 or int8; bf16 runs on AMX tiles or AVX512_BF16 where the CPU has them).
         """
         source = {
             "model": os.fspath(pretrained_model_name_or_path),

@@ -71,17 +71,13 @@ impl Args {
             backend: self.backend,
         };
         let isa = cnx_runtime::kernels::Isa::detect();
+        let kernel = cnx_runtime::kernels::kernel_for(cfg.precision, isa);
         let peak = (self.peak || self.profile).then(|| {
-            let gflops = cnx_runtime::kernels::gemm::peak_gflops(isa, cfg.threads, 1.0);
+            let gflops = cnx_runtime::kernels::matmul::peak_gflops(kernel, cfg.threads, 1.0);
             if !self.json {
-                let note = match cfg.precision {
-                    cnx_compiler::ir::Precision::Int8 => {
-                        " (int8 steps' % of peak: of this f32 peak)"
-                    }
-                    cnx_compiler::ir::Precision::F32 => "",
-                };
                 println!(
-                    "peak: {} f32 microkernel, {} threads: {gflops:.1} GFLOP/s{note}",
+                    "peak: {} ({}), {} threads: {gflops:.1} GFLOP/s",
+                    kernel.name,
                     isa.name(),
                     cfg.threads
                 );

@@ -159,28 +159,26 @@ pub struct PassFlags {
     pub precision: PrecisionFlag,
 }
 
-/// `--precision f32|int8`: the arithmetic of the products (the 1x1 and downsampling convs).
+/// `--precision f32|bf16|int8`: the arithmetic of the products (the 1x1 and downsampling convs).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PrecisionFlag {
-    /// The products' arithmetic: f32, or int8 (weights per output channel, activations per
-    /// pixel; the 1x1 and downsampling convs; everything else stays f32).
-    #[arg(long, value_enum, default_value_t = PrecisionName::F32)]
-    pub precision: PrecisionName,
+    /// The products' arithmetic: f32; bf16 (weights and activations rounded to bf16, f32
+    /// sums: AMX tiles or AVX512_BF16 where the CPU has them); or int8 (weights per output
+    /// channel, activations per pixel). Both run the 1x1 and downsampling convs; everything
+    /// else stays f32.
+    #[arg(long, value_parser = parse_precision, default_value = "f32")]
+    pub precision: cnx_compiler::ir::Precision,
 }
 
-/// The names `--precision` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionName {
-    F32,
-    Int8,
+/// `--precision`'s value: a name from the one table of precisions.
+fn parse_precision(name: &str) -> Result<cnx_compiler::ir::Precision, String> {
+    use cnx_compiler::ir::Precision;
+    Precision::from_name(name).ok_or_else(|| format!("expected {}", Precision::names()))
 }
 
 impl PrecisionFlag {
     pub fn get(&self) -> cnx_compiler::ir::Precision {
-        match self.precision {
-            PrecisionName::F32 => cnx_compiler::ir::Precision::F32,
-            PrecisionName::Int8 => cnx_compiler::ir::Precision::Int8,
-        }
+        self.precision
     }
 }
 

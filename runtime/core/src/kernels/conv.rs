@@ -4,10 +4,10 @@
 //! Their reference twins are [`reference::conv2d_nhwc`] followed by
 //! [`reference::layer_norm_last_axis`].
 
-use super::gemm::{self, Isa, PackedWeights};
-use super::qgemm::{self, QPackedWeights};
+use super::matmul::{self, MatMulKernel, PackedMatrix};
 use super::reference::{self, Affine, Conv2dGeometry};
 use super::reference::{LinearEpilogue, LinearPrologue};
+use super::{Isa, Width};
 
 /// A LayerNorm over each output pixel's channels (the conv's epilogue).
 #[derive(Clone, Copy)]
@@ -81,9 +81,9 @@ pub fn depthwise_nhwc(
     // The vector kernels cover 7-wide kernels that keep the image's size (ConvNeXt's).
     let vectorised =
         w.kw == 7 && (g.out_h(), g.out_w()) == (g.in_h, g.in_w) && g.pad_h < w.kh && g.pad_w < w.kw;
-    match w.isa {
+    match w.isa.width() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx2 | Isa::AvxVnni if vectorised => {
+        Width::Avx512 | Width::Avx2 if vectorised => {
             depthwise_nhwc_x86(g, x, w, bias, norm, rows, out)
         }
         _ => depthwise_nhwc_portable(g, x, w, bias, norm, rows, out),
@@ -371,30 +371,23 @@ mod x86 {
 }
 
 /// Weights of a conv whose kernel equals its stride (no padding, no groups), repacked as a
-/// GEMM over gathered patches: `[O, I, kh, kw]` to `[O, kh, kw, I]`, then packed.
+/// GEMM over gathered patches: `[O, I, kh, kw]` to `[O, kh, kw, I]`, then packed for `kernel`
+/// (in its precision).
 pub fn pack_patch_conv(
     weight: &[f32],
     out_ch: usize,
     in_ch: usize,
     kh: usize,
     kw: usize,
-    isa: Isa,
-) -> PackedWeights {
+    kernel: &'static MatMulKernel,
+) -> PackedMatrix {
     let k = in_ch * kh * kw;
-    PackedWeights::pack(&patch_major(weight, out_ch, in_ch, kh, kw), out_ch, k, isa)
-}
-
-/// [`pack_patch_conv`] for the int8 GEMM: the same order, quantised per output channel.
-pub fn qpack_patch_conv(
-    weight: &[f32],
-    out_ch: usize,
-    in_ch: usize,
-    kh: usize,
-    kw: usize,
-    isa: Isa,
-) -> QPackedWeights {
-    let k = in_ch * kh * kw;
-    QPackedWeights::pack(&patch_major(weight, out_ch, in_ch, kh, kw), out_ch, k, isa)
+    PackedMatrix::pack(
+        &patch_major(weight, out_ch, in_ch, kh, kw),
+        out_ch,
+        k,
+        kernel,
+    )
 }
 
 /// `[O, I, kh, kw]` to `[O, kh, kw, I]`: the order of a gathered NHWC patch.
@@ -412,22 +405,16 @@ fn patch_major(weight: &[f32], out_ch: usize, in_ch: usize, kh: usize, kw: usize
     reordered
 }
 
-/// The packed GEMM a conv over patches runs: f32 or int8.
-#[derive(Clone, Copy)]
-pub enum PatchGemm<'a> {
-    F32(&'a PackedWeights),
-    Int8(&'a QPackedWeights),
-}
-
 /// Kernel == stride conv on NHWC output rows `rows` (indices into batch x out_h): each output
 /// pixel's patch gathered (and, with `input_norm`, every input pixel normalised as it is
-/// gathered), a packed GEMM (f32, or int8 quantising each gathered patch), then the output
+/// gathered), a packed GEMM (in the weights' precision: bf16 or int8 packing each gathered
+/// patch), then the output
 /// pixels layer-normalised with `output_norm`.
 #[allow(clippy::too_many_arguments)]
 pub fn patch_conv_nhwc(
     g: &Conv2dGeometry,
     x: &[f32],
-    w: PatchGemm<'_>,
+    w: &PackedMatrix,
     bias: &[f32],
     input_norm: Option<f64>,
     output_norm: Option<PixelNorm<'_>>,
@@ -438,11 +425,7 @@ pub fn patch_conv_nhwc(
     assert!(g.kernel_h == g.stride_h && g.kernel_w == g.stride_w && g.pad_h == 0 && g.pad_w == 0);
     let (oh, ow) = (g.out_h(), g.out_w());
     let k = cin * g.kernel_h * g.kernel_w;
-    let (wk, wn) = match w {
-        PatchGemm::F32(w) => (w.k, w.n),
-        PatchGemm::Int8(w) => (w.k, w.n),
-    };
-    assert_eq!((wk, wn), (k, cout));
+    assert_eq!((w.k, w.n), (k, cout));
     assert_eq!(out.len(), rows.len() * ow * cout);
     // Scratch: the gathered patches of one output row, and its raw conv output.
     crate::scratch::with_f32(ow * k + ow * cout, |scratch| {
@@ -464,25 +447,9 @@ pub fn patch_conv_nhwc(
                 }
             }
             let dst = &mut out[r * ow * cout..(r + 1) * ow * cout];
-            let product = |patches: &[f32], y: &mut [f32]| match w {
-                PatchGemm::F32(w) => {
-                    let e = gemm::Epilogue {
-                        bias,
-                        activation: None,
-                        residual: None,
-                    };
-                    gemm::gemm(patches, ow, w, e, y)
-                }
-                PatchGemm::Int8(w) => qgemm::qlinear_fused_packed(
-                    patches,
-                    ow,
-                    w,
-                    bias,
-                    LinearPrologue::default(),
-                    LinearEpilogue::default(),
-                    y,
-                    None,
-                ),
+            let product = |patches: &[f32], y: &mut [f32]| {
+                let none = (LinearPrologue::default(), LinearEpilogue::default());
+                matmul::linear_fused(patches, ow, w, bias, none.0, none.1, y, None)
             };
             match output_norm {
                 None => product(patches, dst),
@@ -498,6 +465,8 @@ pub fn patch_conv_nhwc(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::kernel_for;
+    use crate::ops::Precision;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -617,7 +586,7 @@ mod tests {
                 let wt = values(cout * cin * k * k, 7);
                 let bias = values(cout, 8);
                 let (gamma, beta) = (values(cout, 9), values(cout, 10));
-                let packed = pack_patch_conv(&wt, cout, cin, k, k, isa);
+                let packed = pack_patch_conv(&wt, cout, cin, k, k, kernel_for(Precision::F32, isa));
                 let rows = 3 * g.out_h();
                 for (input_norm, output_norm) in [
                     (None, None),
@@ -646,7 +615,7 @@ mod tests {
                     patch_conv_nhwc(
                         &g,
                         &x,
-                        PatchGemm::F32(&packed),
+                        &packed,
                         &bias,
                         input_norm,
                         output_norm,
@@ -657,7 +626,8 @@ mod tests {
                     assert!(err < 2e-5, "{isa:?} {cin}->{cout} k{k}: {err}");
 
                     // int8: the reference int8 linear on the gathered patches, bit for bit.
-                    let qpacked = qpack_patch_conv(&wt, cout, cin, k, k, isa);
+                    let qpacked =
+                        pack_patch_conv(&wt, cout, cin, k, k, kernel_for(Precision::Int8, isa));
                     let kk = cin * k * k;
                     let (oh, ow) = (g.out_h(), g.out_w());
                     let mut patches = vec![0.0; rows * ow * kk];
@@ -697,7 +667,7 @@ mod tests {
                     patch_conv_nhwc(
                         &g,
                         &x,
-                        PatchGemm::Int8(&qpacked),
+                        &qpacked,
                         &bias,
                         input_norm,
                         output_norm,

@@ -77,12 +77,12 @@ pub struct SquareSums<'a> {
 #[inline]
 pub fn add_squares(partials: &mut [f64], values: &[f32]) {
     assert_eq!(partials.len(), values.len());
-    match super::Isa::detect() {
-        super::Isa::Portable => add_squares_lanes(partials, values),
-        // SAFETY: `Isa::detect` names only an instruction set the CPU supports, and AVX2 comes
-        // with both x86 ones.
+    match super::Isa::detect().width() {
+        super::Width::Portable => add_squares_lanes(partials, values),
+        // SAFETY: `Isa::detect` names only an instruction set the CPU supports, and both x86
+        // widths have AVX2.
         #[cfg(target_arch = "x86_64")]
-        _ => unsafe { add_squares_avx2(partials, values) },
+        super::Width::Avx2 | super::Width::Avx512 => unsafe { add_squares_avx2(partials, values) },
     }
 }
 

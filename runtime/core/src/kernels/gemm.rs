@@ -1,328 +1,20 @@
-//! Packed SGEMM for the 1x1 convolutions (and the stem / downsample convs as GEMMs):
-//! `C[m, n] = sum_k A[m, k] W[n, k]`, with `W` (`[N, K]`, PyTorch's Linear layout) packed once,
-//! at load, into `NR`-column panels laid out `[K][NR]` (the last panel zero-padded).
-//!
-//! The register-blocked microkernels compute an `MR x NR` tile: AVX-512F (6 x 32: twelve zmm
-//! accumulators), AVX2+FMA (6 x 16: twelve ymm), both one generic kernel over
+//! The f32 microkernels of the GEMM driver ([`super::matmul`]): `MR x NR` register tiles
+//! over `NR`-column panels laid out `[K][NR]`: AVX-512F (6 x 32: twelve zmm accumulators),
+//! AVX2+FMA (6 x 16: twelve ymm), both one generic kernel over
 //! [`Lanes`](super::simd::Lanes); a portable kernel (4 x 16, plain loops) everywhere else and
-//! as a tested fallback. Loops (BLIS's order): rows in blocks of [`MC`] (the block of A stays
-//! in L2), `K` in blocks whose slice of a weight panel fits in L1 beside the A rows it meets
-//! ([`PANEL_BLOCK_BYTES`]), panels, row tiles. A tile's partial sums go to the output between
-//! `K` blocks and come back exactly, so every output element is still one sum over `k` in
-//! increasing order in f32 FMA, whatever the blocking or thread split: results are identical
-//! for any thread count. The epilogue (bias, exact GELU, residual) is applied to the
-//! accumulators in registers before the tile's one store to the output; tiles cut by the
-//! matrix's edge, and activations other than GELU, take the same arithmetic through a tile on
-//! the stack.
+//! as a tested fallback. Every output element is one sum over `k` in increasing order in f32
+//! FMA (the driver's `K` blocks pass partial sums through C exactly), whatever the blocking or
+//! thread split: results are identical for any thread count and kernel. The epilogue (bias,
+//! exact GELU, residual) is applied to the accumulators in registers before the tile's one
+//! store to the output ([`x86::store`], which the bf16 and int8 kernels end in too); tiles cut
+//! by the matrix's edge, and activations other than GELU, take the same arithmetic through a
+//! tile on the stack.
 
-use super::fused::{LinearEpilogue, LinearPrologue, SquareSums};
-use super::ActivationKernel;
+use super::matmul::{tile_from_c, tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
 pub use super::{Isa, Width};
 use crate::Activation;
 
-/// Rows of A per cache block (a multiple of every kernel's `MR`, and of 64 so that GRN's
-/// fixed-order sum-of-squares blocks never straddle two blocks).
-pub const MC: usize = 192;
-
-// Row blocks must also be whole sum-of-squares blocks.
-const _: () = assert!(MC.is_multiple_of(super::fused::SUM_SQUARES_BLOCK));
-
-/// Bytes of one weight panel's `K` block: it stays in L1 (32 KiB on Zen 3 / Zen 4, 48 KiB on
-/// Ice Lake) while every row tile of the A block streams past it, with room for those rows'
-/// slices of A.
-pub const PANEL_BLOCK_BYTES: usize = 16 * 1024;
-
-/// `W` (`[N, K]`) packed into `NR`-column panels for one [`Isa`].
-#[derive(Debug, Clone)]
-pub struct PackedWeights {
-    pub isa: Isa,
-    pub n: usize,
-    pub k: usize,
-    nr: usize,
-    /// `ceil(N / NR)` panels of `K x NR`.
-    data: Vec<f32>,
-}
-
-impl PackedWeights {
-    /// Packs `weight` (`[n, k]`, row-major) for `isa`.
-    pub fn pack(weight: &[f32], n: usize, k: usize, isa: Isa) -> PackedWeights {
-        assert_eq!(weight.len(), n * k);
-        // The microkernels' safety rests on this: packed weights exist only for kernels the
-        // CPU runs.
-        assert!(
-            Isa::available().contains(&isa),
-            "{isa:?} is not supported by this CPU"
-        );
-        let nr = isa.tile().1;
-        let panels = n.div_ceil(nr);
-        let mut data = vec![0f32; panels * k * nr];
-        for p in 0..panels {
-            let panel = &mut data[p * k * nr..(p + 1) * k * nr];
-            for j in 0..nr.min(n - p * nr) {
-                let col = &weight[(p * nr + j) * k..(p * nr + j + 1) * k];
-                for (kk, &v) in col.iter().enumerate() {
-                    panel[kk * nr + j] = v;
-                }
-            }
-        }
-        PackedWeights {
-            isa,
-            n,
-            k,
-            nr,
-            data,
-        }
-    }
-
-    /// Number of `NR`-column panels.
-    pub fn panels(&self) -> usize {
-        self.n.div_ceil(self.nr)
-    }
-
-    /// `NR`: columns per panel.
-    pub fn panel_width(&self) -> usize {
-        self.nr
-    }
-
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * self.k * self.nr..(p + 1) * self.k * self.nr]
-    }
-
-    /// The `K` blocks the product runs in: equal lengths of at most
-    /// [`PANEL_BLOCK_BYTES`] of a panel each (one empty block when `K` is 0).
-    /// (No allocation: a warm forward pass allocates nothing.)
-    fn k_blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> + Clone {
-        let (k, most) = (self.k, (PANEL_BLOCK_BYTES / (4 * self.nr)).max(1));
-        let count = k.div_ceil(most).max(1);
-        let len = k.div_ceil(count);
-        (0..count).map(move |b| (b * len).min(k)..((b + 1) * len).min(k))
-    }
-}
-
-/// What is applied to each output element after the product.
-#[derive(Clone, Copy)]
-pub struct Epilogue<'a> {
-    pub bias: &'a [f32],
-    /// Applied after the bias.
-    pub activation: Option<ActivationKernel>,
-    /// Added last: `[rows, N]`, the same rows as the output.
-    pub residual: Option<&'a [f32]>,
-}
-
-/// `out[m, n] = epilogue(sum_k a[m, k] w[n, k])` for `rows` rows of `a` (`[rows, K]`).
-pub fn gemm(a: &[f32], rows: usize, w: &PackedWeights, epilogue: Epilogue<'_>, out: &mut [f32]) {
-    gemm_panels(a, rows, w, 0..w.panels(), epilogue, out, None);
-}
-
-/// Where a GEMM's epilogue accumulates the squares of its outputs: the region's partials,
-/// and the region row of the GEMM's first row.
-pub type SumsSink<'s, 'a> = (&'s mut SquareSums<'a>, usize);
-
-/// [`gemm`] for the output columns of `panels` only (`NR` columns each, the last possibly
-/// fewer): `out` is `[rows, cols]` for those columns; `epilogue.bias` and
-/// `epilogue.residual` cover all `N` columns. Splitting the columns over threads this way
-/// changes no result.
-pub fn gemm_panels(
-    a: &[f32],
-    rows: usize,
-    w: &PackedWeights,
-    panels: std::ops::Range<usize>,
-    epilogue: Epilogue<'_>,
-    out: &mut [f32],
-    mut sums: Option<SumsSink<'_, '_>>,
-) {
-    let (k, n) = (w.k, w.n);
-    let (mr, nr) = w.isa.tile();
-    let col0 = panels.start * nr;
-    let width = (panels.end * nr).min(n) - col0;
-    assert_eq!(a.len(), rows * k);
-    assert_eq!(out.len(), rows * width);
-    assert_eq!(epilogue.bias.len(), n);
-    if let Some(r) = epilogue.residual {
-        assert_eq!(r.len(), rows * n);
-    }
-    let k_blocks = w.k_blocks();
-    for m0 in (0..rows).step_by(MC) {
-        let m_block = MC.min(rows - m0);
-        for kr in k_blocks.clone() {
-            let last = kr.end == k;
-            for p in panels.clone() {
-                let cols = nr.min(n - p * nr);
-                let panel = &w.panel(p)[kr.start * nr..kr.end * nr];
-                for r0 in (m0..m0 + m_block).step_by(mr) {
-                    let tile_rows = mr.min(rows - r0);
-                    let at = r0 * width + p * nr - col0;
-                    let tile = Tile {
-                        a: &a[r0 * k + kr.start..],
-                        lda: k,
-                        rows: tile_rows,
-                        kc: kr.len(),
-                        panel,
-                        c: &mut out[at..],
-                        ldc: width,
-                        cols,
-                        first: kr.start == 0,
-                        epilogue: last.then(|| TileEpilogue {
-                            bias: &epilogue.bias[p * nr..p * nr + cols],
-                            activation: epilogue.activation,
-                            residual: epilogue.residual.map(|r| (&r[r0 * n + p * nr..], n)),
-                        }),
-                    };
-                    microkernel(w.isa, tile);
-                    if let (true, Some((sums, row0))) = (last, sums.as_mut()) {
-                        for i in 0..tile_rows {
-                            let row = &out[at + i * width..][..cols];
-                            sums.add(*row0 + r0 + i, p * nr - col0, row);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The optimised twin of [`reference::linear_fused`](super::reference::linear_fused): the
-/// prologue (LayerNorm normalisation, GRN's per-sample scale) is applied while copying each
-/// [`MC`]-row block of A into a scratch buffer, the product runs on the packed weights, and
-/// bias, activation and residual are the GEMM's epilogue (with `sums`, GRN's sums of squares
-/// of the outputs too).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_fused_packed(
-    x: &[f32],
-    rows: usize,
-    w: &PackedWeights,
-    bias: &[f32],
-    prologue: LinearPrologue<'_>,
-    epilogue: LinearEpilogue<'_>,
-    out: &mut [f32],
-    sums: Option<&mut SquareSums<'_>>,
-) {
-    linear_fused_packed_panels(
-        x,
-        rows,
-        w,
-        0..w.panels(),
-        bias,
-        prologue,
-        epilogue,
-        out,
-        sums,
-    )
-}
-
-/// [`linear_fused_packed`] for the output columns of `panels` only (see [`gemm_panels`]);
-/// `epilogue.residual` covers all columns, `sums` only these (`rows` rows).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_fused_packed_panels(
-    x: &[f32],
-    rows: usize,
-    w: &PackedWeights,
-    panels: std::ops::Range<usize>,
-    bias: &[f32],
-    prologue: LinearPrologue<'_>,
-    epilogue: LinearEpilogue<'_>,
-    out: &mut [f32],
-    mut sums: Option<&mut SquareSums<'_>>,
-) {
-    let (k, n) = (w.k, w.n);
-    let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
-    assert_eq!(x.len(), rows * k);
-    assert_eq!(out.len(), rows * width);
-    let activation = epilogue
-        .activation
-        .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act)));
-    let scratch_len = if prologue.is_identity() {
-        0
-    } else {
-        MC.min(rows) * k
-    };
-    crate::scratch::with_f32(scratch_len, |scratch| {
-        for m0 in (0..rows).step_by(MC) {
-            let mb = MC.min(rows - m0);
-            let block = &x[m0 * k..(m0 + mb) * k];
-            let a = if prologue.is_identity() {
-                block
-            } else {
-                let packed = &mut scratch[..mb * k];
-                let rows = packed.chunks_exact_mut(k).zip(block.chunks_exact(k));
-                for (i, (row, src)) in rows.enumerate() {
-                    prologue.apply_from(m0 + i, src, row);
-                }
-                &scratch[..mb * k]
-            };
-            let e = Epilogue {
-                bias,
-                activation,
-                residual: epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
-            };
-            gemm_panels(
-                a,
-                mb,
-                w,
-                panels.clone(),
-                e,
-                &mut out[m0 * width..(m0 + mb) * width],
-                sums.as_deref_mut().map(|s| (s, m0)),
-            );
-        }
-    })
-}
-
-/// The microkernel's own throughput in GFLOP/s on `threads` threads: one `MR x NR` tile over
-/// an L1-resident `K = 256` panel, repeated for about `seconds` (what `cnx bench --peak`
-/// reports as the machine's peak for this kernel).
-pub fn peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
-    assert!(
-        Isa::available().contains(&isa),
-        "{isa:?} is not supported by this CPU"
-    );
-    let (mr, nr) = isa.tile();
-    let k = 256;
-    let per_call = 2.0 * (mr * nr * k) as f64;
-    let start = std::time::Instant::now();
-    let calls: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|t| {
-                scope.spawn(move || {
-                    let a = vec![1.0f32 + t as f32 * 1e-3; mr * k];
-                    let panel = vec![0.5f32; nr * k];
-                    let mut tile = vec![0f32; mr * nr];
-                    let mut calls = 0u64;
-                    while start.elapsed().as_secs_f64() < seconds {
-                        for _ in 0..64 {
-                            microkernel(
-                                isa,
-                                Tile {
-                                    a: &a,
-                                    lda: k,
-                                    rows: mr,
-                                    kc: k,
-                                    panel: &panel,
-                                    c: &mut tile,
-                                    ldc: nr,
-                                    cols: nr,
-                                    first: true,
-                                    epilogue: None,
-                                },
-                            );
-                            std::hint::black_box(&mut tile);
-                        }
-                        calls += 64;
-                    }
-                    calls
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("no panic"))
-            .collect()
-    });
-    let elapsed = start.elapsed().as_secs_f64();
-    calls.iter().sum::<u64>() as f64 * per_call / elapsed / 1e9
-}
-
-/// One microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets
+/// One f32 microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets
 /// `sum_{kk < kc} a[i * lda + kk] panel[kk * NR + j]`, added to what `c` holds unless `first`;
 /// with `epilogue` (the last `K` block), then bias, activation and residual.
 struct Tile<'t> {
@@ -340,83 +32,47 @@ struct Tile<'t> {
     epilogue: Option<TileEpilogue<'t>>,
 }
 
-/// The tile's epilogue: `bias` (`cols` values), the activation, and the residual's rows (at
-/// `i * row_stride`).
-#[derive(Clone, Copy)]
-pub(super) struct TileEpilogue<'t> {
-    pub(super) bias: &'t [f32],
-    pub(super) activation: Option<ActivationKernel>,
-    pub(super) residual: Option<(&'t [f32], usize)>,
-}
-
-impl Tile<'_> {
-    /// The sizes every kernel relies on (its memory safety too): checked once per call.
-    fn check(&self, mr: usize, nr: usize) {
-        assert!((1..=mr).contains(&self.rows) && (1..=nr).contains(&self.cols));
-        assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kc && self.kc <= self.lda);
-        assert!(self.panel.len() >= self.kc * nr);
-        assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols && self.cols <= self.ldc);
-        if let Some(e) = &self.epilogue {
-            assert!(e.bias.len() >= self.cols);
-            if let Some((r, stride)) = e.residual {
-                assert!(r.len() >= (self.rows - 1) * stride + self.cols && self.cols <= stride);
-            }
-        }
+/// The f32 view of a driver's tile, its sizes checked for `(mr, nr)`.
+fn f32_tile(t: MicroTile<'_>, mr: usize, nr: usize) -> Tile<'_> {
+    t.check(mr, nr, false);
+    let (Operand::F32(a), PanelRef::F32(panel)) = (t.a, t.panel) else {
+        panic!("an f32 kernel takes f32 operands");
+    };
+    Tile {
+        a,
+        lda: t.lda,
+        rows: t.rows,
+        kc: t.kc,
+        panel,
+        c: t.c,
+        ldc: t.ldc,
+        cols: t.cols,
+        first: t.first,
+        epilogue: t.epilogue,
     }
 }
 
-impl TileEpilogue<'_> {
-    /// The epilogue on a tile held in `tile` (`rows x cols` of a row stride `nr`): the same
-    /// operations, in the same order, as the in-register one.
-    pub(super) fn apply(&self, tile: &mut [f32], nr: usize, rows: usize, cols: usize) {
-        for (i, row) in tile.chunks_exact_mut(nr).take(rows).enumerate() {
-            let row = &mut row[..cols];
-            row.iter_mut().zip(self.bias).for_each(|(t, &b)| *t += b);
-            if let Some(act) = &self.activation {
-                act.apply(row);
-            }
-            if let Some((r, stride)) = self.residual {
-                let r = &r[i * stride..i * stride + cols];
-                row.iter_mut().zip(r).for_each(|(t, &v)| *t += v);
-            }
-        }
-    }
+/// The portable kernel (4 x 16).
+pub(super) fn portable_4x16(t: MicroTile<'_>) {
+    portable::<4, 16>(f32_tile(t, 4, 16))
 }
 
-/// Copies `rows x cols` between a tile of row stride `nr` and C's rows (stride `ldc`).
-fn tile_from_c(tile: &mut [f32], nr: usize, c: &[f32], ldc: usize, rows: usize, cols: usize) {
-    for i in 0..rows {
-        tile[i * nr..i * nr + cols].copy_from_slice(&c[i * ldc..i * ldc + cols]);
-    }
+/// AVX2 + FMA (6 x 16).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_6x16(t: MicroTile<'_>) {
+    let t = f32_tile(t, 6, 16);
+    // SAFETY: the driver reaches this kernel only through a `PackedMatrix` packed for it,
+    // which asserted the CPU has its features (AVX2, FMA); `f32_tile` checked every size the
+    // kernel reads and writes for 6 x 16.
+    unsafe { x86::avx2_6x16(t) }
 }
 
-pub(super) fn tile_to_c(
-    tile: &[f32],
-    nr: usize,
-    c: &mut [f32],
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-) {
-    for i in 0..rows {
-        c[i * ldc..i * ldc + cols].copy_from_slice(&tile[i * nr..i * nr + cols]);
-    }
-}
-
-fn microkernel(isa: Isa, t: Tile<'_>) {
-    let (mr, nr) = isa.tile();
-    t.check(mr, nr);
-    match isa.width() {
-        Width::Portable => portable::<4, 16>(t),
-        // SAFETY: callers pass the `Isa` of a `PackedWeights` (whose `pack` asserts the CPU runs
-        // it) or one `peak_gflops` checked; `check` asserted every size the kernel reads and
-        // writes for its (MR, NR).
-        #[cfg(target_arch = "x86_64")]
-        Width::Avx2 => unsafe { x86::avx2_6x16(t) },
-        // SAFETY: as above, for AVX-512F.
-        #[cfg(target_arch = "x86_64")]
-        Width::Avx512 => unsafe { x86::avx512_6x32(t) },
-    }
+/// AVX-512F (6 x 32).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx512_6x32(t: MicroTile<'_>) {
+    let t = f32_tile(t, 6, 32);
+    // SAFETY: as for `avx2_6x16`, with AVX-512F.
+    unsafe { x86::avx512_6x32(t) }
 }
 
 /// The portable microkernel: the same summation order as the SIMD ones (FMA per k), the
@@ -450,7 +106,7 @@ pub(super) mod x86 {
     use super::{tile_from_c, tile_to_c, Activation, Tile, TileEpilogue};
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `t` passed `Tile::check(6, 16)` (so `rows <= 6`).
+    /// The CPU supports AVX2 and FMA; `t` passed `MicroTile::check(6, 16)` (so `rows <= 6`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2_6x16(t: Tile<'_>) {
         // SAFETY: the caller's contract.
@@ -458,7 +114,7 @@ pub(super) mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX-512F; `t` passed `Tile::check(6, 32)` (so `rows <= 6`).
+    /// The CPU supports AVX-512F; `t` passed `MicroTile::check(6, 32)` (so `rows <= 6`).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512_6x32(t: Tile<'_>) {
         // SAFETY: the caller's contract.
@@ -469,7 +125,7 @@ pub(super) mod x86 {
     /// of a late stage at batch 1: eight tiles of 6 and one of 1, not 6).
     ///
     /// # Safety
-    /// The CPU has `V`'s ISA; `t` passed `Tile::check(6, 2 * V::LANES)`.
+    /// The CPU has `V`'s ISA; `t` passed `MicroTile::check(6, 2 * V::LANES)`.
     #[inline(always)]
     unsafe fn exact_rows<V: Lanes>(t: Tile<'_>) {
         // SAFETY: the caller's contract; `rows` is 1..=6, each kernel's MR >= rows.
@@ -490,7 +146,7 @@ pub(super) mod x86 {
     /// cut by the matrix's edge goes through a tile on the stack.
     ///
     /// # Safety
-    /// The CPU has `V`'s ISA; `t` passed `Tile::check(MR, NV * V::LANES)`.
+    /// The CPU has `V`'s ISA; `t` passed `MicroTile::check(MR, NV * V::LANES)`.
     #[inline(always)]
     unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(t: Tile<'_>) {
         let nr = NV * V::LANES;
@@ -677,7 +333,52 @@ pub(super) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::reference;
+    use crate::kernels::fused::{LinearEpilogue, LinearPrologue};
+    use crate::kernels::matmul::{
+        linear_fused as linear_fused_packed, linear_fused_panels as linear_fused_packed_panels,
+        PackedMatrix,
+    };
+    use crate::kernels::{reference, ActivationKernel};
+    use crate::ops::Precision;
+
+    /// The f32 kernel of an instruction set, as the driver chooses it.
+    struct PackedWeights;
+
+    impl PackedWeights {
+        fn pack(w: &[f32], n: usize, k: usize, isa: Isa) -> PackedMatrix {
+            PackedMatrix::for_isa(w, n, k, Precision::F32, isa)
+        }
+    }
+
+    /// A bias, an activation kernel and a residual: the driver's epilogue without prologue.
+    #[derive(Clone, Copy)]
+    struct Epilogue<'a> {
+        bias: &'a [f32],
+        activation: Option<ActivationKernel>,
+        residual: Option<&'a [f32]>,
+    }
+
+    fn gemm(a: &[f32], rows: usize, w: &PackedMatrix, e: Epilogue<'_>, out: &mut [f32]) {
+        gemm_panels(a, rows, w, 0..w.panels(), e, out, None)
+    }
+
+    fn gemm_panels(
+        a: &[f32],
+        rows: usize,
+        w: &PackedMatrix,
+        panels: std::ops::Range<usize>,
+        e: Epilogue<'_>,
+        out: &mut [f32],
+        _sums: Option<()>,
+    ) {
+        let epilogue = LinearEpilogue {
+            activation: e.activation.map(|k| k.activation()),
+            kernel: e.activation,
+            residual: e.residual,
+        };
+        let none = LinearPrologue::default();
+        linear_fused_packed_panels(a, rows, w, panels, e.bias, none, epilogue, out, None)
+    }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

@@ -6,10 +6,13 @@
 //! against it.
 
 pub mod activation;
+mod amx;
+pub mod bf16;
 pub mod conv;
 pub mod fused;
 pub mod gemm;
 pub mod isa;
+pub mod matmul;
 pub mod qgemm;
 pub mod quantize;
 pub mod reference;
@@ -17,15 +20,15 @@ pub mod reference;
 pub(crate) mod simd;
 
 pub use activation::{Activation, ActivationKernel};
-pub use isa::{Isa, Width};
+pub use isa::{Feature, Features, Isa, Width};
+pub use matmul::{kernel_for, MatMulKernel, PackedMatrix};
 
 /// Weights rearranged once, at load, for an optimised kernel.
 #[derive(Debug, Clone)]
 pub enum PreparedWeights {
-    /// Panels for the packed GEMM (Linear layers; kernel == stride convs over patches).
-    Gemm(gemm::PackedWeights),
+    /// Panels for the packed GEMM in the layer's precision (Linear layers; kernel == stride
+    /// convs over patches).
+    Gemm(matmul::PackedMatrix),
     /// Tap-major depthwise weights.
     Depthwise(conv::DepthwiseWeights),
-    /// Quantised int8 panels for the int8 GEMM (Linear layers; convs over patches).
-    QGemm(qgemm::QPackedWeights),
 }

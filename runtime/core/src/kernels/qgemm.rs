@@ -1,6 +1,7 @@
-//! Int8 GEMM for the 1x1 convolutions and the downsampling convs (as GEMMs over patches):
-//! the optimised twin of [`reference::qlinear_fused`](super::reference::qlinear_fused), in
-//! [`quantize`](super::quantize)'s scheme.
+//! The int8 microkernels of the GEMM driver ([`super::matmul`]) for the 1x1 convolutions and
+//! the downsampling convs (as GEMMs over patches): the optimised twins of
+//! [`reference::qlinear_fused`](super::reference::qlinear_fused), in
+//! [`quantize`](super::quantize)'s scheme (the AMX one is in [`super::amx`]).
 //!
 //! Weights are quantised and packed once, at load, into `NR`-column panels laid out
 //! `[K / 4][NR][4]` (`K` padded to a multiple of 4 with zeros): one 4-byte group per column
@@ -19,309 +20,8 @@
 //! | AVX2 | 6 x 16 | `vpmaddubsw` + `vpmaddwd` + `vpaddd`, twice (ymm); weights at most 63 |
 //! | portable | 4 x 16 | plain loops |
 
-use super::fused::{LinearEpilogue, LinearPrologue, SquareSums};
-use super::gemm::{tile_to_c, TileEpilogue};
-use super::quantize::{quantise_row, weight_max, QuantisedWeights, RowQuant};
-use super::{ActivationKernel, Isa};
-
-/// Bytes of quantised A per row block: the block stays in L2 while every panel streams past
-/// it.
-const BLOCK_BYTES: usize = 256 * 1024;
-
-/// At most this many rows per block (a multiple of every kernel's `MR`).
-const MAX_BLOCK_ROWS: usize = 192;
-
-/// The f32 row the prologue writes before quantisation: scratch of at least this many floats
-/// (every `K` of a ConvNeXt V2 up to huge's 11264), for the reason given in
-/// [`qlinear_fused_packed_panels`].
-const ROW_SCRATCH: usize = 16 * 1024;
-
-/// (MR, NR): the tile one int8 microkernel call computes on `isa`.
-pub fn tile(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Portable => (4, 16),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => (6, 16),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => (6, 16),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => (6, 32),
-    }
-}
-
-/// A weight `[N, K]` quantised per output channel and packed into `isa`'s int8 panels, with
-/// the scales and column sums the epilogue needs.
-#[derive(Debug, Clone)]
-pub struct QPackedWeights {
-    pub isa: Isa,
-    pub n: usize,
-    pub k: usize,
-    /// `K` rounded up to a multiple of 4.
-    kp: usize,
-    nr: usize,
-    /// `ceil(N / NR)` panels of `kp / 4 x NR x 4` bytes.
-    data: Vec<i8>,
-    /// `s_w` per column, padded with zeros to whole panels.
-    scales: Vec<f32>,
-    /// `sum_k q_w` per column, padded likewise.
-    col_sums: Vec<i32>,
-    /// The largest weight magnitude ([`weight_max`] of `isa`).
-    pub q_max: i32,
-}
-
-impl QPackedWeights {
-    /// Quantises `weight` (`[n, k]`, row-major) for `isa`'s kernel and packs it.
-    pub fn pack(weight: &[f32], n: usize, k: usize, isa: Isa) -> QPackedWeights {
-        Self::from_quantised(&QuantisedWeights::new(weight, n, k, weight_max(isa)), isa)
-    }
-
-    /// Packs weights already quantised (with at most [`weight_max`] of `isa`).
-    pub fn from_quantised(q: &QuantisedWeights, isa: Isa) -> QPackedWeights {
-        // The microkernels' safety rests on this: packed weights exist only for kernels the
-        // CPU runs.
-        assert!(
-            Isa::available().contains(&isa),
-            "{isa:?} is not supported by this CPU"
-        );
-        assert!(q.q_max <= weight_max(isa), "weights too wide for {isa:?}");
-        let (n, k) = (q.n, q.k);
-        let nr = tile(isa).1;
-        let kp = k.next_multiple_of(4);
-        let panels = n.div_ceil(nr);
-        let mut data = vec![0i8; panels * kp * nr];
-        let mut scales = vec![0f32; panels * nr];
-        let mut col_sums = vec![0i32; panels * nr];
-        for col in 0..n {
-            let (p, j) = (col / nr, col % nr);
-            let panel = &mut data[p * kp * nr..(p + 1) * kp * nr];
-            for (kk, &v) in q.q[col * k..(col + 1) * k].iter().enumerate() {
-                panel[(kk / 4) * nr * 4 + j * 4 + kk % 4] = v;
-            }
-            scales[col] = q.scales[col];
-            col_sums[col] = q.col_sums[col];
-        }
-        QPackedWeights {
-            isa,
-            n,
-            k,
-            kp,
-            nr,
-            data,
-            scales,
-            col_sums,
-            q_max: q.q_max,
-        }
-    }
-
-    /// Number of `NR`-column panels.
-    pub fn panels(&self) -> usize {
-        self.n.div_ceil(self.nr)
-    }
-
-    /// `NR`: columns per panel.
-    pub fn panel_width(&self) -> usize {
-        self.nr
-    }
-
-    fn panel(&self, p: usize) -> &[i8] {
-        &self.data[p * self.kp * self.nr..(p + 1) * self.kp * self.nr]
-    }
-
-    /// Rows of A per quantised block.
-    fn block_rows(&self) -> usize {
-        let mr = tile(self.isa).0;
-        let rows = (BLOCK_BYTES / self.kp.max(1)).clamp(mr, MAX_BLOCK_ROWS);
-        rows - rows % mr
-    }
-}
-
-/// `out = epilogue(dequantise(quantise(prologue(x)) . q_w))` for `rows` rows of `x`
-/// (`[rows, K]`): [`reference::qlinear_fused`](super::reference::qlinear_fused)'s bits.
-#[allow(clippy::too_many_arguments)]
-pub fn qlinear_fused_packed(
-    x: &[f32],
-    rows: usize,
-    w: &QPackedWeights,
-    bias: &[f32],
-    prologue: LinearPrologue<'_>,
-    epilogue: LinearEpilogue<'_>,
-    out: &mut [f32],
-    sums: Option<&mut SquareSums<'_>>,
-) {
-    qlinear_fused_packed_panels(
-        x,
-        rows,
-        w,
-        0..w.panels(),
-        bias,
-        prologue,
-        epilogue,
-        out,
-        sums,
-    )
-}
-
-/// [`qlinear_fused_packed`] for the output columns of `panels` only: `out` is `[rows,
-/// cols]` for those columns; `bias` and `epilogue.residual` cover all `N` columns, `sums`
-/// only these. Splitting the columns over threads this way changes no result. A block of
-/// rows at a time is quantised (into per-thread scratch), then multiplied.
-#[allow(clippy::too_many_arguments)]
-pub fn qlinear_fused_packed_panels(
-    x: &[f32],
-    rows: usize,
-    w: &QPackedWeights,
-    panels: std::ops::Range<usize>,
-    bias: &[f32],
-    prologue: LinearPrologue<'_>,
-    epilogue: LinearEpilogue<'_>,
-    out: &mut [f32],
-    mut sums: Option<&mut SquareSums<'_>>,
-) {
-    let (k, n, kp) = (w.k, w.n, w.kp);
-    let width = (panels.end * w.nr).min(n) - panels.start * w.nr;
-    assert_eq!(x.len(), rows * k);
-    assert_eq!(out.len(), rows * width);
-    let block = w.block_rows().min(rows.max(1));
-    // Scratch of the largest size any layer asks for (a block is at most BLOCK_BYTES and 192
-    // rows unless K is huge): a thread that takes another thread's task in a later pass
-    // (the pool's stealing) finds its buffers big enough, so a warm pass allocates nothing.
-    let data_len = (block * kp).max(BLOCK_BYTES);
-    let quants_len = block.max(MAX_BLOCK_ROWS);
-    crate::scratch::with_u8(data_len, |data| {
-        crate::scratch::with_row_quants(quants_len, |quants| {
-            for m0 in (0..rows).step_by(block) {
-                let mb = block.min(rows - m0);
-                let (data, quants) = (&mut data[..mb * kp], &mut quants[..mb]);
-                quantise_rows(&x[m0 * k..(m0 + mb) * k], k, prologue, m0, data, quants);
-                let a = QuantisedRows { data, quants, kp };
-                qgemm_panels(
-                    a,
-                    w,
-                    panels.clone(),
-                    bias,
-                    epilogue
-                        .activation
-                        .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act))),
-                    epilogue.residual.map(|r| &r[m0 * n..(m0 + mb) * n]),
-                    &mut out[m0 * width..(m0 + mb) * width],
-                    sums.as_deref_mut().map(|s| (s, m0)),
-                );
-            }
-        })
-    })
-}
-
-/// The bytes [`quantise_rows`] writes per row: `k` rounded up to a multiple of 4.
-pub fn padded_k(k: usize) -> usize {
-    k.next_multiple_of(4)
-}
-
-/// Rows of A quantised for the int8 GEMM: [`padded_k`] bytes each, and each row's scale and
-/// zero point.
-#[derive(Clone, Copy)]
-pub struct QuantisedRows<'a> {
-    pub data: &'a [u8],
-    pub quants: &'a [RowQuant],
-    pub kp: usize,
-}
-
-/// Quantises the rows of `x` (`[rows, k]`) after the prologue (row `i` of `x` is the
-/// prologue's row `first + i`) into `data` (`rows x padded_k(k)`) and `quants` (`rows`).
-pub fn quantise_rows(
-    x: &[f32],
-    k: usize,
-    prologue: LinearPrologue<'_>,
-    first: usize,
-    data: &mut [u8],
-    quants: &mut [RowQuant],
-) {
-    let kp = padded_k(k);
-    let rows = quants.len();
-    assert_eq!(x.len(), rows * k);
-    assert_eq!(data.len(), rows * kp);
-    let row_len = if prologue.is_identity() {
-        0
-    } else {
-        k.max(ROW_SCRATCH)
-    };
-    crate::scratch::with_f32(row_len, |row| {
-        let row = &mut row[..row_len.min(k)];
-        let dst = data.chunks_exact_mut(kp.max(1)).zip(quants.iter_mut());
-        for (i, (src, (dst, quant))) in x.chunks_exact(k.max(1)).zip(dst).enumerate() {
-            *quant = if prologue.is_identity() {
-                quantise_row(src, dst)
-            } else {
-                prologue.apply_from(first + i, src, row);
-                quantise_row(row, dst)
-            };
-        }
-    })
-}
-
-/// The int8 product of quantised rows `a` and the output columns of `panels`: `out` is
-/// `[rows, cols]` for those columns, `bias` covers all `N` columns, `residual` is `[rows, N]`;
-/// with `sums`, the squares of the outputs go to its rows from the given one.
-#[allow(clippy::too_many_arguments)]
-pub fn qgemm_panels(
-    a: QuantisedRows<'_>,
-    w: &QPackedWeights,
-    panels: std::ops::Range<usize>,
-    bias: &[f32],
-    activation: Option<ActivationKernel>,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-    mut sums: Option<super::gemm::SumsSink<'_, '_>>,
-) {
-    let (n, kp, nr) = (w.n, w.kp, w.nr);
-    let mr = tile(w.isa).0;
-    let rows = a.quants.len();
-    let col0 = panels.start * nr;
-    let width = (panels.end * nr).min(n) - col0;
-    assert_eq!(a.kp, kp);
-    assert_eq!(a.data.len(), rows * kp);
-    assert_eq!(out.len(), rows * width);
-    assert_eq!(bias.len(), n);
-    if let Some(r) = residual {
-        assert_eq!(r.len(), rows * n);
-    }
-    // Row blocks: a block's quantised rows stay in L2 while the panels stream past.
-    let block = w.block_rows();
-    for m0 in (0..rows).step_by(block) {
-        let mb = block.min(rows - m0);
-        for p in panels.clone() {
-            let cols = nr.min(n - p * nr);
-            for r0 in (m0..m0 + mb).step_by(mr) {
-                let tile_rows = mr.min(m0 + mb - r0);
-                let at = r0 * width + p * nr - col0;
-                let tile = QTile {
-                    a: &a.data[r0 * kp..(m0 + mb) * kp],
-                    lda: kp,
-                    rows: tile_rows,
-                    kp,
-                    panel: w.panel(p),
-                    quants: &a.quants[r0..m0 + mb],
-                    col_sums: &w.col_sums[p * nr..(p + 1) * nr],
-                    scales: &w.scales[p * nr..(p + 1) * nr],
-                    c: &mut out[at..],
-                    ldc: width,
-                    cols,
-                    epilogue: TileEpilogue {
-                        bias: &bias[p * nr..p * nr + cols],
-                        activation,
-                        residual: residual.map(|r| (&r[r0 * n + p * nr..], n)),
-                    },
-                };
-                microkernel(w.isa, tile);
-                if let Some((sums, row0)) = sums.as_mut() {
-                    for i in 0..tile_rows {
-                        let y = &out[at + i * width..][..cols];
-                        sums.add(*row0 + r0 + i, p * nr - col0, y);
-                    }
-                }
-            }
-        }
-    }
-}
+use super::matmul::{tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
+use super::quantize::RowQuant;
 
 /// One microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets the
 /// dequantised `sum_k a[i * lda + k] panel[k / 4][j][k % 4]` of every row `i` and column `j`,
@@ -345,39 +45,60 @@ struct QTile<'t> {
     epilogue: TileEpilogue<'t>,
 }
 
-impl QTile<'_> {
-    /// The sizes every kernel relies on (its memory safety too): checked once per call.
-    fn check(&self, mr: usize, nr: usize) {
-        assert!((1..=mr).contains(&self.rows) && (1..=nr).contains(&self.cols));
-        assert!(self.kp.is_multiple_of(4) && self.kp <= self.lda);
-        assert!(self.a.len() >= (self.rows - 1) * self.lda + self.kp);
-        assert!(self.panel.len() >= self.kp * nr);
-        assert!(self.quants.len() >= self.rows);
-        assert!(self.col_sums.len() >= nr && self.scales.len() >= nr);
-        assert!(self.c.len() >= (self.rows - 1) * self.ldc + self.cols && self.cols <= self.ldc);
-        let e = &self.epilogue;
-        assert!(e.bias.len() >= self.cols);
-        if let Some((r, stride)) = e.residual {
-            assert!(r.len() >= (self.rows - 1) * stride + self.cols && self.cols <= stride);
-        }
+/// The int8 view of a driver's tile, its sizes checked for `(mr, nr)`.
+fn int8_tile(t: MicroTile<'_>, mr: usize, nr: usize) -> QTile<'_> {
+    t.check(mr, nr, false);
+    let (Operand::U8(a), PanelRef::I8(panel)) = (t.a, t.panel) else {
+        panic!("an int8 kernel takes u8 rows and i8 panels");
+    };
+    let d = t.dequant.expect("an int8 tile is dequantised");
+    assert!(t.kc.is_multiple_of(4));
+    QTile {
+        a,
+        lda: t.lda,
+        rows: t.rows,
+        kp: t.kc,
+        panel,
+        quants: d.quants,
+        col_sums: d.col_sums,
+        scales: d.scales,
+        c: t.c,
+        ldc: t.ldc,
+        cols: t.cols,
+        epilogue: t.epilogue.expect("the int8 kernels run all of K at once"),
     }
 }
 
-fn microkernel(isa: Isa, t: QTile<'_>) {
-    let (mr, nr) = tile(isa);
-    t.check(mr, nr);
-    match isa {
-        Isa::Portable => portable::<4, 16>(t),
-        // SAFETY (each arm): callers pass the `Isa` of a `QPackedWeights`, whose packing
-        // asserted the CPU runs it; `check` asserted every size the kernel reads and writes for
-        // its (MR, NR).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2_6x16(t) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => unsafe { x86::avx_vnni_6x16(t) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::avx512_vnni_6x32(t) },
-    }
+/// The portable kernel (4 x 16).
+pub(super) fn portable_4x16(t: MicroTile<'_>) {
+    portable::<4, 16>(int8_tile(t, 4, 16))
+}
+
+/// AVX-512 VNNI (6 x 32).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx512_vnni_6x32(t: MicroTile<'_>) {
+    let t = int8_tile(t, 6, 32);
+    // SAFETY (each x86 kernel): the driver reaches a kernel only through a `PackedMatrix`
+    // packed for it, which asserted the CPU has its features; `int8_tile` checked every size
+    // the kernel reads and writes for its (MR, NR).
+    unsafe { x86::avx512_vnni_6x32(t) }
+}
+
+/// AVX-VNNI (6 x 16).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx_vnni_6x16(t: MicroTile<'_>) {
+    let t = int8_tile(t, 6, 16);
+    // SAFETY: as above (AVX2, FMA, AVX-VNNI).
+    unsafe { x86::avx_vnni_6x16(t) }
+}
+
+/// AVX2 `vpmaddubsw` (6 x 16): its packing quantised the weights to at most 63 (its
+/// `weight_max`), so the saturating i16 pairs never saturate.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_6x16(t: MicroTile<'_>) {
+    let t = int8_tile(t, 6, 16);
+    // SAFETY: as above (AVX2, FMA).
+    unsafe { x86::avx2_6x16(t) }
 }
 
 /// The portable microkernel: exact integer sums, the scalar dequantisation, the epilogue on
@@ -410,7 +131,7 @@ fn portable<const MR: usize, const NR: usize>(t: QTile<'_>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::gemm::x86::store;
@@ -486,6 +207,23 @@ mod x86 {
         }
     }
 
+    /// `f32(acc - zero * col_sums) * (scale * scales)` on 16 lanes, as every AVX-512 int8
+    /// kernel dequantises (the AMX kernel's rows too).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; 16 values readable at `col_sums` and at `scales`.
+    #[inline(always)]
+    pub(in crate::kernels) unsafe fn dequantise_512(
+        acc: __m512i,
+        zero: i32,
+        col_sums: *const i32,
+        scale: f32,
+        scales: *const f32,
+    ) -> V512 {
+        // SAFETY: the caller's contract.
+        unsafe { Vnni512::dequantise(Vnni512(acc), zero, col_sums, scale, scales) }
+    }
+
     /// AVX-VNNI (256 bits).
     #[derive(Clone, Copy)]
     struct Vnni256(__m256i);
@@ -557,7 +295,7 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX-512F, BW and VNNI; `t` passed `QTile::check(6, 32)`.
+    /// The CPU supports AVX-512F, BW and VNNI; `t` passed `MicroTile::check(6, 32)`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
     pub(super) unsafe fn avx512_vnni_6x32(t: QTile<'_>) {
         // SAFETY: the caller's contract.
@@ -565,7 +303,7 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2, FMA and AVX-VNNI; `t` passed `QTile::check(6, 16)`.
+    /// The CPU supports AVX2, FMA and AVX-VNNI; `t` passed `MicroTile::check(6, 16)`.
     #[target_feature(enable = "avx2,fma,avxvnni")]
     pub(super) unsafe fn avx_vnni_6x16(t: QTile<'_>) {
         // SAFETY: the caller's contract.
@@ -573,7 +311,7 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `t` passed `QTile::check(6, 16)` and its weights are at
+    /// The CPU supports AVX2 and FMA; `t` passed `MicroTile::check(6, 16)` and its weights are at
     /// most 63 in magnitude (no saturation in `vpmaddubsw`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2_6x16(t: QTile<'_>) {
@@ -584,7 +322,7 @@ mod x86 {
     /// The kernel of exactly the tile's rows (at most `MR`).
     ///
     /// # Safety
-    /// The CPU has `Q`'s ISA; `t` passed `QTile::check(MR, 2 * Q::LANES)`.
+    /// The CPU has `Q`'s ISA; `t` passed `MicroTile::check(MR, 2 * Q::LANES)`.
     #[inline(always)]
     unsafe fn exact_rows<Q: QLanes, const MR: usize>(t: QTile<'_>) {
         // SAFETY: the caller's contract; `rows` is 1..=MR.
@@ -605,7 +343,7 @@ mod x86 {
     /// registers and the f32 GEMM's store (and epilogue).
     ///
     /// # Safety
-    /// The CPU has `Q`'s ISA; `t` passed `QTile::check(m, NV * Q::LANES)` with `m >= MR ==
+    /// The CPU has `Q`'s ISA; `t` passed `MicroTile::check(m, NV * Q::LANES)` with `m >= MR ==
     /// t.rows`.
     #[inline(always)]
     unsafe fn tile<Q: QLanes, const MR: usize, const NV: usize>(t: QTile<'_>) {
@@ -655,8 +393,28 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::matmul::{
+        kernel_for, linear_fused as qlinear_fused_packed,
+        linear_fused_panels as qlinear_fused_packed_panels, PackedMatrix,
+    };
+    use crate::kernels::quantize::{weight_max, QuantisedWeights};
     use crate::kernels::reference::{self, LinearEpilogue, LinearPrologue, RowScale};
+    use crate::kernels::Isa;
+    use crate::ops::Precision;
     use crate::Activation;
+
+    /// The int8 kernel of an instruction set, as the driver chooses it.
+    struct QPackedWeights;
+
+    impl QPackedWeights {
+        fn pack(w: &[f32], n: usize, k: usize, isa: Isa) -> PackedMatrix {
+            PackedMatrix::for_isa(w, n, k, Precision::Int8, isa)
+        }
+
+        fn from_quantised(q: &QuantisedWeights, isa: Isa) -> PackedMatrix {
+            PackedMatrix::from_quantised(q, kernel_for(Precision::Int8, isa))
+        }
+    }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

@@ -28,11 +28,7 @@
 /// *saturating* i16 (`2 * 255 * 63 = 32130 <= 32767`; with 127 it would reach 64770). fbgemm
 /// and ONNX Runtime's `reduce_range` make the same choice.
 pub fn weight_max(isa: super::Isa) -> i32 {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 | super::Isa::Avx512 => 63,
-        _ => 127,
-    }
+    super::matmul::kernel_for(crate::ops::Precision::Int8, isa).weight_max
 }
 
 /// Activations take the full u8 range.

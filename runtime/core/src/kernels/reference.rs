@@ -504,6 +504,56 @@ pub fn qlinear_fused(
     })
 }
 
+/// `nn.Linear` in bf16 ([`super::bf16`]'s scheme), with the prologue and epilogue of
+/// [`linear_fused`]: each row after the prologue is rounded to bf16, its dot product with each
+/// bf16 weight row (`weight`: `[n, k]` bf16 bits) summed in a kernel's `order` over `K`
+/// zero-padded to `kp`, then the bias, activation (the runtime's f32 kernel) and residual in
+/// f32, as the optimised bf16 kernels do (which therefore match this twin bit for bit).
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_linear_fused(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    weight: &[u16],
+    n: usize,
+    (kp, order): (usize, super::matmul::SumOrder),
+    bias: &[f32],
+    prologue: LinearPrologue<'_>,
+    epilogue: LinearEpilogue<'_>,
+    out: &mut [f32],
+    mut sums: Option<&mut SquareSums<'_>>,
+) {
+    assert_eq!(x.len(), rows * k);
+    assert_eq!(weight.len(), n * k);
+    assert_eq!(out.len(), rows * n);
+    let activation = epilogue
+        .activation
+        .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
+    let mut a = vec![0u16; k];
+    crate::scratch::with_f32(k, |row| {
+        for r in 0..rows {
+            prologue.apply_from(r, &x[r * k..(r + 1) * k], row);
+            super::bf16::round_row(row, &mut a);
+            let y = &mut out[r * n..(r + 1) * n];
+            for (o, y) in y.iter_mut().enumerate() {
+                let w = &weight[o * k..(o + 1) * k];
+                *y = super::bf16::dot(&a, w, kp, order) + bias[o];
+            }
+            if let Some(act) = &activation {
+                act.apply(y);
+            }
+            if let Some(res) = epilogue.residual {
+                y.iter_mut()
+                    .zip(&res[r * n..(r + 1) * n])
+                    .for_each(|(v, &t)| *v += t);
+            }
+            if let Some(sums) = sums.as_deref_mut() {
+                sums.add(r, 0, y);
+            }
+        }
+    })
+}
+
 /// Mean over the spatial axes of NHWC: `[batch, pixels, channels]` to `[batch, channels]`.
 pub fn global_avg_pool_nhwc(x: &[f32], batch: usize, pixels: usize, channels: usize) -> Vec<f32> {
     let mut out = vec![0f32; batch * channels];

@@ -4,10 +4,9 @@
 use super::{
     Conv2d, GrnSource, LayerNorm, Layout, Linear, NormAxis, Permute, Precision, ValueType,
 };
+use crate::kernels::matmul::{self, PackedMatrix, PackedRows, RowsMut};
 use crate::kernels::reference as k;
-use crate::kernels::{
-    conv, gemm, qgemm, quantize, Activation, ActivationKernel, Isa, PreparedWeights,
-};
+use crate::kernels::{bf16, conv, quantize, Activation, ActivationKernel, Isa, PreparedWeights};
 use crate::{pool, scratch};
 
 /// Tasks an op's work is cut into per pool thread: enough that a thread done early takes
@@ -26,24 +25,19 @@ pub struct ConvParams<'a> {
     pub prepared: Option<&'a PreparedWeights>,
 }
 
-/// A linear layer's parameters; `packed` (f32) or `qpacked` (int8) as
+/// A linear layer's parameters; `packed` (in the layer's precision) as
 /// [`ConvParams::prepared`].
 #[derive(Clone, Copy)]
 pub struct LinearParams<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
-    pub packed: Option<&'a gemm::PackedWeights>,
-    pub qpacked: Option<&'a qgemm::QPackedWeights>,
+    pub packed: Option<&'a PackedMatrix>,
 }
 
 impl LinearParams<'_> {
     /// The packed GEMM's panels: (count, columns each), if the weights are packed.
     fn panels(&self) -> Option<(usize, usize)> {
-        match (self.packed, self.qpacked) {
-            (Some(w), _) => Some((w.panels(), w.panel_width())),
-            (_, Some(w)) => Some((w.panels(), w.panel_width())),
-            _ => None,
-        }
+        self.packed.map(|w| (w.panels(), w.panel_width()))
     }
 }
 
@@ -71,11 +65,11 @@ pub fn conv2d(
         pad_w: c.padding[1],
         groups: c.groups,
     };
-    // An int8 conv without prepared weights (the reference kernels asked for) quantises them
-    // here, for the portable kernel (the reference twin's bits).
+    // A bf16 or int8 conv without prepared weights (the reference kernels asked for) packs
+    // them here, for the portable kernel (the reference twin's bits).
     let quantised;
     let prepared = match p.prepared {
-        None if c.precision == Precision::Int8 => {
+        None if c.precision != Precision::F32 => {
             quantised = prepare_conv(c, p.weight, Isa::Portable);
             quantised.as_ref()
         }
@@ -98,11 +92,6 @@ pub fn conv2d(
                     conv::depthwise_nhwc(geometry, x, w, p.bias, norm, range, dst)
                 }
                 PreparedWeights::Gemm(w) => {
-                    let w = conv::PatchGemm::F32(w);
-                    conv::patch_conv_nhwc(geometry, x, w, p.bias, c.input_norm, norm, range, dst)
-                }
-                PreparedWeights::QGemm(w) => {
-                    let w = conv::PatchGemm::Int8(w);
                     conv::patch_conv_nhwc(geometry, x, w, p.bias, c.input_norm, norm, range, dst)
                 }
             }
@@ -269,35 +258,26 @@ impl<'a> LinearJob<'a> {
             let mut sums =
                 with_sums.then(|| k::SquareSums::new(partials, first_row, rows, pixels, n));
             let p = self.p;
-            match (p.packed, p.qpacked, self.l.precision) {
-                (Some(w), _, _) => gemm::linear_fused_packed(
-                    x,
-                    rows,
-                    w,
-                    p.bias,
-                    prologue,
-                    epilogue,
-                    y,
-                    sums.as_mut(),
-                ),
-                (_, Some(w), _) => qgemm::qlinear_fused_packed(
-                    x,
-                    rows,
-                    w,
-                    p.bias,
-                    prologue,
-                    epilogue,
-                    y,
-                    sums.as_mut(),
-                ),
-                (None, None, Precision::Int8) => {
+            match (p.packed, self.l.precision) {
+                (Some(w), _) => {
+                    matmul::linear_fused(x, rows, w, p.bias, prologue, epilogue, y, sums.as_mut())
+                }
+                (None, Precision::Int8) => {
                     // The reference kernels asked for: the weights quantised here, as for
                     // the portable kernel (as an int8 conv without prepared weights is).
                     let q_max = quantize::weight_max(Isa::Portable);
                     let q = quantize::QuantisedWeights::new(p.weight, n, k_in, q_max);
                     k::qlinear_fused(x, rows, &q, p.bias, prologue, epilogue, y, sums.as_mut())
                 }
-                (None, None, Precision::F32) => k::linear_fused(
+                (None, Precision::Bf16) => {
+                    // Likewise: the weights rounded here, summed in the portable kernel's order.
+                    let kernel = matmul::kernel_for(Precision::Bf16, Isa::Portable);
+                    let w: Vec<u16> = p.weight.iter().map(|&v| bf16::round(v)).collect();
+                    let order = (kernel.padded_k(k_in), kernel.sum_order);
+                    let (b, s) = (p.bias, sums.as_mut());
+                    k::bf16_linear_fused(x, rows, k_in, &w, n, order, b, prologue, epilogue, y, s)
+                }
+                (None, Precision::F32) => k::linear_fused(
                     x,
                     rows,
                     k_in,
@@ -352,44 +332,66 @@ impl<'a> LinearJob<'a> {
         out: &mut [f32],
         sums: Option<SumsOut<'_>>,
     ) {
-        let Some(w) = self.p.qpacked else {
+        let w = self.p.packed.expect("a column split needs packed weights");
+        let spec = w.kernel;
+        if spec.precision == Precision::F32 {
             return self.by_columns_of(None, panels, rows, threads, out, sums);
+        }
+        // bf16 and int8: every row packed once (over the threads), then each column task
+        // multiplies all of them by its panels.
+        let (k, kp) = (self.l.in_features, w.padded_k());
+        let per_task = rows.div_ceil(threads * TASKS_PER_THREAD).max(1);
+        let rows_of = |t: usize| t * per_task..((t + 1) * per_task).min(rows);
+        let len = spec.padded_rows(rows) * kp;
+        let pack = |t: usize, dst: RowsMut<'_>| {
+            let r = rows_of(t);
+            let x = &self.x[r.start * k..r.end * k];
+            matmul::pack_rows(x, k, kp, self.prologue(0), r.start, dst)
         };
-        // int8: every row quantised once (over the threads), then each column task multiplies
-        // all of them by its panels.
-        let k = self.l.in_features;
-        let kp = qgemm::padded_k(w.k);
-        scratch::with_u8(rows * kp, |data| {
-            scratch::with_row_quants(rows, |quants| {
-                let per_task = rows.div_ceil(threads * TASKS_PER_THREAD).max(1);
-                let rows_of = |t: usize| t * per_task..((t + 1) * per_task).min(rows);
-                // SAFETY: both region functions are pure functions of the task index.
-                unsafe {
-                    pool::for_each_region_pair_mut(
-                        data,
-                        quants,
-                        rows.div_ceil(per_task),
-                        &|t| {
-                            let r = rows_of(t);
-                            (r.start * kp..r.end * kp, r)
-                        },
-                        &|t, data, quants| {
-                            let r = rows_of(t);
-                            let x = &self.x[r.start * k..r.end * k];
-                            qgemm::quantise_rows(x, k, self.prologue(0), r.start, data, quants)
-                        },
-                    )
-                }
-                let a = qgemm::QuantisedRows { data, quants, kp };
+        match spec.precision {
+            Precision::Bf16 => scratch::with_u16(len, |data| {
+                pool::for_each_chunk_mut(&mut data[..rows * kp], per_task * kp, &|t, data| {
+                    pack(t, RowsMut::Bf16(data))
+                });
+                let a = PackedRows {
+                    data: matmul::Operand::Bf16(data),
+                    lda: kp,
+                    rows,
+                    quants: &[],
+                };
                 self.by_columns_of(Some(a), panels, rows, threads, out, sums)
-            })
-        })
+            }),
+            _ => scratch::with_u8(len, |data| {
+                scratch::with_row_quants(rows, |quants| {
+                    // SAFETY: both region functions are pure functions of the task index.
+                    unsafe {
+                        pool::for_each_region_pair_mut(
+                            &mut data[..rows * kp],
+                            quants,
+                            rows.div_ceil(per_task),
+                            &|t| {
+                                let r = rows_of(t);
+                                (r.start * kp..r.end * kp, r)
+                            },
+                            &|t, data, quants| pack(t, RowsMut::U8(data, quants)),
+                        )
+                    }
+                    let a = PackedRows {
+                        data: matmul::Operand::U8(data),
+                        lda: kp,
+                        rows,
+                        quants,
+                    };
+                    self.by_columns_of(Some(a), panels, rows, threads, out, sums)
+                })
+            }),
+        }
     }
 
-    /// [`LinearJob::by_columns`] with A already quantised (int8) or as it is (f32).
+    /// [`LinearJob::by_columns`] with A already packed (bf16, int8) or as it is (f32).
     fn by_columns_of(
         &self,
-        quantised: Option<qgemm::QuantisedRows<'_>>,
+        packed_rows: Option<PackedRows<'_>>,
         (panel_count, panel_width): (usize, usize),
         rows: usize,
         threads: usize,
@@ -434,8 +436,9 @@ impl<'a> LinearJob<'a> {
                             k::SquareSums::new(partials, 0, rows, self.pixels, width_of(t))
                         });
                         let (x, bias, prologue) = (self.x, self.p.bias, self.prologue(0));
-                        match (self.p.packed, self.p.qpacked) {
-                            (Some(w), _) => gemm::linear_fused_packed_panels(
+                        let w = self.p.packed.expect("a column split needs packed weights");
+                        match packed_rows {
+                            None => matmul::linear_fused_panels(
                                 x,
                                 rows,
                                 w,
@@ -446,8 +449,8 @@ impl<'a> LinearJob<'a> {
                                 part,
                                 sums.as_mut(),
                             ),
-                            (_, Some(w)) => qgemm::qgemm_panels(
-                                quantised.expect("int8 rows are quantised first"),
+                            Some(a) => matmul::product(
+                                a,
                                 w,
                                 panels,
                                 bias,
@@ -456,7 +459,6 @@ impl<'a> LinearJob<'a> {
                                 part,
                                 sums.as_mut().map(|s| (s, 0)),
                             ),
-                            _ => unreachable!("a column split needs packed weights"),
                         }
                     },
                 )
@@ -639,24 +641,16 @@ pub fn prepare_conv(
     }
     if c.groups == 1 && c.kernel == c.stride && c.padding == [0, 0] {
         let (o, i, kh, kw) = (c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]);
-        return Some(match c.precision {
-            Precision::F32 => {
-                PreparedWeights::Gemm(conv::pack_patch_conv(weight, o, i, kh, kw, isa))
-            }
-            Precision::Int8 => {
-                PreparedWeights::QGemm(conv::qpack_patch_conv(weight, o, i, kh, kw, isa))
-            }
-        });
+        let patches =
+            conv::pack_patch_conv(weight, o, i, kh, kw, matmul::kernel_for(c.precision, isa));
+        return Some(PreparedWeights::Gemm(patches));
     }
     None
 }
 
-/// A linear layer's weight packed once, at load, into `isa`'s GEMM panels (quantised for
-/// the int8 GEMM when the layer runs in int8).
+/// A linear layer's weight packed once, at load, into the GEMM panels of the best kernel of
+/// the layer's precision on `isa` (rounded to bf16 or quantised to int8 as the precision says).
 pub fn prepare_linear(l: &Linear, weight: &[f32], isa: crate::kernels::Isa) -> PreparedWeights {
     let (n, k) = (l.out_features, l.in_features);
-    match l.precision {
-        Precision::F32 => PreparedWeights::Gemm(gemm::PackedWeights::pack(weight, n, k, isa)),
-        Precision::Int8 => PreparedWeights::QGemm(qgemm::QPackedWeights::pack(weight, n, k, isa)),
-    }
+    PreparedWeights::Gemm(PackedMatrix::for_isa(weight, n, k, l.precision, isa))
 }

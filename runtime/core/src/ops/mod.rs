@@ -107,6 +107,9 @@ pub enum Precision {
     /// f32 throughout.
     #[default]
     F32,
+    /// Weights and the activations (after the prologue) rounded to bf16 (nearest even), the
+    /// products accumulated in f32 ([`crate::kernels::bf16`]), the f32 epilogue.
+    Bf16,
     /// Weights quantised per output channel and activations per row (pixel) to 8 bits, exact
     /// integer products, the result dequantised to f32 before the epilogue
     /// ([`crate::kernels::quantize`]).
@@ -114,21 +117,36 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// `f32` or `int8`.
+    /// Every precision and its name: the one table the command line, the `convnextv2!`
+    /// macro, the C header and the Python package read.
+    pub const NAMES: [(Precision, &'static str); 3] = [
+        (Precision::F32, "f32"),
+        (Precision::Bf16, "bf16"),
+        (Precision::Int8, "int8"),
+    ];
+
+    /// `f32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Int8 => "int8",
-        }
+        Self::NAMES
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, name)| *name)
+            .expect("every precision is named")
     }
 
     /// The precision [`Precision::name`] names.
     pub fn from_name(name: &str) -> Option<Precision> {
-        match name {
-            "f32" => Some(Precision::F32),
-            "int8" => Some(Precision::Int8),
-            _ => None,
-        }
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(p, _)| *p)
+    }
+
+    /// The names, for messages: `f32, bf16 or int8`.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
+        let (last, rest) = names.split_last().expect("precisions");
+        format!("{} or {last}", rest.join(", "))
     }
 }
 
@@ -148,7 +166,8 @@ pub struct Conv2d {
     pub input_norm: Option<f64>,
     /// Epilogue: every output pixel's channel vector is layer-normalised before it is written.
     pub output_norm: Option<OutputNorm>,
-    /// The product's arithmetic (int8 for a conv over non-overlapping patches in NHWC only).
+    /// The product's arithmetic (bf16 or int8 for a conv over non-overlapping patches in NHWC
+    /// only).
     #[serde(default)]
     pub precision: Precision,
 }
