@@ -4,7 +4,7 @@
 //! op-parallel). Whatever ran where, every image's outputs must be the bits it gets alone at
 //! batch 1 on one thread: here for batch 3 and 8 at 1, 2 and 3 threads (op-parallel;
 //! image-parallel with a remainder of 1, 2 or none), on the interpreter, the JIT and the
-//! `convnextv2!` macro's code, in f32 and int8, at the odd input size 97x75 (stage 0 at
+//! `convnextv2!` macro's code, in f32, bf16 and int8, at the odd input size 97x75 (stage 0 at
 //! 24x18 runs image-parallel, the later stages op-parallel).
 
 use cnx_cli::{random, ModelSpec};
@@ -60,7 +60,7 @@ fn alone(model: &LoadedModel, x: &Tensor) -> Vec<Vec<f32>> {
 
 #[test]
 fn every_backend_gives_each_image_its_batch_one_bits_whatever_the_schedule() {
-    for precision in [Precision::F32, Precision::Int8] {
+    for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let model = model(precision, store());
         let program = cnx_compiler::lower::lower_outputs(&model.graph, &NAMES).unwrap();
         program.validate().unwrap();

@@ -43,6 +43,12 @@ convnextv2::convnextv2!(
     image_size = 96,
     precision = "int8"
 );
+convnextv2::convnextv2!(
+    config = "atto-1k-224",
+    name = Atto96Bf16,
+    image_size = 96,
+    precision = "bf16"
+);
 
 /// The generated model types' forward passes, for one check over both.
 trait Forward {
@@ -70,12 +76,14 @@ macro_rules! forward {
 }
 forward!(Atto96);
 forward!(Atto96Int8);
+forward!(Atto96Bf16);
 
 // One test: the counter is global, so nothing else may run while it counts.
 #[test]
 fn a_warm_forward_pass_allocates_nothing() {
     check::<Atto96>("f32");
     check::<Atto96Int8>("int8");
+    check::<Atto96Bf16>("bf16");
 }
 
 fn check<M: Forward>(precision: &str) {

@@ -42,6 +42,19 @@ def test_int8_equals_cnx_run_int8(tmp_path):
     assert np.array_equal(logits, np.load(out)["logits"])
 
 
+@pytest.mark.parametrize("backend", ["jit", "interp"])
+def test_bf16_equals_cnx_run_bf16(tmp_path, backend):
+    case = FIXTURES / "atto-224-b2"
+    out = tmp_path / "out.npz"
+    run_cnx("run", "--model", str(case), "--input", str(case / "pixel_values.npy"), "--output", str(out),
+            "--precision", "bf16", "--backend", backend)
+    model = cnx.ConvNextV2ForImageClassification.from_pretrained(case, precision="bf16", backend=backend)
+    assert model.precision == "bf16"
+    assert cnx.ConvNextV2ForImageClassification.from_pretrained(case, precision="bfloat16").precision == "bf16"
+    logits = model(np.load(case / "pixel_values.npy")).logits
+    assert np.array_equal(logits, np.load(out)["logits"])
+
+
 @pytest.mark.parametrize("case", ["atto-224-b2", "custom-nonsquare", "custom-square"])
 def test_outputs_match_transformers(case):
     pixel_values = np.load(FIXTURES / case / "pixel_values.npy")

@@ -485,6 +485,14 @@ fn bench_reports_the_contracted_json_keys() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["precision"], "int8");
+    let bf16 = ["--precision", "bf16", "--json"];
+    let out = cnx(&[
+        &["bench", s(&case), "--runs", "1", "--input-size", "64"][..],
+        &bf16,
+    ]
+    .concat());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "bf16");
     // Random weights for a preset; bad batch sizes are usage errors.
     let out = cnx(&["bench", "atto-1k-224", "--input-size", "32", "--runs", "1"]);
     assert!(

@@ -227,16 +227,29 @@ fn c_program_gives_transformers_predictions() {
 /// are `cnx eval --precision int8`'s on the interpreter and on the JIT, bit for bit.
 #[test]
 fn int8_object_and_eval_agree_with_the_interpreter() {
+    low_precision_object_and_eval_agree_with_the_interpreter("int8");
+}
+
+/// In bf16 likewise (the object rounds the weights at load, `P_PRECISION` "bf16").
+#[test]
+fn bf16_object_and_eval_agree_with_the_interpreter() {
+    low_precision_object_and_eval_agree_with_the_interpreter("bf16");
+}
+
+fn low_precision_object_and_eval_agree_with_the_interpreter(precision: &str) {
     let digits = Digits::load(&repo());
     let dir = tempfile::tempdir().unwrap();
-    let (rows, printed) = c_program(&digits, "int8", dir.path());
-    let (scores, interp) = eval_at(&digits, "interp", "int8", dir.path());
+    let (rows, printed) = c_program(&digits, precision, dir.path());
+    let (scores, interp) = eval_at(&digits, "interp", precision, dir.path());
     assert_eq!(
         rows, interp,
-        "the int8 object's logits are the interpreter's"
+        "the {precision} object's logits are the interpreter's"
     );
-    let (jit_scores, jit) = eval_at(&digits, "jit", "int8", dir.path());
-    assert_eq!(jit, interp, "int8: the JIT's logits are the interpreter's");
+    let (jit_scores, jit) = eval_at(&digits, "jit", precision, dir.path());
+    assert_eq!(
+        jit, interp,
+        "{precision}: the JIT's logits are the interpreter's"
+    );
     assert_eq!(jit_scores, scores);
     let top: Vec<String> = rows.iter().map(|r| digits::argmax(r).to_string()).collect();
     assert_eq!(printed, top);

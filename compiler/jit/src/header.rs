@@ -92,7 +92,7 @@ pub fn c_header(spec: &HeaderSpec<'_>) -> String {
     );
     let _ = writeln!(
         s,
-        "/* The 1x1 and downsampling convs' arithmetic: \"f32\", or \"int8\" (the f32 checkpoint's weights quantised per output channel at load, activations per pixel). */\n#define {up}_PRECISION \"{}\"\n",
+        "/* The 1x1 and downsampling convs' arithmetic: \"f32\", \"bf16\" (the f32 checkpoint's weights rounded to bf16 at load, activations as they are packed) or \"int8\" (weights quantised per output channel at load, activations per pixel). */\n#define {up}_PRECISION \"{}\"\n",
         spec.precision
     );
     s.push_str("/* The runtime library's error codes and last error, shared by every cnx model. */\n#ifndef CNX_OK\n");

@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cnx_runtime::kernels::conv::{depthwise_nhwc, DepthwiseWeights, PixelNorm};
-use cnx_runtime::kernels::gemm::{linear_fused_packed, PackedWeights};
+use cnx_runtime::kernels::matmul::{linear_fused, PackedMatrix, KERNELS};
 use cnx_runtime::kernels::reference::{self as k, Conv2dGeometry, LinearEpilogue, LinearPrologue};
 use cnx_runtime::kernels::Isa;
 use cnx_runtime::kernels::{activation, Activation};
@@ -17,7 +17,8 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// pwconv1 of tiny's stage 1 and 4 at batch 1 (M = pixels, K = C, N = 4C), GELU epilogue.
+/// pwconv1 of tiny's stage 1 and 4 at batch 1 (M = pixels, K = C, N = 4C), GELU epilogue, on
+/// every GEMM kernel (f32, bf16, int8) this CPU runs.
 fn linear(c: &mut Criterion) {
     let mut group = c.benchmark_group("linear+gelu");
     group.sample_size(10);
@@ -33,11 +34,12 @@ fn linear(c: &mut Criterion) {
         };
         group.throughput(Throughput::Elements((2 * m * k_in * n) as u64));
         let shape = format!("{m}x{k_in}x{n}");
-        for isa in Isa::available() {
-            let packed = PackedWeights::pack(&w, n, k_in, isa);
-            group.bench_function(BenchmarkId::new(format!("packed-{isa:?}"), &shape), |b| {
+        // Every GEMM kernel of every precision this CPU runs (the tile model aside).
+        for kernel in KERNELS.iter().filter(|k| k.runs_here() && !k.modelled) {
+            let packed = PackedMatrix::pack(&w, n, k_in, kernel);
+            group.bench_function(BenchmarkId::new(kernel.name, &shape), |b| {
                 b.iter(|| {
-                    linear_fused_packed(
+                    linear_fused(
                         &x,
                         m,
                         &packed,

@@ -392,7 +392,6 @@ pub(super) mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::kernels::matmul::{
         kernel_for, linear_fused as qlinear_fused_packed,
         linear_fused_panels as qlinear_fused_packed_panels, PackedMatrix,
