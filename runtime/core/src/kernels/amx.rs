@@ -4,16 +4,17 @@
 //!
 //! A 32 x 32 tile of C is four 16 x 16 f32 (or i32) tiles, `tmm0..3`; per step of `K` (32
 //! bf16 or 64 int8 values), the two A tiles (`tmm4`, `tmm5`: rows 0-15 and 16-31, 64 bytes of
-//! `K` each, straight from the packed rows) and the two B tiles (`tmm6`, `tmm7`: 16 rows of
+//! `K` each, 1 KiB contiguous in the driver's tiled packing of A) and the two B tiles (`tmm6`, `tmm7`: 16 rows of
 //! the panel's `[K / g][32][g]` layout, columns 0-15 and 16-31, at a row stride of 128 bytes)
 //! are loaded and multiplied four times. The accumulators are stored to a 4 KiB buffer on the
 //! stack, and each row goes through the f32 epilogue (int8: dequantised first) exactly as the
 //! vector kernels' rows do. A holds whole tiles of 32 rows (the driver pads the last); `K` is
 //! padded with zeros to whole steps in both operands.
 //!
-//! Stable Rust has no AMX intrinsics: the configuration, loads, products and stores of one
-//! call are one `asm!` block, which configures the tiles (`ldtilecfg`: per-thread state, so
-//! every call on every pool thread sets it) and releases them at its end. A process must ask
+//! Stable Rust has no AMX intrinsics: the loads, products and stores of one call are one
+//! `asm!` block; the tile configuration (`ldtilecfg`) is per-thread state, set by the driver
+//! on the thread that runs a product before its first tile and released after its last
+//! ([`configure`], [`release`]: the kernel's `session`). A process must ask
 //! Linux for the tile data state once (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`,
 //! [`tiles_permitted`]); where that is refused, the AMX kernels are never chosen.
 //!
@@ -67,11 +68,13 @@ const CONFIG: TileConfig = {
 #[repr(C, align(64))]
 struct Accumulators([u32; TILE * TILE]);
 
-/// One call's operands, in bytes: `steps` steps of `K`; A's 32 rows at a stride of `lda`
-/// bytes; the panel's rows (one per group of `K`) at a stride of 128 bytes.
+/// One call's operands, in bytes: `steps` steps of `K`; A in the driver's 16-row tiles
+/// ([`MatMulKernel::tiled_a`](super::matmul::MatMulKernel::tiled_a)): the tile of rows 0-15
+/// and step `s` the 1 KiB at `s * 1024`, rows 16-31 from `half` on; the panel's rows (one per
+/// group of `K`) at a stride of 128 bytes.
 struct TileJob<'a> {
     a: &'a [u8],
-    lda: usize,
+    half: usize,
     b: &'a [u8],
     steps: usize,
 }
@@ -79,12 +82,35 @@ struct TileJob<'a> {
 impl TileJob<'_> {
     /// What every tile load of the sequence reads lies inside the operands.
     fn check(&self) {
-        // Each step reads 64 bytes of each of A's 32 rows and 16 rows of 128 bytes of B.
+        // Each step reads 1 KiB of each half of A and 16 rows of 128 bytes of B.
         assert!(self.steps >= 1);
-        assert!(self.lda >= self.steps * 64);
-        assert!(self.a.len() >= 31 * self.lda + self.steps * 64);
+        assert!(self.half >= self.steps * 1024);
+        assert!(self.a.len() >= self.half + self.steps * 1024);
         assert!(self.b.len() >= self.steps * 16 * 128);
     }
+}
+
+/// Configures this thread's tiles ([`CONFIG`]) for a run of AMX tile calls: the driver calls
+/// it before a product on a kernel with tiles (the configuration is per-thread state).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn configure() {
+    assert!(
+        tiles_permitted(),
+        "AMX tiles are not available to this process"
+    );
+    // SAFETY: the CPU has AMX-TILE and Linux granted this process the tile state
+    // (`tiles_permitted`); `ldtilecfg` reads the 64 bytes of `CONFIG`.
+    unsafe {
+        std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
+    }
+}
+
+/// Releases this thread's tiles after a run of AMX tile calls (back to the initial state:
+/// nothing to save on a context switch).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn release() {
+    // SAFETY: the CPU has AMX-TILE (this follows `configure`); `tilerelease` touches no memory.
+    unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) }
 }
 
 /// The bf16 kernel on the tiles.
@@ -137,7 +163,7 @@ fn tile_kernel(t: MicroTile<'_>, product: Product, unit: Unit) {
     let mut acc = Accumulators([0; TILE * TILE]);
     let job = TileJob {
         a,
-        lda: t.lda * elem,
+        half: 16 * t.lda * elem,
         b,
         steps: t.kc / product.k_per_step(),
     };
@@ -146,8 +172,10 @@ fn tile_kernel(t: MicroTile<'_>, product: Product, unit: Unit) {
         match unit {
             // SAFETY: the driver reaches this kernel only through a `PackedMatrix` packed
             // for it, which asserted the CPU has AMX-TILE and the product's AMX feature and
-            // that Linux granted the tile state (`tiles_permitted`); `job.check` proved every
-            // tile load inside the operands, and the stores write the 4 KiB `acc`.
+            // that Linux granted the tile state (`tiles_permitted`), and only inside a
+            // product, which configured this thread's tiles first (the kernel's `session`);
+            // `job.check` proved every tile load inside the operands, and the stores write
+            // the 4 KiB `acc`.
             #[cfg(target_arch = "x86_64")]
             Unit::Tiles => unsafe { x86::tile_sequence(&job, product, &mut acc) },
             Unit::Model => tile_sequence(&job, product, &mut acc, &mut TileModel::new()),
@@ -298,17 +326,19 @@ fn tile_sequence(job: &TileJob<'_>, product: Product, acc: &mut Accumulators, m:
         m.tilezero(t);
     }
     for s in 0..job.steps {
-        let (a0, a1, b) = (s * 64, 16 * job.lda + s * 64, s * 16 * 128);
-        m.tileloadd(4, &job.a[a0..], job.lda);
-        m.tileloadd(5, &job.a[a1..], job.lda);
+        let (a0, a1, b) = (s * 1024, job.half + s * 1024, s * 16 * 128);
+        let dp = |m: &mut TileModel, c, a, b| match product {
+            Product::Bf16 => m.tdpbf16ps(c, a, b),
+            Product::Int8 => m.tdpbusd(c, a, b),
+        };
+        m.tileloadd(4, &job.a[a0..], 64);
         m.tileloadd(6, &job.b[b..], 128);
+        dp(m, 0, 4, 6);
         m.tileloadd(7, &job.b[b + 64..], 128);
-        for (c, a, bt) in [(0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)] {
-            match product {
-                Product::Bf16 => m.tdpbf16ps(c, a, bt),
-                Product::Int8 => m.tdpbusd(c, a, bt),
-            }
-        }
+        dp(m, 1, 4, 7);
+        m.tileloadd(5, &job.a[a1..], 64);
+        dp(m, 2, 5, 6);
+        dp(m, 3, 5, 7);
     }
     let out = bytes_mut(&mut acc.0);
     m.tilestored(0, out, 128);
@@ -396,48 +426,51 @@ mod x86 {
     use super::super::matmul::{Dequant, TileEpilogue};
     use super::super::qgemm::x86::dequantise_512;
     use super::super::simd::V512;
-    use super::{Accumulators, Product, TileJob, CONFIG, TILE};
+    use super::{Accumulators, Product, TileJob, TILE};
 
-    /// The instruction sequence of one call: configure, zero C, per step load A and B and
-    /// multiply four times, store C, release.
+    /// The instruction sequence of one call: zero C, per step load A and B and multiply
+    /// four times, store C.
     ///
     /// # Safety
-    /// The CPU has AMX-TILE and the product's feature, and the process the tile state;
-    /// `job.check` passed.
+    /// The CPU has AMX-TILE and the product's feature, the process the tile state, and this
+    /// thread's tiles are configured as `CONFIG` says; `job.check` passed.
     pub(super) unsafe fn tile_sequence(
         job: &TileJob<'_>,
         product: Product,
         acc: &mut Accumulators,
     ) {
         let a0 = job.a.as_ptr();
-        // SAFETY: `check` proved 32 rows of A at `lda`.
-        let a1 = unsafe { a0.add(16 * job.lda) };
+        // SAFETY: `check` proved both halves of A inside the slice.
+        let a1 = unsafe { a0.add(job.half) };
         let c0 = acc.0.as_mut_ptr().cast::<u8>();
         // SAFETY: row 16 of the 32 x 32 accumulators.
         let c1 = unsafe { c0.add(16 * TILE * 4) };
         macro_rules! sequence {
             ($dp:literal) => {
                 // SAFETY: the caller's contract; the loads read 16 rows of 64 bytes at the
-                // given strides, inside the operands (`check`); the stores write the four
-                // 16 x 64-byte quarters of `acc`; the tiles are released at the end.
+                // given strides, inside the operands (`check`; a prefetch is only a hint and
+                // may point past them); the stores write the four 16 x 64-byte quarters of
+                // `acc`.
                 unsafe {
                     asm!(
-                        "ldtilecfg [{cfg}]",
                         "tilezero tmm0",
                         "tilezero tmm1",
                         "tilezero tmm2",
                         "tilezero tmm3",
                         "2:",
+                        // Each load right before the first product that needs it, so
+                        // that it overlaps the products before it (the next step's A0
+                        // waits only for the second product, which reads it).
                         "tileloadd tmm4, [{a0} + {lda}*1]",
-                        "tileloadd tmm5, [{a1} + {lda}*1]",
                         "tileloadd tmm6, [{b} + {ldb}*1]",
-                        "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
                         concat!($dp, " tmm0, tmm4, tmm6"),
+                        "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
                         concat!($dp, " tmm1, tmm4, tmm7"),
+                        "tileloadd tmm5, [{a1} + {lda}*1]",
                         concat!($dp, " tmm2, tmm5, tmm6"),
                         concat!($dp, " tmm3, tmm5, tmm7"),
-                        "add {a0}, 64",
-                        "add {a1}, 64",
+                        "add {a0}, 1024",
+                        "add {a1}, 1024",
                         "add {b}, 2048",
                         "dec {steps}",
                         "jnz 2b",
@@ -445,13 +478,11 @@ mod x86 {
                         "tilestored [{c0} + {ldb}*1 + 64], tmm1",
                         "tilestored [{c1} + {ldb}*1], tmm2",
                         "tilestored [{c1} + {ldb}*1 + 64], tmm3",
-                        "tilerelease",
-                        cfg = in(reg) CONFIG.0.as_ptr(),
                         a0 = inout(reg) a0 => _,
                         a1 = inout(reg) a1 => _,
                         b = inout(reg) job.b.as_ptr() => _,
                         steps = inout(reg) job.steps => _,
-                        lda = in(reg) job.lda,
+                        lda = in(reg) 64usize,
                         ldb = in(reg) 128usize,
                         c0 = in(reg) c0,
                         c1 = in(reg) c1,

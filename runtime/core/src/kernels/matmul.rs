@@ -104,6 +104,14 @@ pub struct MatMulKernel {
     pub k_align: usize,
     /// A holds whole tiles of `MR` rows (the last padded; those rows' results are dropped).
     pub whole_row_tiles: bool,
+    /// A is packed in tiles of 16 rows by 64 bytes of `K`, each tile contiguous (the AMX
+    /// tiles' loads then read 1 KiB in a row), tiles of 16 rows in `K` order, then the next
+    /// 16 rows: row `i`'s element `k` at `(i / 16) * 16 kp + (k / t) * 16 t + (i % 16) t +
+    /// k % t`, `t` the elements of 64 bytes. Else rows of `kp` elements.
+    pub tiled_a: bool,
+    /// Set up and tear down the unit around a run of tiles on one thread (the AMX tile
+    /// configuration is per-thread state): called by the driver around each product.
+    pub(super) session: Option<(fn(), fn())>,
     /// f32: `K` blocks of this many bytes of a panel at most, partial sums through C.
     pub k_block_bytes: Option<usize>,
     pub accumulation: Accumulation,
@@ -146,6 +154,8 @@ pub static KERNELS: &[MatMulKernel] = {
         k_group: 1,
         k_align: 1,
         whole_row_tiles: false,
+        tiled_a: false,
+        session: None,
         k_block_bytes: Some(PANEL_BLOCK_BYTES),
         accumulation: Accumulation::F32,
         sum_order: SumOrder::F32Fma,
@@ -182,6 +192,8 @@ pub static KERNELS: &[MatMulKernel] = {
         nr: 32,
         k_align: 32,
         whole_row_tiles: true,
+        tiled_a: true,
+        session: Some((amx::configure, amx::release)),
         sum_order: SumOrder::Bf16Tile,
         run: amx::bf16_32x32,
         ..BF16
@@ -193,6 +205,8 @@ pub static KERNELS: &[MatMulKernel] = {
         nr: 32,
         k_align: 64,
         whole_row_tiles: true,
+        tiled_a: true,
+        session: Some((amx::configure, amx::release)),
         run: amx::int8_32x32,
         ..INT8
     };
@@ -249,6 +263,7 @@ pub static KERNELS: &[MatMulKernel] = {
             name: "bf16 amx 32x32 (tile model)",
             requires: Features::NONE,
             modelled: true,
+            session: None,
             run: amx::bf16_32x32_model,
             ..AMX_BF16
         },
@@ -285,6 +300,7 @@ pub static KERNELS: &[MatMulKernel] = {
             name: "int8 amx 32x32 (tile model)",
             requires: Features::NONE,
             modelled: true,
+            session: None,
             run: amx::int8_32x32_model,
             ..AMX_INT8
         },
@@ -643,12 +659,14 @@ pub enum RowsMut<'a> {
 
 /// Packs the rows of `x` (`[rows, k]`) after the prologue (row `i` of `x` is the prologue's
 /// row `first + i`) for a bf16 or int8 kernel: rounded to bf16, or quantised per row, into
-/// `dst` (`rows x kp` values, `K` zero-padded; int8: `rows` row quantities). Padding rows
-/// are left as they are.
+/// `dst` (`rows x kp` values, `K` zero-padded, in rows or, `tiled`, in the AMX kernels' 16-row
+/// tiles ([`MatMulKernel::tiled_a`]; `dst` then starts at a multiple of 16 rows); int8: `rows`
+/// row quantities). Padding rows are left as they are.
 pub fn pack_rows(
     x: &[f32],
     k: usize,
     kp: usize,
+    tiled: bool,
     prologue: LinearPrologue<'_>,
     first: usize,
     dst: RowsMut<'_>,
@@ -671,27 +689,54 @@ pub fn pack_rows(
         };
         match dst {
             RowsMut::Bf16(data) => {
-                assert!(data.len() >= rows * kp);
-                let rows_out = data.chunks_exact_mut(kp.max(1));
-                for (i, (src, dst)) in x.chunks_exact(k.max(1)).zip(rows_out).enumerate() {
-                    prepared(i, src, row);
-                    let src = if prologue.is_identity() { src } else { &*row };
-                    bf16::round_row(src, &mut dst[..k]);
-                    dst[k..].fill(0);
-                }
+                assert!(data.len() >= rows.next_multiple_of(if tiled { 16 } else { 1 }) * kp);
+                crate::scratch::with_u16(if tiled { kp } else { 0 }, |packed| {
+                    for (i, src) in x.chunks_exact(k.max(1)).enumerate() {
+                        prepared(i, src, row);
+                        let src = if prologue.is_identity() { src } else { &*row };
+                        let dst = if tiled {
+                            &mut *packed
+                        } else {
+                            &mut data[i * kp..][..kp]
+                        };
+                        bf16::round_row(src, &mut dst[..k]);
+                        dst[k..].fill(0);
+                        if tiled {
+                            scatter_to_tiles(packed, i, kp, 32, data);
+                        }
+                    }
+                })
             }
             RowsMut::U8(data, quants) => {
-                assert!(data.len() >= rows * kp && quants.len() >= rows);
-                let rows_out = data.chunks_exact_mut(kp.max(1)).zip(quants.iter_mut());
-                let rows_in = x.chunks_exact(k.max(1));
-                for (i, (src, (dst, quant))) in rows_in.zip(rows_out).enumerate() {
-                    prepared(i, src, row);
-                    let src = if prologue.is_identity() { src } else { &*row };
-                    *quant = quantize::quantise_row(src, dst);
-                }
+                let len = rows.next_multiple_of(if tiled { 16 } else { 1 }) * kp;
+                assert!(data.len() >= len && quants.len() >= rows);
+                crate::scratch::with_u8(if tiled { kp } else { 0 }, |packed| {
+                    for (i, src) in x.chunks_exact(k.max(1)).enumerate() {
+                        prepared(i, src, row);
+                        let src = if prologue.is_identity() { src } else { &*row };
+                        let dst = if tiled {
+                            &mut *packed
+                        } else {
+                            &mut data[i * kp..][..kp]
+                        };
+                        quants[i] = quantize::quantise_row(src, dst);
+                        if tiled {
+                            scatter_to_tiles(packed, i, kp, 64, data);
+                        }
+                    }
+                })
             }
         }
     })
+}
+
+/// Row `i` (`kp` values, `row`) into its place in 16-row tiles of `t` values per tile row
+/// ([`MatMulKernel::tiled_a`]).
+fn scatter_to_tiles<T: Copy>(row: &[T], i: usize, kp: usize, t: usize, data: &mut [T]) {
+    let base = (i / 16) * 16 * kp + (i % 16) * t;
+    for (s, chunk) in row.chunks_exact(t).enumerate() {
+        data[base + s * 16 * t..][..t].copy_from_slice(chunk);
+    }
 }
 
 /// `out = epilogue(prologue(x) . W)` for `rows` rows of `x` (`[rows, K]`), all of `w`'s
@@ -795,7 +840,7 @@ pub fn linear_fused_panels(
                     let mb = block.min(rows - m0);
                     let data = &mut data[..spec.padded_rows(mb) * kp];
                     let src = &x[m0 * k..(m0 + mb) * k];
-                    pack_rows(src, k, kp, prologue, m0, RowsMut::Bf16(data));
+                    pack_rows(src, k, kp, spec.tiled_a, prologue, m0, RowsMut::Bf16(data));
                     let a = PackedRows {
                         data: Operand::Bf16(data),
                         lda: kp,
@@ -815,7 +860,15 @@ pub fn linear_fused_panels(
                         let data = &mut data[..spec.padded_rows(mb) * kp];
                         let quants = &mut quants[..mb];
                         let src = &x[m0 * k..(m0 + mb) * k];
-                        pack_rows(src, k, kp, prologue, m0, RowsMut::U8(data, quants));
+                        pack_rows(
+                            src,
+                            k,
+                            kp,
+                            spec.tiled_a,
+                            prologue,
+                            m0,
+                            RowsMut::U8(data, quants),
+                        );
                         let a = PackedRows {
                             data: Operand::U8(data),
                             lda: kp,
@@ -865,6 +918,9 @@ pub fn product(
     }
     let block = spec.block_rows(w.k);
     let k_blocks = w.k_blocks();
+    if let Some((set_up, _)) = spec.session {
+        set_up();
+    }
     for m0 in (0..rows).step_by(block) {
         let m_block = block.min(rows - m0);
         for kr in k_blocks.clone() {
@@ -907,6 +963,9 @@ pub fn product(
             }
         }
     }
+    if let Some((_, tear_down)) = spec.session {
+        tear_down();
+    }
 }
 
 /// Copies `rows x cols` between a tile of row stride `nr` and C's rows (stride `ldc`).
@@ -936,31 +995,52 @@ pub(super) fn tile_to_c(
     }
 }
 
-/// The kernel's own throughput in GFLOP/s on `threads` threads: one tile over an L1-resident
-/// `K = 256` panel, repeated for about `seconds` (what `cnx bench --peak` reports as the
-/// machine's peak for this kernel).
+/// The kernel's own throughput in GFLOP/s on `threads` threads: the product of `2 MR` rows
+/// packed once and `2 NR` columns over `K = 512` (operands in L2), bias only, through the
+/// driver's [`product`] (per-call set-up, the tile loops, the store), repeated for about
+/// `seconds`: what `cnx bench --peak` reports as this machine's peak for the kernel.
 pub fn peak_gflops(kernel: &'static MatMulKernel, threads: usize, seconds: f64) -> f64 {
-    let (mr, nr) = (kernel.mr, kernel.nr);
-    let k = 256;
-    let w = PackedMatrix::pack(&vec![0.5f32; nr * k], nr, k, kernel);
-    let per_call = 2.0 * (mr * nr * k) as f64;
+    let (rows, n, k) = (2 * kernel.mr, 2 * kernel.nr, 512);
+    let w = PackedMatrix::pack(&vec![0.5f32; n * k], n, k, kernel);
+    let kp = w.padded_k();
+    let per_call = 2.0 * (rows * n * k) as f64;
     let start = std::time::Instant::now();
     let calls: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.max(1))
             .map(|t| {
                 let w = &w;
                 scope.spawn(move || {
-                    let a = vec![1.0f32 + t as f32 * 1e-3; mr * k];
-                    let bias = vec![0f32; nr];
-                    let mut tile = vec![0f32; mr * nr];
-                    let mut calls = 0u64;
-                    let none = (LinearPrologue::default(), LinearEpilogue::default());
-                    while start.elapsed().as_secs_f64() < seconds {
-                        for _ in 0..64 {
-                            linear_fused(&a, mr, w, &bias, none.0, none.1, &mut tile, None);
-                            std::hint::black_box(&mut tile);
+                    let x = vec![1.0f32 + t as f32 * 1e-3; rows * k];
+                    let (bias, mut out) = (vec![0f32; n], vec![0f32; rows * n]);
+                    let len = kernel.padded_rows(rows) * kp;
+                    let (mut h, mut b) = (vec![0u16; len], vec![0u8; len]);
+                    let mut quants = vec![RowQuant { scale: 1.0, zero: 0 }; rows];
+                    let none = LinearPrologue::default();
+                    let (data, lda) = match kernel.precision {
+                        Precision::F32 => (Operand::F32(&x[..]), k),
+                        Precision::Bf16 => {
+                            pack_rows(&x, k, kp, kernel.tiled_a, none, 0, RowsMut::Bf16(&mut h));
+                            (Operand::Bf16(&h), kp)
                         }
-                        calls += 64;
+                        Precision::Int8 => {
+                            let dst = RowsMut::U8(&mut b, &mut quants);
+                            pack_rows(&x, k, kp, kernel.tiled_a, none, 0, dst);
+                            (Operand::U8(&b), kp)
+                        }
+                    };
+                    let a = PackedRows {
+                        data,
+                        lda,
+                        rows,
+                        quants: &quants,
+                    };
+                    let mut calls = 0u64;
+                    while start.elapsed().as_secs_f64() < seconds {
+                        for _ in 0..16 {
+                            product(a, w, 0..w.panels(), &bias, None, None, &mut out, None);
+                            std::hint::black_box(&mut out);
+                        }
+                        calls += 16;
                     }
                     calls
                 })
@@ -1146,11 +1226,27 @@ mod tests {
                 ];
                 let data = match precision {
                     Precision::Bf16 => {
-                        pack_rows(&x, k, kp, none.0, 0, RowsMut::Bf16(&mut data16));
+                        pack_rows(
+                            &x,
+                            k,
+                            kp,
+                            kernel.tiled_a,
+                            none.0,
+                            0,
+                            RowsMut::Bf16(&mut data16),
+                        );
                         Operand::Bf16(&data16)
                     }
                     _ => {
-                        pack_rows(&x, k, kp, none.0, 0, RowsMut::U8(&mut data8, &mut quants));
+                        pack_rows(
+                            &x,
+                            k,
+                            kp,
+                            kernel.tiled_a,
+                            none.0,
+                            0,
+                            RowsMut::U8(&mut data8, &mut quants),
+                        );
                         Operand::U8(&data8)
                     }
                 };

@@ -340,17 +340,22 @@ impl<'a> LinearJob<'a> {
         // bf16 and int8: every row packed once (over the threads), then each column task
         // multiplies all of them by its panels.
         let (k, kp) = (self.l.in_features, w.padded_k());
-        let per_task = rows.div_ceil(threads * TASKS_PER_THREAD).max(1);
-        let rows_of = |t: usize| t * per_task..((t + 1) * per_task).min(rows);
+        // Whole tiles of 16 rows per task where A is packed in tiles.
+        let granule = if spec.tiled_a { 16 } else { 1 };
+        let per_task = rows
+            .div_ceil(threads * TASKS_PER_THREAD)
+            .next_multiple_of(granule);
+        let rows_of = |t: usize| (t * per_task).min(rows)..((t + 1) * per_task).min(rows);
         let len = spec.padded_rows(rows) * kp;
         let pack = |t: usize, dst: RowsMut<'_>| {
             let r = rows_of(t);
             let x = &self.x[r.start * k..r.end * k];
-            matmul::pack_rows(x, k, kp, self.prologue(0), r.start, dst)
+            matmul::pack_rows(x, k, kp, spec.tiled_a, self.prologue(0), r.start, dst)
         };
         match spec.precision {
             Precision::Bf16 => scratch::with_u16(len, |data| {
-                pool::for_each_chunk_mut(&mut data[..rows * kp], per_task * kp, &|t, data| {
+                // (The padding rows' tile goes with the last task.)
+                pool::for_each_chunk_mut(&mut data[..len], per_task * kp, &|t, data| {
                     pack(t, RowsMut::Bf16(data))
                 });
                 let a = PackedRows {
@@ -366,12 +371,14 @@ impl<'a> LinearJob<'a> {
                     // SAFETY: both region functions are pure functions of the task index.
                     unsafe {
                         pool::for_each_region_pair_mut(
-                            &mut data[..rows * kp],
+                            &mut data[..len],
                             quants,
                             rows.div_ceil(per_task),
                             &|t| {
                                 let r = rows_of(t);
-                                (r.start * kp..r.end * kp, r)
+                                // The padding rows' tile goes with the last task.
+                                let end = if r.end == rows { len } else { r.end * kp };
+                                (r.start * kp..end, r)
                             },
                             &|t, data, quants| pack(t, RowsMut::U8(data, quants)),
                         )
