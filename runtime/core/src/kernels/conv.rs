@@ -427,34 +427,51 @@ pub fn patch_conv_nhwc(
     let k = cin * g.kernel_h * g.kernel_w;
     assert_eq!((w.k, w.n), (k, cout));
     assert_eq!(out.len(), rows.len() * ow * cout);
-    // Scratch: the gathered patches of one output row, and its raw conv output.
-    crate::scratch::with_f32(ow * k + ow * cout, |scratch| {
-        let (patches, raw) = scratch.split_at_mut(ow * k);
-        for (r, row) in rows.enumerate() {
-            let (n, y) = (row / oh, row % oh);
-            let image = &x[n * g.in_h * g.in_w * cin..(n + 1) * g.in_h * g.in_w * cin];
-            for xo in 0..ow {
-                for ky in 0..g.kernel_h {
-                    for kx in 0..g.kernel_w {
-                        let (iy, ix) = (y * g.stride_h + ky, xo * g.stride_w + kx);
-                        let src = &image[(iy * g.in_w + ix) * cin..][..cin];
-                        let dst = &mut patches[xo * k + (ky * g.kernel_w + kx) * cin..][..cin];
-                        match input_norm {
-                            None => dst.copy_from_slice(src),
-                            Some(eps) => reference::layer_norm_last_axis(src, cin, None, eps, dst),
+    // Output rows in groups of about a GEMM row block (the weights stream once per group,
+    // not once per image row: a late stage's row is 7 pixels). Each output pixel is computed
+    // as alone, whatever the grouping. Scratch: a group's gathered patches and raw output.
+    let group = (matmul::MC / ow.max(1)).clamp(1, rows.len().max(1));
+    let pixels = group * ow;
+    crate::scratch::with_f32(pixels * k + pixels * cout, |scratch| {
+        let (patches, raw) = scratch.split_at_mut(pixels * k);
+        let first = rows.start;
+        let groups = rows.clone().step_by(group);
+        for row0 in groups {
+            let rows_here = group.min(rows.end - row0);
+            for (i, row) in (row0..row0 + rows_here).enumerate() {
+                let (n, y) = (row / oh, row % oh);
+                let image = &x[n * g.in_h * g.in_w * cin..(n + 1) * g.in_h * g.in_w * cin];
+                let patches = &mut patches[i * ow * k..(i + 1) * ow * k];
+                for xo in 0..ow {
+                    for ky in 0..g.kernel_h {
+                        for kx in 0..g.kernel_w {
+                            let (iy, ix) = (y * g.stride_h + ky, xo * g.stride_w + kx);
+                            let src = &image[(iy * g.in_w + ix) * cin..][..cin];
+                            let at = xo * k + (ky * g.kernel_w + kx) * cin;
+                            let dst = &mut patches[at..][..cin];
+                            match input_norm {
+                                None => dst.copy_from_slice(src),
+                                Some(eps) => {
+                                    reference::layer_norm_last_axis(src, cin, None, eps, dst)
+                                }
+                            }
                         }
                     }
                 }
             }
-            let dst = &mut out[r * ow * cout..(r + 1) * ow * cout];
-            let product = |patches: &[f32], y: &mut [f32]| {
+            let m = rows_here * ow;
+            let at = (row0 - first) * ow * cout;
+            let dst = &mut out[at..at + m * cout];
+            let patches = &patches[..m * k];
+            let product = |y: &mut [f32]| {
                 let none = (LinearPrologue::default(), LinearEpilogue::default());
-                matmul::linear_fused(patches, ow, w, bias, none.0, none.1, y, None)
+                matmul::linear_fused(patches, m, w, bias, none.0, none.1, y, None)
             };
             match output_norm {
-                None => product(patches, dst),
+                None => product(dst),
                 Some(nm) => {
-                    product(patches, raw);
+                    let raw = &mut raw[..m * cout];
+                    product(raw);
                     reference::layer_norm_last_axis(raw, cout, nm.affine, nm.eps, dst);
                 }
             }
