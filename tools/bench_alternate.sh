@@ -4,6 +4,7 @@
 # median of each cell's medians and the median of the per-round after/before ratios.
 # Usage: tools/bench_alternate.sh BEFORE_CNX AFTER_CNX [ROUNDS] [MODELS] [BACKENDS] [BATCHES]
 # e.g.   tools/bench_alternate.sh /tmp/cnx-before target/release/cnx 6 "atto-1k-224 tiny-1k-224"
+# CNX_BENCH_ARGS adds arguments to every `cnx bench` (e.g. "--precision bf16 --threads 2").
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-6}
 models=${4:-"atto-1k-224 tiny-1k-224"} backends=${5:-"interp jit"} batches=${6:-"1 8"}
@@ -12,7 +13,8 @@ for m in $models; do for be in $backends; do for b in $batches; do
   runs=9; [ "$b" -gt 1 ] && runs=5
   for r in $(seq 1 "$rounds"); do for v in before after; do
     bin=$before; [ $v = after ] && bin=$after
-    "$bin" bench "$m" --batch "$b" --runs $runs --backend "$be" --json 2>/dev/null \
+    # shellcheck disable=SC2086
+    "$bin" bench "$m" --batch "$b" --runs $runs --backend "$be" --json ${CNX_BENCH_ARGS:-} 2>/dev/null \
       | python3 -c "import sys,json; d=json.loads(sys.stdin.readline()); print('$m $be $b $r $v', d['median_ms'])" \
       | tee -a "$out"
   done; done

@@ -538,6 +538,45 @@ fn digits_served_as_transformers_classifies_them() {
     assert!(server.stop().success());
 }
 
+/// In bf16 the server runs the same program as `cnx classify --precision bf16`: the same
+/// labels and scores, bit for bit (the JIT serving, the interpreter offline).
+#[test]
+fn bf16_served_as_classified_offline() {
+    let digits = digits::Digits::load(&repo());
+    let picks: Vec<&digits::HeldOutImage> = digits.images.iter().step_by(37).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_cnx"))
+        .args([
+            "classify",
+            "--json",
+            "--backend",
+            "interp",
+            "--precision",
+            "bf16",
+        ])
+        .args(["--top", "1", "--model"])
+        .arg(&digits.model)
+        .args(picks.iter().map(|i| &i.path))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let offline: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["top"][0].clone())
+        .collect();
+    assert_eq!(offline.len(), picks.len());
+    let args = ["--precision", "bf16", "--max-delay-ms", "5"];
+    let server = Server::start_model(&digits.model, &args, &[]);
+    for (image, offline) in picks.iter().zip(&offline) {
+        let body = std::fs::read(&image.path).unwrap();
+        let (status, answer, _) = post(&server.url("/v1/classify"), "image/png", &body);
+        assert_eq!(status, 200, "{}: {answer}", image.name);
+        assert_eq!(answer[0]["label"], offline["label"], "{}", image.name);
+        assert_eq!(answer[0]["score"], offline["probability"], "{}", image.name);
+    }
+    assert!(server.stop().success());
+}
+
 /// The Open Inference Protocol (KServe V2) over plain HTTP, against the spec's JSON shapes:
 /// health, metadata, readiness, and inference on encoded images (BYTES, base64 JSON and the
 /// binary tensor extension) and on pixel values (FP32, JSON and binary), whose outputs equal

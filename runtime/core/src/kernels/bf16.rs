@@ -77,6 +77,64 @@ unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
     round_row_plain(src, dst)
 }
 
+/// One row of A packed for a bf16 kernel: `src` (`k` values), times `scale` elementwise when
+/// given (GRN's scale: the prologue's bits, fused into the same pass), rounded to bf16 and
+/// zero-padded to `kp`, into `dst`: as a row (`dst[j]`), or `tiled` into the AMX kernels' 16-row
+/// tiles (`dst` at the row's place in its first tile: value `j` at `(j / 32) * 512 + j % 32`).
+pub fn pack_row(src: &[f32], scale: Option<&[f32]>, kp: usize, tiled: bool, dst: &mut [u16]) {
+    assert!(src.len() <= kp && scale.is_none_or(|s| s.len() == src.len()));
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect().width() == super::Width::Avx512 {
+        // SAFETY: `Isa::detect` names only an instruction set the CPU supports.
+        return unsafe { pack_row_avx512(src, scale, kp, tiled, dst) };
+    }
+    pack_row_plain(src, scale, kp, tiled, dst)
+}
+
+#[inline(always)]
+fn pack_row_plain(src: &[f32], scale: Option<&[f32]>, kp: usize, tiled: bool, dst: &mut [u16]) {
+    let k = src.len();
+    let (chunk, stride) = if tiled {
+        (32, 512)
+    } else {
+        (kp.max(1), kp.max(1))
+    };
+    for (c, start) in (0..kp).step_by(chunk).enumerate() {
+        let d = &mut dst[c * stride..][..chunk.min(kp - start)];
+        let n = k.saturating_sub(start).min(d.len());
+        let x = &src[start..start + n];
+        match scale {
+            Some(s) => {
+                let s = &s[start..start + n];
+                for ((d, &v), &m) in d.iter_mut().zip(x).zip(s) {
+                    *d = round_bits((v * m).to_bits());
+                }
+            }
+            None => {
+                for (d, &v) in d.iter_mut().zip(x) {
+                    *d = round_bits(v.to_bits());
+                }
+            }
+        }
+        d[n..].fill(0);
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_row_avx512(
+    src: &[f32],
+    scale: Option<&[f32]>,
+    kp: usize,
+    tiled: bool,
+    dst: &mut [u16],
+) {
+    // The same loops, vectorised by the compiler for AVX-512.
+    pack_row_plain(src, scale, kp, tiled, dst)
+}
+
 /// A denormal `x` as a zero of its sign (the instructions' "flush to zero").
 #[inline(always)]
 fn flush(x: f32) -> f32 {

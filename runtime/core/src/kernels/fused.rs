@@ -238,6 +238,18 @@ impl LinearPrologue<'_> {
         }
     }
 
+    /// For a scale-only prologue, row `r`'s scale (`n` values): what [`LinearPrologue::apply`]
+    /// multiplies the row by, for a kernel that fuses the product into its own pass.
+    pub fn scale_only(&self, r: usize, n: usize) -> Option<&[f32]> {
+        match (self.norm_eps, self.scale) {
+            (None, Some(scale)) => {
+                let sample = (scale.first_row + r) / scale.rows_per_sample;
+                Some(&scale.values[sample * n..(sample + 1) * n])
+            }
+            _ => None,
+        }
+    }
+
     /// [`LinearPrologue::apply`] of row `r` read from `src`, written to `dst`: the same
     /// operations (same bits), a scale-only prologue in one pass instead of a copy and a pass.
     pub fn apply_from(&self, r: usize, src: &[f32], dst: &mut [f32]) {

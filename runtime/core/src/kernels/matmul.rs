@@ -690,22 +690,22 @@ pub fn pack_rows(
         match dst {
             RowsMut::Bf16(data) => {
                 assert!(data.len() >= rows.next_multiple_of(if tiled { 16 } else { 1 }) * kp);
-                crate::scratch::with_u16(if tiled { kp } else { 0 }, |packed| {
-                    for (i, src) in x.chunks_exact(k.max(1)).enumerate() {
+                for (i, src) in x.chunks_exact(k.max(1)).enumerate() {
+                    // GRN's scale is fused into the rounding pass (the same bits).
+                    let scale = prologue.scale_only(first + i, k);
+                    let src = if prologue.is_identity() || scale.is_some() {
+                        src
+                    } else {
                         prepared(i, src, row);
-                        let src = if prologue.is_identity() { src } else { &*row };
-                        let dst = if tiled {
-                            &mut *packed
-                        } else {
-                            &mut data[i * kp..][..kp]
-                        };
-                        bf16::round_row(src, &mut dst[..k]);
-                        dst[k..].fill(0);
-                        if tiled {
-                            scatter_to_tiles(packed, i, kp, 32, data);
-                        }
-                    }
-                })
+                        &*row
+                    };
+                    let at = if tiled {
+                        (i / 16) * 16 * kp + (i % 16) * 32
+                    } else {
+                        i * kp
+                    };
+                    bf16::pack_row(src, scale, kp, tiled, &mut data[at..]);
+                }
             }
             RowsMut::U8(data, quants) => {
                 let len = rows.next_multiple_of(if tiled { 16 } else { 1 }) * kp;
@@ -1014,7 +1014,13 @@ pub fn peak_gflops(kernel: &'static MatMulKernel, threads: usize, seconds: f64) 
                     let (bias, mut out) = (vec![0f32; n], vec![0f32; rows * n]);
                     let len = kernel.padded_rows(rows) * kp;
                     let (mut h, mut b) = (vec![0u16; len], vec![0u8; len]);
-                    let mut quants = vec![RowQuant { scale: 1.0, zero: 0 }; rows];
+                    let mut quants = vec![
+                        RowQuant {
+                            scale: 1.0,
+                            zero: 0
+                        };
+                        rows
+                    ];
                     let none = LinearPrologue::default();
                     let (data, lda) = match kernel.precision {
                         Precision::F32 => (Operand::F32(&x[..]), k),
