@@ -82,7 +82,10 @@ pub fn add_squares(partials: &mut [f64], values: &[f32]) {
         // SAFETY: `Isa::detect` names only an instruction set the CPU supports, and both x86
         // widths have AVX2.
         #[cfg(target_arch = "x86_64")]
-        super::Width::Avx2 | super::Width::Avx512 => unsafe { add_squares_avx2(partials, values) },
+        super::Width::Avx2 => unsafe { add_squares_avx2(partials, values) },
+        // SAFETY: as above, AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        super::Width::Avx512 => unsafe { add_squares_avx512(partials, values) },
     }
 }
 
@@ -96,6 +99,12 @@ fn add_squares_lanes(partials: &mut [f64], values: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn add_squares_avx2(partials: &mut [f64], values: &[f32]) {
+    add_squares_lanes(partials, values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_squares_avx512(partials: &mut [f64], values: &[f32]) {
     add_squares_lanes(partials, values)
 }
 
@@ -144,6 +153,38 @@ impl<'a> SquareSums<'a> {
             - self.first_segment;
         let at = segment * self.width + col;
         add_squares(&mut self.partials[at..at + values.len()], values);
+    }
+
+    /// [`SquareSums::add`] of `rows` rows from region row `row`, each `cols` values of
+    /// `values` at a stride of `ld`: the rows of one output tile, the segment found once per
+    /// run of rows inside it (the same additions in the same order).
+    #[inline]
+    pub fn add_rows(
+        &mut self,
+        row: usize,
+        col: usize,
+        values: &[f32],
+        (ld, rows, cols): (usize, usize, usize),
+    ) {
+        assert!(row + rows <= self.rows && col + cols <= self.width);
+        let mut r = 0;
+        while r < rows {
+            let global = self.first_row + row + r;
+            let segment =
+                segment_of(global, self.rows_per_sample, self.period) - self.first_segment;
+            // The segment ends at the next block multiple or sample boundary.
+            let block_end = (global / SUM_SQUARES_BLOCK + 1) * SUM_SQUARES_BLOCK;
+            let sample_end = (global / self.rows_per_sample + 1) * self.rows_per_sample;
+            let run = (block_end.min(sample_end) - global).min(rows - r);
+            let at = segment * self.width + col;
+            for i in r..r + run {
+                add_squares(
+                    &mut self.partials[at..at + cols],
+                    &values[i * ld..i * ld + cols],
+                );
+            }
+            r += run;
+        }
     }
 
     /// Adds the partials, segment by segment in order, to `sums` (`[batch, n]`), columns

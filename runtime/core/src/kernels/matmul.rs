@@ -954,10 +954,8 @@ pub fn product(
                     };
                     (spec.run)(tile);
                     if let (true, Some((sums, row0))) = (last, sums.as_mut()) {
-                        for i in 0..tile_rows {
-                            let y = &out[at + i * width..][..cols];
-                            sums.add(*row0 + r0 + i, p * nr - col0, y);
-                        }
+                        let y = &out[at..];
+                        sums.add_rows(*row0 + r0, p * nr - col0, y, (width, tile_rows, cols));
                     }
                 }
             }
