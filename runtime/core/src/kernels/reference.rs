@@ -469,26 +469,43 @@ pub fn qlinear_fused(
     prologue: LinearPrologue<'_>,
     epilogue: LinearEpilogue<'_>,
     out: &mut [f32],
-    mut sums: Option<&mut SquareSums<'_>>,
+    sums: Option<&mut SquareSums<'_>>,
 ) {
     let (k, n) = (weight.k, weight.n);
+    let mut q = vec![0u8; k];
+    let product = |row: &[f32], y: &mut [f32]| {
+        let rq = super::quantize::quantise_row(row, &mut q);
+        for (o, y) in y.iter_mut().enumerate() {
+            let w = &weight.q[o * k..(o + 1) * k];
+            let acc: i32 = q.iter().zip(w).map(|(&a, &b)| a as i32 * b as i32).sum();
+            *y = super::quantize::dequantise(acc, rq, weight.col_sums[o], weight.scales[o])
+                + bias[o];
+        }
+    };
+    rows_through(x, (rows, k, n), (prologue, epilogue), out, sums, product)
+}
+
+/// The low-precision twins' frame: each row of `x` (`[rows, k]`) through the prologue, then
+/// `product` (the row after the prologue to the `n` outputs with their bias), then the
+/// activation (the runtime's f32 kernel), the residual and GRN's sums, in f32.
+fn rows_through(
+    x: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    (prologue, epilogue): (LinearPrologue<'_>, LinearEpilogue<'_>),
+    out: &mut [f32],
+    mut sums: Option<&mut SquareSums<'_>>,
+    mut product: impl FnMut(&[f32], &mut [f32]),
+) {
     assert_eq!(x.len(), rows * k);
     assert_eq!(out.len(), rows * n);
     let activation = epilogue
         .activation
         .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
-    let mut q = vec![0u8; k];
     crate::scratch::with_f32(k, |row| {
         for r in 0..rows {
             prologue.apply_from(r, &x[r * k..(r + 1) * k], row);
-            let rq = super::quantize::quantise_row(row, &mut q);
             let y = &mut out[r * n..(r + 1) * n];
-            for (o, y) in y.iter_mut().enumerate() {
-                let w = &weight.q[o * k..(o + 1) * k];
-                let acc: i32 = q.iter().zip(w).map(|(&a, &b)| a as i32 * b as i32).sum();
-                *y = super::quantize::dequantise(acc, rq, weight.col_sums[o], weight.scales[o])
-                    + bias[o];
-            }
+            product(row, y);
             if let Some(act) = &activation {
                 act.apply(y);
             }
@@ -521,37 +538,18 @@ pub fn bf16_linear_fused(
     prologue: LinearPrologue<'_>,
     epilogue: LinearEpilogue<'_>,
     out: &mut [f32],
-    mut sums: Option<&mut SquareSums<'_>>,
+    sums: Option<&mut SquareSums<'_>>,
 ) {
-    assert_eq!(x.len(), rows * k);
     assert_eq!(weight.len(), n * k);
-    assert_eq!(out.len(), rows * n);
-    let activation = epilogue
-        .activation
-        .map(|act| epilogue.kernel.unwrap_or(super::ActivationKernel::of(act)));
     let mut a = vec![0u16; k];
-    crate::scratch::with_f32(k, |row| {
-        for r in 0..rows {
-            prologue.apply_from(r, &x[r * k..(r + 1) * k], row);
-            super::bf16::round_row(row, &mut a);
-            let y = &mut out[r * n..(r + 1) * n];
-            for (o, y) in y.iter_mut().enumerate() {
-                let w = &weight[o * k..(o + 1) * k];
-                *y = super::bf16::dot(&a, w, kp, order) + bias[o];
-            }
-            if let Some(act) = &activation {
-                act.apply(y);
-            }
-            if let Some(res) = epilogue.residual {
-                y.iter_mut()
-                    .zip(&res[r * n..(r + 1) * n])
-                    .for_each(|(v, &t)| *v += t);
-            }
-            if let Some(sums) = sums.as_deref_mut() {
-                sums.add(r, 0, y);
-            }
+    let product = |row: &[f32], y: &mut [f32]| {
+        super::bf16::round_row(row, &mut a);
+        for (o, y) in y.iter_mut().enumerate() {
+            let w = &weight[o * k..(o + 1) * k];
+            *y = super::bf16::dot(&a, w, kp, order) + bias[o];
         }
-    })
+    };
+    rows_through(x, (rows, k, n), (prologue, epilogue), out, sums, product)
 }
 
 /// Mean over the spatial axes of NHWC: `[batch, pixels, channels]` to `[batch, channels]`.
