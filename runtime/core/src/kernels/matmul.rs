@@ -88,6 +88,9 @@ pub enum SumOrder {
     Bf16Tile,
 }
 
+/// What a kernel's unit needs around a run of tiles on one thread: set up, then tear down.
+pub(super) type Session = (fn(), fn());
+
 /// A GEMM microkernel, as data.
 pub struct MatMulKernel {
     /// What `cnx bench` and the tests print.
@@ -111,7 +114,7 @@ pub struct MatMulKernel {
     pub tiled_a: bool,
     /// Set up and tear down the unit around a run of tiles on one thread (the AMX tile
     /// configuration is per-thread state): called by the driver around each product.
-    pub(super) session: Option<(fn(), fn())>,
+    pub(super) session: Option<Session>,
     /// f32: `K` blocks of this many bytes of a panel at most, partial sums through C.
     pub k_block_bytes: Option<usize>,
     pub accumulation: Accumulation,
