@@ -26,8 +26,8 @@
 //! | precision | kernels (best first) | A | B panel |
 //! |---|---|---|---|
 //! | f32 | AVX-512 6x32, AVX2 6x16, portable 4x16 | f32 rows | `[K][NR]` |
-//! | bf16 | AMX 32x32, AVX512_BF16 6x32, AVX-512 FMA 6x32, AVX2 FMA 6x16, portable 4x16 | bf16 rows | `[K/2][NR][2]` |
-//! | int8 | AMX 32x32, AVX-512 VNNI 6x32, AVX-VNNI 6x16, AVX2 6x16, portable 4x16 | u8 rows + scale, zero | `[K/4][NR][4]` |
+//! | bf16 | AMX 64x32, AVX512_BF16 6x32, AVX-512 FMA 6x32, AVX2 FMA 6x16, portable 4x16 | bf16 rows | `[K/2][NR][2]` |
+//! | int8 | AMX 64x32, AVX-512 VNNI 6x32, AVX-VNNI 6x16, AVX2 6x16, portable 4x16 | u8 rows + scale, zero | `[K/4][NR][4]` |
 //!
 //! A next precision (fp16 on AVX512_FP16 or AMX-FP16) adds its rows to [`KERNELS`], its
 //! kernel file, a [`Panels`] / [`Operand`] variant with its packing here, and its name in
@@ -189,28 +189,28 @@ pub static KERNELS: &[MatMulKernel] = {
         ..F32
     };
     const AMX_BF16: MatMulKernel = MatMulKernel {
-        name: "bf16 amx 32x32",
+        name: "bf16 amx 64x32",
         requires: features(&[Avx2Fma, Avx512F, Avx512Bw, AmxTile, AmxBf16]),
-        mr: 32,
+        mr: 32 * amx::TILES_PER_CALL,
         nr: 32,
         k_align: 32,
         whole_row_tiles: true,
         tiled_a: true,
         session: Some((amx::configure, amx::release)),
         sum_order: SumOrder::Bf16Tile,
-        run: amx::bf16_32x32,
+        run: amx::bf16_64x32,
         ..BF16
     };
     const AMX_INT8: MatMulKernel = MatMulKernel {
-        name: "int8 amx 32x32",
+        name: "int8 amx 64x32",
         requires: features(&[Avx2Fma, Avx512F, Avx512Bw, AmxTile, AmxInt8]),
-        mr: 32,
+        mr: 32 * amx::TILES_PER_CALL,
         nr: 32,
         k_align: 64,
         whole_row_tiles: true,
         tiled_a: true,
         session: Some((amx::configure, amx::release)),
-        run: amx::int8_32x32,
+        run: amx::int8_64x32,
         ..INT8
     };
     &[
@@ -263,11 +263,11 @@ pub static KERNELS: &[MatMulKernel] = {
         },
         BF16,
         MatMulKernel {
-            name: "bf16 amx 32x32 (tile model)",
+            name: "bf16 amx 64x32 (tile model)",
             requires: Features::NONE,
             modelled: true,
             session: None,
-            run: amx::bf16_32x32_model,
+            run: amx::bf16_64x32_model,
             ..AMX_BF16
         },
         #[cfg(target_arch = "x86_64")]
@@ -300,11 +300,11 @@ pub static KERNELS: &[MatMulKernel] = {
         },
         INT8,
         MatMulKernel {
-            name: "int8 amx 32x32 (tile model)",
+            name: "int8 amx 64x32 (tile model)",
             requires: Features::NONE,
             modelled: true,
             session: None,
-            run: amx::int8_32x32_model,
+            run: amx::int8_64x32_model,
             ..AMX_INT8
         },
     ]
@@ -1288,7 +1288,7 @@ mod tests {
     fn amx_tiles_equal_their_software_model() {
         let pairs: Vec<_> = KERNELS
             .iter()
-            .filter(|k| !k.modelled && k.mr == 32 && k.runs_here())
+            .filter(|k| !k.modelled && k.tiled_a && k.runs_here())
             .map(|hw| {
                 let model = KERNELS
                     .iter()
@@ -1385,8 +1385,8 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            assert_eq!(kernel_for(Precision::Bf16, Isa::Amx).name, "bf16 amx 32x32");
-            assert_eq!(kernel_for(Precision::Int8, Isa::Amx).name, "int8 amx 32x32");
+            assert_eq!(kernel_for(Precision::Bf16, Isa::Amx).name, "bf16 amx 64x32");
+            assert_eq!(kernel_for(Precision::Int8, Isa::Amx).name, "int8 amx 64x32");
             assert_eq!(
                 kernel_for(Precision::Bf16, Isa::Avx512Bf16).name,
                 "bf16 avx512-bf16 6x32"
