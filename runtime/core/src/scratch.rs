@@ -31,6 +31,9 @@ scratch_fn!(with_f32, f32);
 scratch_fn!(with_f64, f64);
 scratch_fn!(with_u8, u8);
 scratch_fn!(with_u16, u16);
+// A row of quantised activations on its way into the AMX tiles' layout (beside a block in
+// `with_u8`).
+scratch_fn!(with_row_u8, u8);
 scratch_fn!(with_row_quants, crate::kernels::quantize::RowQuant);
 
 #[cfg(test)]

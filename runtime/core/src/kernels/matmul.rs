@@ -713,7 +713,11 @@ pub fn pack_rows(
             RowsMut::U8(data, quants) => {
                 let len = rows.next_multiple_of(if tiled { 16 } else { 1 }) * kp;
                 assert!(data.len() >= len && quants.len() >= rows);
-                crate::scratch::with_u8(if tiled { kp } else { 0 }, |packed| {
+                // One quantised row before it goes to its tiles: its own scratch, of the
+                // largest size any layer asks for (a stolen task never allocates).
+                let row_bytes = if tiled { kp.max(ROW_SCRATCH) } else { 0 };
+                crate::scratch::with_row_u8(row_bytes, |packed| {
+                    let packed = &mut packed[..if tiled { kp } else { 0 }];
                     for (i, src) in x.chunks_exact(k.max(1)).enumerate() {
                         prepared(i, src, row);
                         let src = if prologue.is_identity() { src } else { &*row };
