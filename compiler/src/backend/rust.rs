@@ -199,23 +199,7 @@ impl Parse for MacroArgs {
                 }
                 "precision" => {
                     dup(args.precision.is_some())?;
-                    let lit: LitStr = syn::parse2(value).map_err(|e| {
-                        syn::Error::new(
-                            e.span(),
-                            format!("`precision` takes {}", quoted_precisions()),
-                        )
-                    })?;
-                    let precision = Precision::from_name(&lit.value()).ok_or_else(|| {
-                        syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown precision `{}` ({})",
-                                lit.value(),
-                                Precision::names()
-                            ),
-                        )
-                    })?;
-                    args.precision = Some(precision);
+                    args.precision = Some(parse_precision(value)?);
                 }
                 "weights" => {
                     dup(args.weights.is_some())?;
@@ -1383,6 +1367,21 @@ fn linear_tokens(l: &Linear) -> TokenStream {
         in_features: #i, out_features: #o, input_norm: #input_norm, input_scale: #scale,
         activation: #activation, residual: #residual, sum_squares: #sums,
         precision: #precision,
+    })
+}
+
+/// `precision = "..."`: a name from the one table of precisions.
+fn parse_precision(value: TokenStream) -> syn::Result<Precision> {
+    let lit: LitStr = syn::parse2(value).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("`precision` takes {}", quoted_precisions()),
+        )
+    })?;
+    Precision::from_name(&lit.value()).ok_or_else(|| {
+        let names = Precision::names();
+        let message = format!("unknown precision `{}` ({names})", lit.value());
+        syn::Error::new(lit.span(), message)
     })
 }
 

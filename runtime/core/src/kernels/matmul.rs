@@ -788,7 +788,7 @@ pub fn linear_fused_panels(
     out: &mut [f32],
     mut sums: Option<&mut SquareSums<'_>>,
 ) {
-    let (k, n, kp) = (w.k, w.n, w.kp);
+    let (k, n) = (w.k, w.n);
     let spec = w.kernel;
     let width = (panels.end * spec.nr).min(n) - panels.start * spec.nr;
     assert_eq!(x.len(), rows * k);
@@ -796,8 +796,7 @@ pub fn linear_fused_panels(
     let activation = epilogue
         .activation
         .map(|act| epilogue.kernel.unwrap_or(ActivationKernel::of(act)));
-    let block = spec.block_rows(k).min(rows.max(1));
-    let mut block_product = |m0: usize, a: PackedRows<'_>| {
+    let block_product = |m0: usize, a: PackedRows<'_>| {
         let mb = a.rows;
         product(
             a,
@@ -810,6 +809,21 @@ pub fn linear_fused_panels(
             sums.as_deref_mut().map(|s| (s, m0)),
         )
     };
+    for_each_packed_block(x, rows, w, prologue, block_product)
+}
+
+/// The rows of `x` (`[rows, K]`) a block at a time ([`MatMulKernel::block_rows`]), packed for
+/// `w`'s kernel after the prologue into per-thread scratch (f32 with no prologue: the input
+/// itself), each block given to `f` with its first row.
+fn for_each_packed_block(
+    x: &[f32],
+    rows: usize,
+    w: &PackedMatrix,
+    prologue: LinearPrologue<'_>,
+    mut block_product: impl FnMut(usize, PackedRows<'_>),
+) {
+    let (k, kp, spec) = (w.k, w.kp, w.kernel);
+    let block = spec.block_rows(k).min(rows.max(1));
     match spec.precision {
         Precision::F32 => {
             // Scratch only when the prologue changes the rows; else A is the input itself.
