@@ -1,6 +1,6 @@
-//! What a fused GEMM does around its product, whatever its precision (f32 in
-//! [`gemm`](super::gemm), int8 in [`qgemm`](super::qgemm), each with its reference twin in
-//! [`reference`](super::reference)): the prologue applied to each input row (LayerNorm's
+//! What a fused GEMM does around its product, whatever its precision (the one driver,
+//! [`matmul`](super::matmul), for the f32, bf16 and int8 kernels, each with its reference twin
+//! in [`reference`](super::reference)): the prologue applied to each input row (LayerNorm's
 //! normalisation, GRN's per-sample scale), the epilogue applied to each output row (activation,
 //! residual), and GRN's sums of squares accumulated as the rows are written, in a fixed order
 //! whatever the tiling or the thread split.

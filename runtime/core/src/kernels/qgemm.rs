@@ -3,11 +3,11 @@
 //! [`reference::qlinear_fused`](super::reference::qlinear_fused), in
 //! [`quantize`](super::quantize)'s scheme (the AMX one is in [`super::amx`]).
 //!
-//! Weights are quantised and packed once, at load, into `NR`-column panels laid out
+//! The driver quantises and packs the weights once, at load, into `NR`-column panels laid out
 //! `[K / 4][NR][4]` (`K` padded to a multiple of 4 with zeros): one 4-byte group per column
-//! per step, what `vpdpbusd` and `vpmaddubsw` multiply. Activations are quantised row by row
-//! while a block of A is packed (the f32 prologue, LayerNorm's normalisation or GRN's scale,
-//! runs first on the row in L1; no extra pass over the activation in memory). The
+//! per step, what `vpdpbusd` and `vpmaddubsw` multiply. It quantises the activations row by
+//! row while a block of A is packed (the f32 prologue, LayerNorm's normalisation or GRN's
+//! scale, runs first on the row in L1; no extra pass over the activation in memory). The
 //! microkernels compute an `MR x NR` tile of exact i32 sums over all of `K` (no `K` blocks:
 //! a panel of 3072 x 32 bytes stays in L2), dequantise it in registers (`f32(acc - z *
 //! colsum) * (s_a * s_w)`) and end in the f32 GEMM's epilogue ([`gemm`]'s `store`: bias,
