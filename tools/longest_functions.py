@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The longest Rust functions of the tree, outside tests: `tools/longest_functions.py [N]`.
 
-A function runs from its `fn` line to the line where its braces balance again; `#[cfg(test)]`
+A function (`async` ones too) runs from its `fn` line to the line where its braces balance
+again; `#[cfg(test)]`
 modules and files under `tests/` directories are skipped. Strings and comments are stripped
 before counting braces, so a `{` in a format string does not count.
 """
@@ -31,7 +32,7 @@ def functions(path):
                 j += 1
             i = j + 1
             continue
-        m = re.match(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(unsafe\s+)?(extern\s+\"C\"\s+)?fn\s+(\w+)", s)
+        m = re.match(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(extern\s+\"C\"\s+)?fn\s+(\w+)", s)
         if m:
             depth, opened, j = 0, False, i
             while j < len(lines):
@@ -44,7 +45,7 @@ def functions(path):
                     break  # a declaration without a body
                 j += 1
             if opened:
-                out.append((j - i + 1, f"{path}:{i + 1}", m.group(6)))
+                out.append((j - i + 1, f"{path}:{i + 1}", m.group(7)))
         i += 1
     return out
 
