@@ -34,5 +34,5 @@ pub use builder::{build_graph, build_graph_with, BuildOptions};
 pub use config::ConvNextV2Config;
 pub use error::{Error, RunError};
 pub use ir::Graph;
-pub use limits::{Footprint, LimitError, Limits};
+pub use limits::{Footprint, LimitError, LimitSettingError, Limits};
 pub use model::LoadedModel;

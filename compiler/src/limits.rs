@@ -37,6 +37,19 @@ impl LimitError {
     }
 }
 
+/// A `--limit` setting that cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitSettingError {
+    #[error("--limit {name}={value}: at most {max}")]
+    AboveMaximum { name: String, value: u64, max: u64 },
+    #[error("unknown limit `{name}` (limits: {known})")]
+    Unknown { name: String, known: String },
+    #[error("--limit `{0}`: expected NAME=N, e.g. width=32768")]
+    NotAnAssignment(String),
+    #[error("--limit `{assignment}`: `{value}` is not a whole number")]
+    NotANumber { assignment: String, value: String },
+}
+
 /// Every limit, with its `--limit` name and default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -116,10 +129,11 @@ impl Limits {
 
     /// Sets the limit `name` (one of [`HARD_MAXIMA`]'s) to `value`, at most its maximum there:
     /// past those, sizes would overflow the builder's own arithmetic.
-    pub fn set(&mut self, name: &str, value: u64) -> Result<(), String> {
-        if let Some((_, max)) = HARD_MAXIMA.iter().find(|(n, _)| *n == name) {
-            if value > *max {
-                return Err(format!("--limit {name}={value}: at most {max}"));
+    pub fn set(&mut self, name: &str, value: u64) -> Result<(), LimitSettingError> {
+        if let Some(&(_, max)) = HARD_MAXIMA.iter().find(|(n, _)| *n == name) {
+            if value > max {
+                let name = name.to_string();
+                return Err(LimitSettingError::AboveMaximum { name, value, max });
             }
         }
         let slot = match name {
@@ -139,10 +153,10 @@ impl Limits {
             }
             other => {
                 let names: Vec<&str> = HARD_MAXIMA.iter().map(|(n, _)| *n).collect();
-                return Err(format!(
-                    "unknown limit `{other}` (limits: {})",
-                    names.join(", ")
-                ));
+                return Err(LimitSettingError::Unknown {
+                    name: other.to_string(),
+                    known: names.join(", "),
+                });
             }
         };
         *slot = value;
@@ -150,14 +164,17 @@ impl Limits {
     }
 
     /// Parses `NAME=N` (as `--limit` takes it) into these limits.
-    pub fn apply(&mut self, assignment: &str) -> Result<(), String> {
+    pub fn apply(&mut self, assignment: &str) -> Result<(), LimitSettingError> {
         let (name, value) = assignment
             .split_once('=')
-            .ok_or_else(|| format!("--limit `{assignment}`: expected NAME=N, e.g. width=32768"))?;
+            .ok_or_else(|| LimitSettingError::NotAnAssignment(assignment.to_string()))?;
         let value: u64 = value
             .trim()
             .parse()
-            .map_err(|_| format!("--limit `{assignment}`: `{value}` is not a whole number"))?;
+            .map_err(|_| LimitSettingError::NotANumber {
+                assignment: assignment.to_string(),
+                value: value.to_string(),
+            })?;
         self.set(name.trim(), value)
     }
 
