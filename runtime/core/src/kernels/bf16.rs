@@ -50,31 +50,10 @@ pub fn to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// [`round`] of every value of `src` into `dst`, on the widest vectors the CPU has.
+/// [`round`] of every value of `src` into `dst` ([`pack_row`] of an unpadded row).
 pub fn round_row(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len());
-    #[cfg(target_arch = "x86_64")]
-    if super::Isa::detect().width() == super::Width::Avx512 {
-        // SAFETY: `Isa::detect` names only an instruction set the CPU supports.
-        return unsafe { round_row_avx512(src, dst) };
-    }
-    round_row_plain(src, dst)
-}
-
-#[inline(always)]
-fn round_row_plain(src: &[f32], dst: &mut [u16]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = round_bits(s.to_bits());
-    }
-}
-
-/// # Safety
-/// The CPU supports AVX-512F and BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
-    // The same branch-free loop, vectorised by the compiler for AVX-512.
-    round_row_plain(src, dst)
+    pack_row(src, None, src.len(), false, dst)
 }
 
 /// One row of A packed for a bf16 kernel: `src` (`k` values), times `scale` elementwise when

@@ -301,15 +301,4 @@ impl Isa {
             .filter(|isa| isa.features().within(cpu))
             .collect()
     }
-
-    /// (MR, NR): the tile one f32 microkernel call computes.
-    pub fn tile(self) -> (usize, usize) {
-        match self.width() {
-            Width::Portable => (4, 16),
-            #[cfg(target_arch = "x86_64")]
-            Width::Avx2 => (6, 16),
-            #[cfg(target_arch = "x86_64")]
-            Width::Avx512 => (6, 32),
-        }
-    }
 }

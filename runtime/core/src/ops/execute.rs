@@ -67,11 +67,11 @@ pub fn conv2d(
     };
     // A bf16 or int8 conv without prepared weights (the reference kernels asked for) packs
     // them here, for the portable kernel (the reference twin's bits).
-    let quantised;
+    let packed_here;
     let prepared = match p.prepared {
         None if c.precision != Precision::F32 => {
-            quantised = prepare_conv(c, p.weight, Isa::Portable);
-            quantised.as_ref()
+            packed_here = prepare_conv(c, p.weight, Isa::Portable);
+            packed_here.as_ref()
         }
         prepared => prepared,
     };
