@@ -6,6 +6,8 @@
 //! - [`passes`]: the fusion passes, one rewrite per file; [`verify`]: the graph verifier.
 //! - [`memory_plan`] and [`lower`]: an optimised graph becomes a `Program`, the flat list of
 //!   steps every backend runs.
+//! - [`frontend`]: the one front end, config to optimised graph to program, that the model
+//!   loader, the macro and the ahead-of-time path share.
 //! - [`backend`]: [`backend::interp`] steps through a program; [`backend::rust`] emits it as
 //!   Rust for the `convnextv2!` macro (the Cranelift JIT is the `cnx-jit` crate).
 //! - [`model`]: a model loaded with its weights.
@@ -17,6 +19,7 @@ pub mod backend;
 pub mod builder;
 pub mod config;
 pub mod error;
+pub mod frontend;
 pub mod ir;
 pub mod limits;
 pub mod listing;

@@ -76,7 +76,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Program, LowerError> {
         };
         let node = graph.node(id);
         steps.push(Step {
-            name: node.name.clone(),
+            name: node.name.clone().into(),
             op,
             out: binder.value(id)?,
             out_ty: node.ty,

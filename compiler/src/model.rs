@@ -7,12 +7,13 @@ use cnx_runtime::kernels::Isa;
 use cnx_runtime::program::Program;
 use cnx_runtime::{NamingScheme, WeightSource, WeightStore};
 
-use crate::builder::{build_graph_with, BuildOptions};
+use crate::builder::BuildOptions;
 use crate::config::ConvNextV2Config;
+use crate::frontend::{self, Optimised};
 use crate::ir::Graph;
 use crate::lower::{lower_outputs, weight_table};
 use crate::passes::Pipeline;
-use crate::{verify, Error};
+use crate::Error;
 
 /// A model ready to run: config, optimised graph, weights.
 pub struct LoadedModel {
@@ -63,16 +64,13 @@ impl LoadedModel {
             classifier: store.scheme() != NamingScheme::HuggingFaceBare,
             backbone: store.names().any(|n| n.contains("hidden_states_norms.")),
         };
-        let mut graph = build_graph_with(&config, input_hw, options)?;
-        verify::verify(&graph)?;
-        // Validated against the graph as Hugging Face defines it: messages name HF tensors.
-        let checkpoint: Vec<(String, Vec<usize>)> = graph
-            .checkpoint_params()
-            .into_iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        let pass_report = pipeline.run(&mut graph)?;
-        verify::verify(&graph)?;
+        let optimised: Optimised =
+            frontend::optimise::<Error>(&config, input_hw, options, pipeline)?;
+        let Optimised {
+            graph,
+            checkpoint,
+            pass_report,
+        } = optimised;
         let (table, _) = weight_table(&graph)?;
         let weights = Weights::load_for(
             store,

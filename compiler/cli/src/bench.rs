@@ -154,7 +154,7 @@ pub fn profile(
         .map(|(step, mut times)| {
             times.sort_by(f64::total_cmp);
             ProfileRow {
-                name: step.name.clone(),
+                name: step.name.to_string(),
                 kind: profile_kind(step).into(),
                 ms: times[times.len() / 2],
                 flops: 2.0 * step.macs_per_image() as f64 * batch as f64,

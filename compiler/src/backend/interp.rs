@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cnx_runtime::compiled::{Weights, Workspace};
-use cnx_runtime::program::{check_finite, run_step, NonFinite, Program};
+use cnx_runtime::executor::run_step;
+use cnx_runtime::program::{check_finite, NonFinite, Program};
 use cnx_runtime::{phases, pool, Tensor};
 
 use crate::error::RunError;

@@ -11,28 +11,12 @@ use std::sync::Mutex;
 use crate::kernels::reference::Affine;
 use crate::kernels::Isa;
 use crate::kernels::PreparedWeights;
-use crate::ops::{self, Conv2d, ConvParams, Linear, LinearParams};
-use crate::program::{Step, StepBuffers, SumsAccess, SumsBuffer, Value};
-use crate::weights::derive::{evaluate, ParamSpec};
+use crate::ops::{self, ConvParams, LinearParams};
+use crate::program::{arena_layout, Program, Step, StepBuffers, SumsAccess, SumsBuffer, Value};
+
+pub use crate::program::{Prepare, WeightSlot};
+use crate::weights::derive::evaluate;
 use crate::{pool, Error, Result, WeightSource, WeightStore};
-
-/// How a parameter slot is prepared at load for its kernel.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Prepare {
-    /// Used as stored.
-    Plain,
-    /// Packed into GEMM panels (a linear layer's weight).
-    Linear(Linear),
-    /// Rearranged for the conv's optimised kernel, when it has one.
-    Conv(Conv2d),
-}
-
-/// One entry of a model's weight table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WeightSlot {
-    pub param: ParamSpec,
-    pub prepare: Prepare,
-}
 
 /// A model's parameters: the validated checkpoint, the derived parameters and the prepared
 /// weights, by slot of its weight table.
@@ -238,16 +222,11 @@ pub struct Workspace {
     images_warm: Vec<usize>,
 }
 
-/// Slot starts (per image) for slots of `sizes`, each rounded up to 16 elements (64 bytes of
-/// f32) so that every slot starts cache-line aligned relative to the arena; and the total.
-pub fn arena_layout(sizes: &[usize]) -> (Vec<usize>, usize) {
-    let mut offsets = Vec::with_capacity(sizes.len());
-    let mut total = 0;
-    for &size in sizes {
-        offsets.push(total);
-        total += size.next_multiple_of(16);
+impl Program {
+    /// A workspace for this program's slots.
+    pub fn workspace(&self) -> Workspace {
+        Workspace::new(&self.slot_sizes, &self.sums_sizes)
     }
-    (offsets, total)
 }
 
 impl Workspace {

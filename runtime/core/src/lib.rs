@@ -11,6 +11,7 @@
 pub mod artifact;
 pub mod compiled;
 pub mod error;
+pub mod executor;
 pub mod kernels;
 pub mod ops;
 pub mod phases;

@@ -4,21 +4,36 @@
 //! flat list of [`Step`]s in evaluation order. Each step holds its op's constants (shapes, eps,
 //! activation, which prologue and epilogue), its parameters bound under typed roles (`weight`,
 //! `bias`, `gamma` ... as indices into the program's weight table: no look-up by name after
-//! lowering), and the workspace slots of its operands, its output and its sums. The
-//! interpreter runs `for step in program: run_step`; the JIT compiles the same steps; the
-//! `convnextv2!` macro emits them as Rust. [`execute`] is the one place that turns a step into
-//! a call of [`crate::ops`] at run time; the macro's emitter writes the same calls out as Rust
-//! (the macro tests hold the two bit-equal).
+//! lowering), and the workspace slots of its operands, its output and its sums. A program is
+//! data: the interpreter and the JIT hold a lowered one, the `convnextv2!` macro emits its
+//! steps as statics. [`crate::executor`] runs them all (`execute` is the one place that
+//! turns a step into a call of [`crate::ops`]).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use crate::compiled::{Weights, Workspace};
 use crate::kernels::Activation;
-use crate::ops::{self, Conv2d, ConvParams, GrnSource, LayerNorm, Linear, Permute, ValueType};
+use crate::ops::{self, Conv2d, LayerNorm, Linear, Permute, ValueType};
+use crate::weights::derive::ParamSpec;
 
-pub use crate::compiled::WeightSlot;
+/// How a parameter slot is prepared at load for its kernel.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Prepare {
+    /// Used as stored.
+    Plain,
+    /// Packed into GEMM panels (a linear layer's weight).
+    Linear(Linear),
+    /// Rearranged for the conv's optimised kernel, when it has one.
+    Conv(Conv2d),
+}
+
+/// One entry of a model's weight table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WeightSlot {
+    pub param: ParamSpec,
+    pub prepare: Prepare,
+}
 
 /// A value in the workspace: its slot, and its size in f32 elements per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -111,8 +126,9 @@ pub enum StepOp {
 /// One step of a program.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
-    /// The Hugging Face module it runs (`convnextv2.encoder.stages.0.layers.1.pwconv1`).
-    pub name: String,
+    /// The Hugging Face module it runs (`convnextv2.encoder.stages.0.layers.1.pwconv1`);
+    /// borrowed in a static program (the `convnextv2!` macro's), owned in a lowered one.
+    pub name: Cow<'static, str>,
     pub op: StepOp,
     /// Where its value goes, and the value's type.
     pub out: Value,
@@ -218,6 +234,31 @@ impl Step {
         }
     }
 
+    /// Its weight-table indices, to renumber (in [`Step::params`] order).
+    fn params_mut(&mut self) -> Vec<&mut usize> {
+        fn affine(a: &mut Option<AffineParams>) -> impl Iterator<Item = &mut usize> {
+            a.as_mut()
+                .map(|a| [&mut a.gamma, &mut a.beta])
+                .into_iter()
+                .flatten()
+        }
+        match &mut self.op {
+            StepOp::Conv2d {
+                weight, bias, norm, ..
+            } => [weight, bias].into_iter().chain(affine(norm)).collect(),
+            StepOp::LayerNorm { affine: a, .. } => affine(a).collect(),
+            StepOp::Linear { weight, bias, .. } | StepOp::PoolNormLinear { weight, bias, .. } => {
+                vec![weight, bias]
+            }
+            StepOp::Grn { gamma, beta, .. } => vec![gamma, beta],
+            StepOp::GrnScale { gamma, .. } => vec![gamma],
+            StepOp::Activation { .. }
+            | StepOp::Add { .. }
+            | StepOp::GlobalAvgPool { .. }
+            | StepOp::Permute { .. } => Vec::new(),
+        }
+    }
+
     /// Short name of its op, for listings and profiles.
     pub fn kind(&self) -> &'static str {
         match &self.op {
@@ -276,6 +317,18 @@ pub enum SumsAccess {
         slot: usize,
         len: usize,
     },
+}
+
+/// Slot starts (per image) for slots of `sizes`, each rounded up to 16 elements (64 bytes of
+/// f32) so that every slot starts cache-line aligned relative to the arena; and the total.
+pub fn arena_layout(sizes: &[usize]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut total = 0;
+    for &size in sizes {
+        offsets.push(total);
+        total += size.next_multiple_of(16);
+    }
+    (offsets, total)
 }
 
 /// A named value the program leaves in the workspace (`logits`, `pooler_output` ...).
@@ -521,16 +574,29 @@ impl Program {
         Ok(())
     }
 
-    /// Bytes of workspace one image takes (value slots and sums, as laid out).
-    pub fn workspace_bytes_per_image(&self) -> usize {
-        let values = crate::compiled::arena_layout(&self.slot_sizes).1;
-        let sums = crate::compiled::arena_layout(&self.sums_sizes).1;
-        values * 4 + sums * 8
+    /// The program with a weight table of only the parameters its steps read, in the order
+    /// they first read them (a lowered program's table covers the whole graph; code that
+    /// embeds the table, the `convnextv2!` macro's, loads only what its outputs need).
+    pub fn with_read_weights(mut self) -> Program {
+        let mut table = Vec::new();
+        let mut index = vec![None; self.weights.len()];
+        for step in &mut self.steps {
+            for p in step.params_mut() {
+                *p = *index[*p].get_or_insert_with(|| {
+                    table.push(self.weights[*p].clone());
+                    table.len() - 1
+                });
+            }
+        }
+        self.weights = table;
+        self
     }
 
-    /// A workspace for this program's slots.
-    pub fn workspace(&self) -> Workspace {
-        Workspace::new(&self.slot_sizes, &self.sums_sizes)
+    /// Bytes of workspace one image takes (value slots and sums, as laid out).
+    pub fn workspace_bytes_per_image(&self) -> usize {
+        let values = arena_layout(&self.slot_sizes).1;
+        let sums = arena_layout(&self.sums_sizes).1;
+        values * 4 + sums * 8
     }
 
     /// An output by name.
@@ -615,106 +681,6 @@ pub enum SumsBuffer<'a> {
     None,
     Read(&'a [f64]),
     Write(&'a mut [f64]),
-}
-
-/// Runs `step` on `buffers` for `batch` images: the one function that binds a step to the
-/// runtime's ops. The interpreter reaches it through [`Workspace::run_step`], the JIT's runtime
-/// calls through its step shim.
-pub fn execute(step: &Step, weights: &Weights, batch: usize, buffers: StepBuffers<'_>) {
-    let StepBuffers {
-        operands,
-        out: y,
-        sums,
-    } = buffers;
-    let x = operands[0];
-    let affine = |a: Option<AffineParams>| a.map(|a| weights.affine(a.gamma, a.beta));
-    match &step.op {
-        StepOp::Conv2d {
-            conv,
-            input,
-            weight,
-            bias,
-            norm,
-            ..
-        } => {
-            let p = ConvParams {
-                norm: affine(*norm),
-                ..weights.conv(*weight, *bias, None)
-            };
-            ops::conv2d(conv, input, &step.out_ty, batch, p, x, y)
-        }
-        StepOp::LayerNorm {
-            norm, affine: a, ..
-        } => ops::layer_norm(norm, &step.out_ty, batch, affine(*a), x, y),
-        StepOp::Linear {
-            linear,
-            scale,
-            residual,
-            weight,
-            bias,
-            ..
-        } => {
-            let scale = scale.map(|_| operands[1]);
-            let residual = residual.map(|_| operands[1 + usize::from(scale.is_some())]);
-            let sums = match sums {
-                SumsBuffer::Write(s) => Some(s),
-                _ => None,
-            };
-            let p = weights.linear(*weight, *bias);
-            let pixels = step.out_ty.pixels();
-            ops::linear(linear, pixels, batch, p, x, scale, residual, y, sums)
-        }
-        StepOp::Activation { activation, .. } => ops::activation(*activation, x, y),
-        StepOp::Grn {
-            channels,
-            gamma,
-            beta,
-            ..
-        } => ops::grn(
-            *channels,
-            &step.out_ty,
-            batch,
-            weights.get(*gamma),
-            weights.get(*beta),
-            x,
-            y,
-        ),
-        StepOp::GrnScale {
-            channels,
-            input,
-            gamma,
-            ..
-        } => {
-            let (source, read) = match sums {
-                SumsBuffer::Read(s) => (GrnSource::ProducerSums, s),
-                _ => (GrnSource::Values, &[][..]),
-            };
-            let g = weights.get(*gamma);
-            ops::grn_scale(*channels, source, input, batch, g, x, read, y)
-        }
-        StepOp::Add { .. } => ops::add(x, operands[1], y),
-        StepOp::GlobalAvgPool { input, .. } => ops::global_avg_pool(input, batch, x, y),
-        StepOp::PoolNormLinear {
-            channels,
-            classes,
-            eps,
-            input,
-            weight,
-            bias,
-            ..
-        } => {
-            let (w, b) = (weights.get(*weight), weights.get(*bias));
-            ops::pool_norm_linear(*channels, *classes, *eps, input, batch, w, b, x, y)
-        }
-        StepOp::Permute { permute, .. } => ops::permute(*permute, &step.out_ty, batch, x, y),
-    }
-}
-
-/// Runs `step` with its buffers in `ws` (the interpreter's loop body).
-pub fn run_step(step: &Step, weights: &Weights, ws: &mut Workspace, batch: usize) {
-    ws.run_step(step, batch, |buffers| {
-        execute(step, weights, batch, buffers)
-    })
 }
 
 impl fmt::Display for Phase {

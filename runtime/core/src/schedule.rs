@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::compiled::{Weights, Workspace};
+use crate::executor::execute;
 use crate::pool;
-use crate::program::{execute, Program, StepBuffers, SumsAccess, SumsBuffer};
+use crate::program::{Program, StepBuffers, SumsAccess, SumsBuffer};
 
 /// A compiled schedule: `entry(ctx, value_arena, sums_arena, batch, phase)` runs the steps of
 /// phase `phase` (an index into the program's phases; any other runs nothing), `ctx` a
@@ -150,7 +151,7 @@ pub unsafe extern "C" fn cnx_step(
     if result.is_ok() {
         return 0;
     }
-    fail(ctx, step.name.clone(), "panicked");
+    fail(ctx, step.name.to_string(), "panicked");
     1
 }
 

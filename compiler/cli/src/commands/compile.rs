@@ -4,13 +4,15 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use cnx_compiler::backend::rust::{emit_source, lower_spec, EmitSpec};
+use cnx_compiler::backend::rust::{emit_source, EmitError, EmitSpec};
+use cnx_compiler::frontend;
 use cnx_compiler::ir::outputs;
 use cnx_compiler::passes::Pipeline;
 use cnx_jit::aot::{compile_object, ObjectSpec};
 use cnx_jit::header::{c_header, default_prefix, is_c_identifier, HeaderSpec};
 use cnx_jit::{JitModel, JitOptions};
 use cnx_runtime::artifact::Artifact;
+use cnx_runtime::program::Program;
 use cnx_runtime::{WeightSource, WeightStore};
 
 use super::InputSize;
@@ -99,7 +101,7 @@ impl Args {
             precision: self.precision.get(),
         };
         match self.emit {
-            Emit::Program => print!("{}", lower_spec(&emit_spec)?.0),
+            Emit::Program => print!("{}", compile_program(&emit_spec)?.0),
             Emit::Rust => print!("{}", emit_source(&emit_spec)?),
             Emit::Clif | Emit::Asm => self.jit(spec, input_hw)?,
             Emit::Obj => self.object(&spec, &emit_spec)?,
@@ -131,7 +133,7 @@ impl Args {
                 "--header and --output name the same file".into(),
             ));
         }
-        let (program, checkpoint) = lower_spec(emit_spec)?;
+        let (program, checkpoint) = compile_program(emit_spec)?;
         let weights = if self.embed_weights {
             let path = match &self.weights {
                 Some(p) => p.clone(),
@@ -241,4 +243,13 @@ fn checkpoint_bytes(path: &Path, checkpoint: &[(String, Vec<usize>)]) -> Result<
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     })
+}
+
+/// The program and checkpoint of `spec` from the one front end (what the macro emits and the
+/// object holds).
+fn compile_program(spec: &EmitSpec) -> Result<(Program, frontend::Checkpoint), Error> {
+    Ok(frontend::compile::<EmitError>(
+        &spec.config,
+        &spec.target(),
+    )?)
 }

@@ -35,7 +35,14 @@ pub trait Recipe: Sized {
 pub struct ParamSpec {
     pub name: Cow<'static, str>,
     pub shape: Cow<'static, [usize]>,
-    pub derivation: Option<(DeriveRule, Cow<'static, [ParamSpec]>)>,
+    pub derivation: Option<Derivation>,
+}
+
+/// How a derived parameter is computed: a rule over its inputs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Derivation {
+    pub rule: DeriveRule,
+    pub inputs: Cow<'static, [ParamSpec]>,
 }
 
 impl ParamSpec {
@@ -44,9 +51,10 @@ impl ParamSpec {
         ParamSpec {
             name: Cow::Owned(p.name().to_string()),
             shape: Cow::Owned(p.shape().to_vec()),
-            derivation: p
-                .derivation()
-                .map(|(rule, inputs)| (rule, inputs.iter().map(ParamSpec::of).collect())),
+            derivation: p.derivation().map(|(rule, inputs)| Derivation {
+                rule,
+                inputs: inputs.iter().map(ParamSpec::of).collect(),
+            }),
         }
     }
 }
@@ -59,9 +67,7 @@ impl Recipe for ParamSpec {
         &self.shape
     }
     fn derivation(&self) -> Option<(DeriveRule, &[Self])> {
-        self.derivation
-            .as_ref()
-            .map(|(rule, inputs)| (*rule, &inputs[..]))
+        self.derivation.as_ref().map(|d| (d.rule, &d.inputs[..]))
     }
 }
 
@@ -202,7 +208,10 @@ mod tests {
     const SCALED: ParamSpec = ParamSpec {
         name: Cow::Borrowed("w'"),
         shape: Cow::Borrowed(&[2, 3, 2, 1]),
-        derivation: Some((DeriveRule::ScaleInputChannels, Cow::Borrowed(&[W, G]))),
+        derivation: Some(Derivation {
+            rule: DeriveRule::ScaleInputChannels,
+            inputs: Cow::Borrowed(&[W, G]),
+        }),
     };
 
     fn store() -> HashMap<String, Vec<f32>> {
@@ -225,9 +234,9 @@ mod tests {
         const BIAS: ParamSpec = ParamSpec {
             name: Cow::Borrowed("b'"),
             shape: Cow::Borrowed(&[2]),
-            derivation: Some((
-                DeriveRule::AddWeightTimesInput,
-                Cow::Borrowed(&[
+            derivation: Some(Derivation {
+                rule: DeriveRule::AddWeightTimesInput,
+                inputs: Cow::Borrowed(&[
                     ParamSpec {
                         name: Cow::Borrowed("b"),
                         shape: Cow::Borrowed(&[2]),
@@ -240,7 +249,7 @@ mod tests {
                         derivation: None,
                     },
                 ]),
-            )),
+            }),
         };
         let bias = BIAS;
         // b'[0] = 0.5 + (0 + 1) * 1 + (4 + 5) * -1 = -7.5; b'[1] = -0.5 + (6+7) - (10+11) = -8.5
@@ -256,7 +265,10 @@ mod tests {
         const TWICE: ParamSpec = ParamSpec {
             name: Cow::Borrowed("w''"),
             shape: Cow::Borrowed(&[2, 3, 2, 1]),
-            derivation: Some((DeriveRule::ScaleInputChannels, Cow::Borrowed(&[SCALED, G]))),
+            derivation: Some(Derivation {
+                rule: DeriveRule::ScaleInputChannels,
+                inputs: Cow::Borrowed(&[SCALED, G]),
+            }),
         };
         let twice = TWICE;
         assert_eq!(evaluate(&twice, &store).unwrap()[2], 2.0 * 2.0 * 2.0);
