@@ -11,7 +11,7 @@ use std::path::Path;
 
 use cnx_runtime::Activation;
 
-use crate::limits::{LimitError, Limits};
+use crate::limits::{ConfigFigures, LimitError, Limits};
 use crate::loss::ProblemType;
 use serde::Deserialize;
 use serde_json::Value;
@@ -278,6 +278,30 @@ impl ConvNextV2Config {
     /// Total number of blocks.
     pub fn num_layers(&self) -> usize {
         self.depths.iter().sum()
+    }
+}
+
+impl ConfigFigures for ConvNextV2Config {
+    fn num_stages(&self) -> usize {
+        self.num_stages
+    }
+    fn depths(&self) -> &[usize] {
+        &self.depths
+    }
+    fn hidden_sizes(&self) -> &[usize] {
+        &self.hidden_sizes
+    }
+    fn num_channels(&self) -> usize {
+        self.num_channels
+    }
+    fn patch_size(&self) -> usize {
+        self.patch_size
+    }
+    fn image_size(&self) -> usize {
+        self.image_size
+    }
+    fn num_labels(&self) -> usize {
+        ConvNextV2Config::num_labels(self)
     }
 }
 

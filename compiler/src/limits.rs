@@ -10,7 +10,25 @@
 //! to 2816, 27 blocks in a stage and 660 M parameters) and every limit can be raised
 //! (`cnx --limit KEY=N`, [`Limits::set`]).
 
-use crate::config::ConvNextV2Config;
+/// The figures of a model config that limits are checked against and a [`Footprint`] is
+/// computed from, as the config has them (`ConvNextV2Config` implements it). A trait, so that
+/// the config can be checked here while it is read without this module depending on it.
+pub trait ConfigFigures {
+    /// `num_stages`.
+    fn num_stages(&self) -> usize;
+    /// `depths`: blocks per stage.
+    fn depths(&self) -> &[usize];
+    /// `hidden_sizes`: the width of each stage.
+    fn hidden_sizes(&self) -> &[usize];
+    /// `num_channels` of the input.
+    fn num_channels(&self) -> usize;
+    /// `patch_size`.
+    fn patch_size(&self) -> usize;
+    /// `image_size`.
+    fn image_size(&self) -> usize;
+    /// Classifier outputs (0: no classifier).
+    fn num_labels(&self) -> usize;
+}
 
 /// A figure over its limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,12 +238,12 @@ impl Limits {
     }
 
     /// The config's sizes, each against its limit, then the totals they imply.
-    pub fn check_config(&self, config: &ConvNextV2Config) -> Check {
+    pub fn check_config(&self, config: &impl ConfigFigures) -> Check {
         let key = |k: &'static str, what: &str, figure: usize, limit: u64, name| {
             self.check_key(Some(k), what, figure as u64, limit, name)
         };
-        self.check_stages(config.num_stages as u64)?;
-        for (i, &d) in config.depths.iter().enumerate() {
+        self.check_stages(config.num_stages() as u64)?;
+        for (i, &d) in config.depths().iter().enumerate() {
             key(
                 "depths",
                 &format!("entry {i}"),
@@ -234,7 +252,7 @@ impl Limits {
                 "stage-depth",
             )?;
         }
-        for (i, &w) in config.hidden_sizes.iter().enumerate() {
+        for (i, &w) in config.hidden_sizes().iter().enumerate() {
             key(
                 "hidden_sizes",
                 &format!("entry {i}"),
@@ -246,21 +264,21 @@ impl Limits {
         key(
             "num_channels",
             "",
-            config.num_channels,
+            config.num_channels(),
             self.channels,
             "channels",
         )?;
         key(
             "patch_size",
             "",
-            config.patch_size,
+            config.patch_size(),
             self.patch_size,
             "patch-size",
         )?;
         key(
             "image_size",
             "",
-            config.image_size,
+            config.image_size(),
             self.input_side,
             "input-side",
         )?;
@@ -288,7 +306,7 @@ impl Limits {
     /// against the memory limit.
     pub fn check_run(
         &self,
-        config: &ConvNextV2Config,
+        config: &impl ConfigFigures,
         batch: usize,
         input_hw: (usize, usize),
     ) -> Check {
@@ -340,11 +358,11 @@ pub struct Footprint {
 
 impl Footprint {
     /// The footprint of `config`'s model (with its classifier).
-    pub fn of(config: &ConvNextV2Config) -> Footprint {
+    pub fn of(config: &impl ConfigFigures) -> Footprint {
         let mul = |a: u64, b: u64| a.saturating_mul(b);
-        let c_in = config.num_channels as u64;
-        let p = config.patch_size as u64;
-        let widths: Vec<u64> = config.hidden_sizes.iter().map(|&w| w as u64).collect();
+        let c_in = config.num_channels() as u64;
+        let p = config.patch_size() as u64;
+        let widths: Vec<u64> = config.hidden_sizes().iter().map(|&w| w as u64).collect();
         let c0 = widths.first().copied().unwrap_or(0);
         // Embeddings: the patch conv (weight + bias) and its LayerNorm.
         let mut parameters = mul(mul(mul(c_in, c0), p), p)
@@ -352,7 +370,7 @@ impl Footprint {
             .saturating_add(mul(2, c0));
         let mut nodes: u64 = 1 + 2; // the input; patch conv + LayerNorm
         let mut prev = c0;
-        for (i, (&c, &depth)) in widths.iter().zip(&config.depths).enumerate() {
+        for (i, (&c, &depth)) in widths.iter().zip(config.depths()).enumerate() {
             if i > 0 || prev != c {
                 // Downsampling: LayerNorm(prev), 2x2 conv prev -> c.
                 parameters = parameters
@@ -394,22 +412,22 @@ impl Footprint {
     /// alive at once (tested against it).
     pub fn workspace_bytes(
         &self,
-        config: &ConvNextV2Config,
+        config: &impl ConfigFigures,
         batch: usize,
         input_hw: (usize, usize),
     ) -> u64 {
         let mul = |a: u64, b: u64| a.saturating_mul(b);
         let (h, w) = (input_hw.0 as u64, input_hw.1 as u64);
-        let p = (config.patch_size as u64).max(1);
+        let p = (config.patch_size() as u64).max(1);
         let (mut sh, mut sw) = (h / p, w / p);
         let mut largest = 0u64;
-        for (i, &c) in config.hidden_sizes.iter().enumerate() {
+        for (i, &c) in config.hidden_sizes().iter().enumerate() {
             if i > 0 {
                 (sh, sw) = (sh / 2, sw / 2);
             }
             largest = largest.max(mul(mul(sh, sw), mul(4, c as u64)));
         }
-        let input = mul(mul(config.num_channels as u64, h), w);
+        let input = mul(mul(config.num_channels() as u64, h), w);
         mul(mul(batch as u64, 4), input.saturating_add(mul(4, largest)))
     }
 }
@@ -426,6 +444,7 @@ fn available_memory() -> Option<u64> {
 mod tests {
     use super::*;
     use crate::build_graph;
+    use crate::config::ConvNextV2Config;
     use crate::lower::lower_outputs;
     use crate::passes::Pipeline;
     use crate::presets;

@@ -84,30 +84,8 @@ impl MemoryPlan {
             .collect();
         let position: HashMap<NodeId, usize> =
             order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-        // The last position at which each value is read (wanted values: never released).
-        let mut last_use: HashMap<NodeId, usize> = HashMap::new();
-        for &id in &order {
-            for i in graph.inputs(id) {
-                last_use.insert(i, position[&id]);
-            }
-        }
-        for w in wanted {
-            last_use.insert(*w, usize::MAX);
-        }
-        // A value an image-parallel run reads from before it is held to the run's end.
         let image_runs = image_runs(graph, &order);
-        for run in &image_runs {
-            for &id in &order[run.clone()] {
-                for i in graph.inputs(id) {
-                    let before = position[&i] < run.start
-                        || (position[&i] == run.start && matches!(graph.node(i).op, Op::Input));
-                    if before {
-                        let last = last_use.entry(i).or_insert(0);
-                        *last = (*last).max(run.end - 1);
-                    }
-                }
-            }
-        }
+        let last_use = last_uses(graph, &order, &position, wanted, &image_runs);
         // The values whose last use is at each position.
         let mut expiring: Vec<Vec<NodeId>> = vec![Vec::new(); order.len()];
         for (&id, &last) in &last_use {
@@ -115,19 +93,7 @@ impl MemoryPlan {
                 e.push(id);
             }
         }
-        // The last position at which each producer's sums of squares are read.
-        let mut last_sums_use: HashMap<NodeId, usize> = HashMap::new();
-        for &id in &order {
-            if let Op::GrnScale {
-                source: GrnSource::ProducerSums,
-                ..
-            } = graph.node(id).op
-            {
-                for i in graph.inputs(id) {
-                    last_sums_use.insert(i, position[&id]);
-                }
-            }
-        }
+        let last_sums_use = last_sums_uses(graph, &order, &position);
         let mut plan = MemoryPlan {
             order: order.clone(),
             wanted: wanted.to_vec(),
@@ -181,6 +147,62 @@ impl MemoryPlan {
     pub fn slots(&self) -> usize {
         self.slot_sizes.len()
     }
+}
+
+/// The last position of `order` at which each value is read; wanted values are never
+/// released (`usize::MAX`), and a value an image-parallel run reads from before it is held to
+/// the run's end.
+fn last_uses(
+    graph: &Graph,
+    order: &[NodeId],
+    position: &HashMap<NodeId, usize>,
+    wanted: &[NodeId],
+    image_runs: &[Range<usize>],
+) -> HashMap<NodeId, usize> {
+    let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+    for &id in order {
+        for i in graph.inputs(id) {
+            last_use.insert(i, position[&id]);
+        }
+    }
+    for w in wanted {
+        last_use.insert(*w, usize::MAX);
+    }
+    for run in image_runs {
+        for &id in &order[run.clone()] {
+            for i in graph.inputs(id) {
+                let before = position[&i] < run.start
+                    || (position[&i] == run.start && matches!(graph.node(i).op, Op::Input));
+                if before {
+                    let last = last_use.entry(i).or_insert(0);
+                    *last = (*last).max(run.end - 1);
+                }
+            }
+        }
+    }
+    last_use
+}
+
+/// The last position of `order` at which each producer's sums of squares are read (by a GRN
+/// scale).
+fn last_sums_uses(
+    graph: &Graph,
+    order: &[NodeId],
+    position: &HashMap<NodeId, usize>,
+) -> HashMap<NodeId, usize> {
+    let mut last_sums_use: HashMap<NodeId, usize> = HashMap::new();
+    for &id in order {
+        if let Op::GrnScale {
+            source: GrnSource::ProducerSums,
+            ..
+        } = graph.node(id).op
+        {
+            for i in graph.inputs(id) {
+                last_sums_use.insert(i, position[&id]);
+            }
+        }
+    }
+    last_sums_use
 }
 
 /// The lowest free slot, marked taken (a new one when none is free).

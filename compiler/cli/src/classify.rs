@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use cnx_compiler::ir::ValueType;
 use cnx_runtime::preprocess::{self, PreprocessConfig};
 use cnx_runtime::Tensor;
 use serde::Serialize;
@@ -173,36 +174,14 @@ pub fn run_batches(
     let batch = batch.max(1);
     let s = engine.model().graph.input_type();
     // Two batches ahead (bounded: the channel allocates its slots up front).
-    let (tx, rx) = mpsc::sync_channel::<Result<(PathBuf, Tensor), (PathBuf, String)>>(
-        batch.saturating_mul(2).min(1024),
-    );
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(batch.saturating_mul(2).min(1024));
     let want = [1, s.channels, s.height, s.width];
     std::thread::scope(|scope| -> Result<(), Error> {
         let worker = scope.spawn(move || {
             let mut busy = std::time::Duration::ZERO;
             for input in inputs {
                 let start = std::time::Instant::now();
-                let item = input.and_then(|path| {
-                    // A panic in a decoder (a bug of the image crate's on a crafted file) fails
-                    // that image, not the run.
-                    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pixel_values(&path, cfg)
-                    }));
-                    match decoded {
-                        Ok(Ok(t)) if t.shape() == want => Ok((path, t)),
-                        // do_resize: false keeps the image's own size.
-                        Ok(Ok(t)) => {
-                            let got = format!("{}x{}", t.shape()[2], t.shape()[3]);
-                            let reason = format!(
-                                "preprocessed to {got}, but the model takes {}x{}",
-                                want[2], want[3]
-                            );
-                            Err((path, reason))
-                        }
-                        Ok(Err(e)) => Err((path, error_reason(&e))),
-                        Err(_) => Err((path, "the image decoder failed on this file".into())),
-                    }
-                });
+                let item = prepare(input, cfg, want);
                 busy += start.elapsed();
                 if tx.send(item).is_err() {
                     break; // the consumer stopped
@@ -210,36 +189,11 @@ pub fn run_batches(
             }
             busy
         });
-        type Item = Result<(PathBuf, Tensor), (PathBuf, String)>;
-        let mut pending: Vec<Item> = Vec::new();
+        let mut pending: Vec<Prepared> = Vec::new();
         let mut ready = 0;
-        let mut flush = |pending: &mut Vec<Item>, ready: &mut usize| -> Result<(), Error> {
+        let mut flush = |pending: &mut Vec<Prepared>, ready: &mut usize| -> Result<(), Error> {
             let items = std::mem::take(pending);
-            let mut logits_rows = Vec::new();
-            if *ready > 0 {
-                let mut data = Vec::with_capacity(*ready * s.numel());
-                for (_, t) in items.iter().flatten() {
-                    data.extend_from_slice(t.data());
-                }
-                let x = Tensor::from_vec(&[*ready, s.channels, s.height, s.width], data)?;
-                let start = std::time::Instant::now();
-                let logits = engine.output(&x, threads, output)?;
-                timing.inference_s += start.elapsed().as_secs_f64();
-                // The engine's output is [ready, n] (n >= 1: labels, or the last stage's
-                // channels), so chunks(n) yields exactly one row per decoded image.
-                let n = logits.shape()[1];
-                logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
-            }
-            let mut rows = logits_rows.into_iter();
-            for item in items {
-                emit(match item {
-                    Ok((path, _)) => Outcome::Row {
-                        path,
-                        values: rows.next().expect("one row per decoded image"),
-                    },
-                    Err((path, error)) => Outcome::Failed { path, error },
-                });
-            }
+            timing.inference_s += run_batch(engine, s, items, threads, output, &mut emit)?;
             *ready = 0;
             Ok(())
         };
@@ -261,6 +215,77 @@ pub fn run_batches(
         Ok(())
     })?;
     Ok(timing)
+}
+
+/// An input as the worker hands it on: its pixel values, or why it has none.
+type Prepared = Result<(PathBuf, Tensor), (PathBuf, String)>;
+
+/// Decodes and preprocesses one input to pixel values of shape `want`.
+fn prepare(
+    input: Result<PathBuf, (PathBuf, String)>,
+    cfg: &PreprocessConfig,
+    want: [usize; 4],
+) -> Prepared {
+    input.and_then(|path| {
+        // A panic in a decoder (a bug of the image crate's on a crafted file) fails
+        // that image, not the run.
+        let decoded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pixel_values(&path, cfg)));
+        match decoded {
+            Ok(Ok(t)) if t.shape() == want => Ok((path, t)),
+            // do_resize: false keeps the image's own size.
+            Ok(Ok(t)) => {
+                let got = format!("{}x{}", t.shape()[2], t.shape()[3]);
+                let reason = format!(
+                    "preprocessed to {got}, but the model takes {}x{}",
+                    want[2], want[3]
+                );
+                Err((path, reason))
+            }
+            Ok(Err(e)) => Err((path, error_reason(&e))),
+            Err(_) => Err((path, "the image decoder failed on this file".into())),
+        }
+    })
+}
+
+/// Runs the decoded images of `items` as one batch (of input type `s`) for `output`, then
+/// emits every item's outcome, in order. Returns the seconds the forward pass took.
+fn run_batch(
+    engine: &crate::engine::Engine,
+    s: ValueType,
+    items: Vec<Prepared>,
+    threads: usize,
+    output: &str,
+    emit: &mut impl FnMut(Outcome),
+) -> Result<f64, Error> {
+    let ready = items.iter().filter(|item| item.is_ok()).count();
+    let mut inference_s = 0.0;
+    let mut logits_rows = Vec::new();
+    if ready > 0 {
+        let mut data = Vec::with_capacity(ready * s.numel());
+        for (_, t) in items.iter().flatten() {
+            data.extend_from_slice(t.data());
+        }
+        let x = Tensor::from_vec(&[ready, s.channels, s.height, s.width], data)?;
+        let start = std::time::Instant::now();
+        let logits = engine.output(&x, threads, output)?;
+        inference_s = start.elapsed().as_secs_f64();
+        // The engine's output is [ready, n] (n >= 1: labels, or the last stage's
+        // channels), so chunks(n) yields exactly one row per decoded image.
+        let n = logits.shape()[1];
+        logits_rows = logits.data().chunks(n).map(<[f32]>::to_vec).collect();
+    }
+    let mut rows = logits_rows.into_iter();
+    for item in items {
+        emit(match item {
+            Ok((path, _)) => Outcome::Row {
+                path,
+                values: rows.next().expect("one row per decoded image"),
+            },
+            Err((path, error)) => Outcome::Failed { path, error },
+        });
+    }
+    Ok(inference_s)
 }
 
 /// An image error's reason without repeating its path.

@@ -119,11 +119,35 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
         )),
         None => None,
     };
+    let descriptor = define_descriptor(&mut module, p, entry, (artifact, artifact_len), weights)?;
+    let (labels, count) = define_label_table(&mut module, p, spec.labels)?;
+    define_forwarders(&mut module, p, descriptor, weights.is_some(), &mut text)?;
+    define_label(&mut module, p, labels, count, &mut text)?;
 
-    // The descriptor: magic, format, schedule, artifact (pointer, length), weights (pointer,
-    // length; null when not embedded). Its layout is the runtime library's `AotDescriptor`.
+    let bytes = module.finish().emit().map_err(err)?;
+    Ok(Object {
+        bytes,
+        steps: n_steps,
+        compile_time: start.elapsed(),
+    })
+}
+
+/// `P_descriptor`: magic, format, schedule, artifact (pointer, length), weights (pointer,
+/// length; null when not embedded). Its layout is the runtime library's `AotDescriptor`.
+fn define_descriptor(
+    module: &mut ObjectModule,
+    prefix: &str,
+    entry: cranelift_module::FuncId,
+    (artifact, artifact_len): (cranelift_module::DataId, u64),
+    weights: Option<(cranelift_module::DataId, usize)>,
+) -> Result<cranelift_module::DataId, CodegenError> {
     let descriptor = module
-        .declare_data(&format!("{p}_descriptor"), Linkage::Local, false, false)
+        .declare_data(
+            &format!("{prefix}_descriptor"),
+            Linkage::Local,
+            false,
+            false,
+        )
         .map_err(err)?;
     let mut desc = DataDescription::new();
     let mut bytes = vec![0u8; 56];
@@ -144,25 +168,33 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
         desc.write_data_addr(40, w, 0);
     }
     module.define_data(descriptor, &desc).map_err(err)?;
+    Ok(descriptor)
+}
 
-    // The labels: NUL-terminated strings, and the exported table of pointers to them.
+/// The labels as NUL-terminated strings, and the exported table of pointers to them
+/// (`P_labels`); returns the table and its length.
+fn define_label_table(
+    module: &mut ObjectModule,
+    prefix: &str,
+    labels: &[String],
+) -> Result<(cranelift_module::DataId, usize), CodegenError> {
     let mut strings = Vec::new();
-    let mut starts = Vec::with_capacity(spec.labels.len());
-    for label in spec.labels {
+    let mut starts = Vec::with_capacity(labels.len());
+    for label in labels {
         starts.push(strings.len());
         // A NUL inside a label would end the C string early: written as a space.
         strings.extend(label.bytes().map(|b| if b == 0 { b' ' } else { b }));
         strings.push(0);
     }
     let label_strings = define_bytes(
-        &mut module,
-        &format!("{p}_label_strings"),
+        module,
+        &format!("{prefix}_label_strings"),
         strings,
         1,
         Linkage::Local,
     )?;
-    let labels = module
-        .declare_data(&format!("{p}_labels"), Linkage::Export, false, false)
+    let table_id = module
+        .declare_data(&format!("{prefix}_labels"), Linkage::Export, false, false)
         .map_err(err)?;
     let mut table = DataDescription::new();
     table.define(vec![0u8; 8 * starts.len().max(1)].into_boxed_slice());
@@ -171,38 +203,42 @@ pub fn compile_object(spec: &ObjectSpec<'_>) -> Result<Object, CodegenError> {
     for (i, &s) in starts.iter().enumerate() {
         table.write_data_addr(8 * i as u32, strings_ref, s as i64);
     }
-    module.define_data(labels, &table).map_err(err)?;
+    module.define_data(table_id, &table).map_err(err)?;
+    Ok((table_id, starts.len()))
+}
 
+/// The exported C functions of [`FORWARDERS`], and `P_load_embedded` when the weights are
+/// embedded.
+fn define_forwarders(
+    module: &mut ObjectModule,
+    prefix: &str,
+    descriptor: cranelift_module::DataId,
+    embedded_weights: bool,
+    text: &mut Listings,
+) -> Result<(), CodegenError> {
     for &(name, params, returns, target) in FORWARDERS {
         define_forwarder(
-            &mut module,
-            &format!("{p}_{name}"),
+            module,
+            &format!("{prefix}_{name}"),
             params,
             returns,
             target,
             descriptor,
-            &mut text,
+            text,
         )?;
     }
-    if weights.is_some() {
+    if embedded_weights {
         define_forwarder(
-            &mut module,
-            &format!("{p}_load_embedded"),
+            module,
+            &format!("{prefix}_load_embedded"),
             1,
             true,
             "cnx_aot_load_embedded",
             descriptor,
-            &mut text,
+            text,
         )?;
     }
-    define_label(&mut module, p, labels, starts.len(), &mut text)?;
-
-    let bytes = module.finish().emit().map_err(err)?;
-    Ok(Object {
-        bytes,
-        steps: n_steps,
-        compile_time: start.elapsed(),
-    })
+    Ok(())
 }
 
 /// The target's code generator for objects: position-independent, the architecture's

@@ -280,35 +280,8 @@ impl Workspace {
         run: &(dyn Fn(&mut Workspace, usize) -> bool + Sync),
     ) -> bool {
         let batch = self.batch;
-        // Pairwise, not sorted: a warm pass allocates nothing. A handful of values per phase.
-        let live = || live_in.iter().chain(live_out);
-        assert!(
-            live().all(|v| self.sizes.get(v.slot).is_some_and(|&size| v.len <= size)),
-            "a live value does not fit its slot"
-        );
-        assert!(
-            live()
-                .enumerate()
-                .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot)),
-            "two live values share a slot"
-        );
-        // The first image-parallel pass at a thread count (a pool of its own threads) runs
-        // every thread's own images, none taken from another: then each thread has run a
-        // one-image task and sized its scratch for them, and the later passes (stealing
-        // images from a busy thread) allocate nothing.
-        let fresh = !self.images_warm.contains(&threads);
-        if fresh {
-            self.images_warm.push(threads);
-        }
-        while self.lanes.len() < threads {
-            let lane = self.sibling();
-            self.lanes.push(Mutex::new(lane));
-        }
-        for lane in &mut self.lanes {
-            lane.get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .for_batch(1);
-        }
+        self.assert_live_values_apart(live_in, live_out);
+        let fresh = self.ready_lanes(threads);
         let whole = batch - batch % threads;
         let failed = std::sync::atomic::AtomicBool::new(false);
         {
@@ -352,30 +325,82 @@ impl Workspace {
         if failed.into_inner() {
             return false;
         }
-        if whole < batch {
-            let n = batch - whole;
-            let mut rest = self.rest.take().unwrap_or_else(|| Box::new(self.sibling()));
-            rest.for_batch(n);
-            for v in live_in {
-                let start = self.offsets[v.slot] * batch + whole * v.len;
-                rest.set(v.slot, &self.values[start..start + n * v.len]);
-            }
-            let ok = run(&mut rest, n);
-            if ok {
-                for v in live_out {
-                    let start = self.offsets[v.slot] * batch + whole * v.len;
-                    self.values[start..start + n * v.len].copy_from_slice(rest.written(*v));
-                }
-            }
-            self.rest = Some(rest);
-            if !ok {
-                return false;
-            }
+        if whole < batch && !self.run_rest(whole, live_in, live_out, run) {
+            return false;
         }
         for v in live_out {
             self.lens[v.slot] = batch * v.len;
         }
         true
+    }
+
+    /// Panics unless every live value fits its slot and no two share one: the copies into
+    /// the lanes and back rest on it.
+    fn assert_live_values_apart(&self, live_in: &[Value], live_out: &[Value]) {
+        // Pairwise, not sorted: a warm pass allocates nothing. A handful of values per phase.
+        let live = || live_in.iter().chain(live_out);
+        assert!(
+            live().all(|v| self.sizes.get(v.slot).is_some_and(|&size| v.len <= size)),
+            "a live value does not fit its slot"
+        );
+        assert!(
+            live()
+                .enumerate()
+                .all(|(i, a)| live().skip(i + 1).all(|b| a.slot != b.slot)),
+            "two live values share a slot"
+        );
+    }
+
+    /// A one-image lane for each of `threads` threads; whether this is the first
+    /// image-parallel pass at this thread count.
+    fn ready_lanes(&mut self, threads: usize) -> bool {
+        // The first image-parallel pass at a thread count (a pool of its own threads) runs
+        // every thread's own images, none taken from another: then each thread has run a
+        // one-image task and sized its scratch for them, and the later passes (stealing
+        // images from a busy thread) allocate nothing.
+        let fresh = !self.images_warm.contains(&threads);
+        if fresh {
+            self.images_warm.push(threads);
+        }
+        while self.lanes.len() < threads {
+            let lane = self.sibling();
+            self.lanes.push(Mutex::new(lane));
+        }
+        for lane in &mut self.lanes {
+            lane.get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .for_batch(1);
+        }
+        fresh
+    }
+
+    /// Runs images `whole..batch` (those left over by the image-parallel part of
+    /// [`Workspace::run_images`]) op-parallel, as one batch in the `rest` workspace, copying
+    /// the live values in and back; `false` when a step failed.
+    fn run_rest(
+        &mut self,
+        whole: usize,
+        live_in: &[Value],
+        live_out: &[Value],
+        run: &(dyn Fn(&mut Workspace, usize) -> bool + Sync),
+    ) -> bool {
+        let batch = self.batch;
+        let n = batch - whole;
+        let mut rest = self.rest.take().unwrap_or_else(|| Box::new(self.sibling()));
+        rest.for_batch(n);
+        for v in live_in {
+            let start = self.offsets[v.slot] * batch + whole * v.len;
+            rest.set(v.slot, &self.values[start..start + n * v.len]);
+        }
+        let ok = run(&mut rest, n);
+        if ok {
+            for v in live_out {
+                let start = self.offsets[v.slot] * batch + whole * v.len;
+                self.values[start..start + n * v.len].copy_from_slice(rest.written(*v));
+            }
+        }
+        self.rest = Some(rest);
+        ok
     }
 
     /// Sizes the arenas for `batch` images (no allocation at a batch size already seen).

@@ -1,10 +1,12 @@
 //! `cnx run`: a model on Hugging Face `pixel_values`, its outputs written as `.npz`.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cnx_compiler::ir::outputs;
 use cnx_compiler::loss::Labels;
+use cnx_compiler::LoadedModel;
 use cnx_runtime::program::NonFinite;
 
 use super::{ModelFlags, PassFlags, Threads};
@@ -75,37 +77,7 @@ impl Args {
             &pipeline,
         )?;
         let name = loaded.name.clone();
-        let stages = loaded.config.num_stages;
-        let wanted = match (self.backbone, loaded.is_backbone()) {
-            // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
-            (false, false) => {
-                let mut all = outputs::all(stages);
-                if !self.hidden_states {
-                    all.truncate(3);
-                }
-                all
-            }
-            // feature_maps_0..k, last_hidden_state, then (on request) the hidden states.
-            (true, true) => {
-                let maps = loaded.graph.outputs().iter().filter(|(n, _)| n.starts_with("feature_maps_")).count();
-                let mut all: Vec<String> = (0..maps).map(outputs::feature_map).collect();
-                all.push(outputs::LAST_HIDDEN_STATE.into());
-                if self.hidden_states {
-                    all.extend((0..=stages).map(outputs::hidden_state));
-                }
-                all
-            }
-            (false, true) => {
-                return Err(Error::Usage(format!(
-                    "{name}: the checkpoint is a ConvNextV2Backbone (it has hidden_states_norms): pass --backbone for its feature maps"
-                )))
-            }
-            (true, false) => {
-                return Err(Error::Usage(format!(
-                    "--backbone: {name}'s checkpoint has no hidden_states_norms.* tensors: not a ConvNextV2Backbone"
-                )))
-            }
-        };
+        let wanted = self.wanted_outputs(&loaded)?;
         if self.labels.is_some() && self.backbone {
             return Err(Error::Usage(
                 "--labels: a backbone has no logits, so no loss".into(),
@@ -131,30 +103,7 @@ impl Args {
         let mut arrays: Vec<(&str, &cnx_runtime::Tensor)> =
             wanted.iter().map(|n| (n.as_str(), &values[n])).collect();
         let loss = match (&labels, self.labels.as_deref()) {
-            (Some(labels), Some(path)) => {
-                let logits = &values[outputs::LOGITS];
-                let num_labels = engine.model().config.num_labels();
-                if logits.shape()[1] != num_labels {
-                    return Err(Error::Usage(format!(
-                        "--labels: {name} has no classifier (its logits are the pooled features): no loss"
-                    )));
-                }
-                let labels = Labels {
-                    shape: labels.shape.clone(),
-                    values: labels.data.clone(),
-                    integer: !labels.dtype.contains('f'),
-                };
-                let problem = engine.model().config.problem_type;
-                let (loss, problem) =
-                    cnx_compiler::loss::loss(problem, logits.data(), num_labels, &labels).map_err(
-                        |e| Error::Npy {
-                            path: path.to_path_buf(),
-                            reason: e.to_string(),
-                        },
-                    )?;
-                eprintln!("cnx: loss ({}) {loss}", problem.hf_name());
-                Some(cnx_runtime::Tensor::from_vec(&[], vec![loss as f32])?)
-            }
+            (Some(labels), Some(path)) => Some(loss(&engine, &values, labels, path, &name)?),
             _ => None,
         };
         if let Some(loss) = &loss {
@@ -172,4 +121,77 @@ impl Args {
         );
         Ok(())
     }
+
+    /// The outputs to write, in order: logits, pooler_output and last_hidden_state, or a
+    /// backbone's feature maps and last_hidden_state; then (on request) the hidden states.
+    /// `--backbone` must match the checkpoint.
+    fn wanted_outputs(&self, loaded: &LoadedModel) -> Result<Vec<String>, Error> {
+        let (name, stages) = (&loaded.name, loaded.config.num_stages);
+        Ok(match (self.backbone, loaded.is_backbone()) {
+            // logits, pooler_output, last_hidden_state, then (on request) the hidden states.
+            (false, false) => {
+                let mut all = outputs::all(stages);
+                if !self.hidden_states {
+                    all.truncate(3);
+                }
+                all
+            }
+            // feature_maps_0..k, last_hidden_state, then (on request) the hidden states.
+            (true, true) => {
+                let maps = loaded
+                    .graph
+                    .outputs()
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("feature_maps_"))
+                    .count();
+                let mut all: Vec<String> = (0..maps).map(outputs::feature_map).collect();
+                all.push(outputs::LAST_HIDDEN_STATE.into());
+                if self.hidden_states {
+                    all.extend((0..=stages).map(outputs::hidden_state));
+                }
+                all
+            }
+            (false, true) => {
+                return Err(Error::Usage(format!(
+                    "{name}: the checkpoint is a ConvNextV2Backbone (it has hidden_states_norms): pass --backbone for its feature maps"
+                )))
+            }
+            (true, false) => {
+                return Err(Error::Usage(format!(
+                    "--backbone: {name}'s checkpoint has no hidden_states_norms.* tensors: not a ConvNextV2Backbone"
+                )))
+            }
+        })
+    }
+}
+
+/// transformers' loss of the run's logits for `labels` (read from `path`), printed and
+/// returned as a float32 scalar.
+fn loss(
+    engine: &Engine,
+    values: &HashMap<String, cnx_runtime::Tensor>,
+    labels: &io::Array,
+    path: &Path,
+    name: &str,
+) -> Result<cnx_runtime::Tensor, Error> {
+    let logits = &values[outputs::LOGITS];
+    let num_labels = engine.model().config.num_labels();
+    if logits.shape()[1] != num_labels {
+        return Err(Error::Usage(format!(
+            "--labels: {name} has no classifier (its logits are the pooled features): no loss"
+        )));
+    }
+    let labels = Labels {
+        shape: labels.shape.clone(),
+        values: labels.data.clone(),
+        integer: !labels.dtype.contains('f'),
+    };
+    let problem = engine.model().config.problem_type;
+    let (loss, problem) = cnx_compiler::loss::loss(problem, logits.data(), num_labels, &labels)
+        .map_err(|e| Error::Npy {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    eprintln!("cnx: loss ({}) {loss}", problem.hf_name());
+    Ok(cnx_runtime::Tensor::from_vec(&[], vec![loss as f32])?)
 }

@@ -262,17 +262,38 @@ pub fn parse(
     chw: [usize; 3],
     max_images: usize,
 ) -> Result<InferRequest, String> {
-    let (head, mut binary) = match header_length {
+    let (head, binary) = match header_length {
         Some(n) => (&body[..n], &body[n..]),
         None => (body, &[][..]),
     };
     let v: Value =
         serde_json::from_slice(head).map_err(|e| format!("the request is not valid JSON: {e}"))?;
-    let id = match v.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => return Err(format!("`id` must be a string, found {other}")),
+    let id = request_id(&v)?;
+    let tensor = TensorHeader::parse(the_input(&v)?, max_images)?;
+    let input = match (tensor.name, tensor.datatype) {
+        ("pixel_values", "FP32") => Input::Pixels(pixel_values(&tensor, binary, chw)?),
+        ("image", "BYTES") => Input::Images(encoded_images(&tensor, binary)?),
+        (name, datatype) => {
+            return Err(format!(
+                "input `{name}` ({datatype}): expected `pixel_values` (FP32) or `image` (BYTES)"
+            ))
+        }
     };
+    let outputs = requested_outputs(&v)?;
+    Ok(InferRequest { id, input, outputs })
+}
+
+/// The request's `id`, if it has one.
+fn request_id(v: &Value) -> Result<Option<String>, String> {
+    match v.get("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`id` must be a string, found {other}")),
+    }
+}
+
+/// The request's one input tensor.
+fn the_input(v: &Value) -> Result<&Value, String> {
     let inputs = v
         .get("inputs")
         .and_then(Value::as_array)
@@ -283,133 +304,175 @@ pub fn parse(
             inputs.len()
         ));
     };
-    let name = tensor.get("name").and_then(Value::as_str).unwrap_or("");
-    let datatype = tensor.get("datatype").and_then(Value::as_str).unwrap_or("");
-    let shape: Vec<usize> = tensor
-        .get("shape")
-        .and_then(Value::as_array)
-        .and_then(|dims| {
-            dims.iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect()
+    Ok(tensor)
+}
+
+/// An input tensor as its JSON describes it, its data not read yet.
+struct TensorHeader<'a> {
+    tensor: &'a Value,
+    name: &'a str,
+    datatype: &'a str,
+    shape: Vec<usize>,
+    /// Elements of `shape`.
+    count: usize,
+    /// Images: the shape's first size.
+    batch: usize,
+    /// Bytes of its data after the JSON header (the binary extension), if sent that way.
+    binary_size: Option<usize>,
+}
+
+impl<'a> TensorHeader<'a> {
+    /// Reads the name, datatype, shape and binary size of `tensor`, checking that the shape
+    /// holds 1 to `max_images` images.
+    fn parse(tensor: &'a Value, max_images: usize) -> Result<Self, String> {
+        let name = tensor.get("name").and_then(Value::as_str).unwrap_or("");
+        let datatype = tensor.get("datatype").and_then(Value::as_str).unwrap_or("");
+        let shape: Vec<usize> = tensor
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .ok_or_else(|| format!("input `{name}`: `shape` must be an array of sizes"))?;
+        let count = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("input `{name}`: shape {shape:?} is too large"))?;
+        let batch = shape.first().copied().unwrap_or(0);
+        if batch == 0 {
+            return Err(format!("input `{name}`: shape {shape:?} holds no image"));
+        }
+        if batch > max_images {
+            return Err(format!(
+                "input `{name}`: {batch} images, more than {max_images} (the queue's size)"
+            ));
+        }
+        let binary_size = tensor
+            .get("parameters")
+            .and_then(|p| p.get("binary_data_size"))
+            .map(|n| {
+                n.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or("`binary_data_size` must be a size")
+            })
+            .transpose()?;
+        Ok(TensorHeader {
+            tensor,
+            name,
+            datatype,
+            shape,
+            count,
+            batch,
+            binary_size,
         })
-        .ok_or_else(|| format!("input `{name}`: `shape` must be an array of sizes"))?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| format!("input `{name}`: shape {shape:?} is too large"))?;
-    let batch = shape.first().copied().unwrap_or(0);
-    if batch == 0 {
-        return Err(format!("input `{name}`: shape {shape:?} holds no image"));
     }
-    if batch > max_images {
-        return Err(format!(
-            "input `{name}`: {batch} images, more than {max_images} (the queue's size)"
-        ));
-    }
-    let binary_size = tensor
-        .get("parameters")
-        .and_then(|p| p.get("binary_data_size"))
-        .map(|n| {
-            n.as_u64()
-                .map(|n| n as usize)
-                .ok_or("`binary_data_size` must be a size")
-        })
-        .transpose()?;
-    let mut take_binary = |size: usize| -> Result<&[u8], String> {
+
+    /// Its `size` bytes at the start of `binary` (the data after the JSON header).
+    fn take_binary<'b>(&self, binary: &'b [u8], size: usize) -> Result<&'b [u8], String> {
         if size > binary.len() {
             return Err(format!(
-                "input `{name}`: binary_data_size {size} but {} bytes follow the header",
+                "input `{}`: binary_data_size {size} but {} bytes follow the header",
+                self.name,
                 binary.len()
             ));
         }
-        let (this, rest) = binary.split_at(size);
-        binary = rest;
-        Ok(this)
-    };
-    let input = match (name, datatype) {
-        ("pixel_values", "FP32") => {
-            let [c, h, w] = chw;
-            if shape.len() != 4 || shape[1..] != chw {
+        Ok(&binary[..size])
+    }
+
+    /// Its JSON `data` (null when absent).
+    fn data(&self) -> &'a Value {
+        self.tensor.get("data").unwrap_or(&Value::Null)
+    }
+}
+
+/// The values of a `pixel_values` input (FP32 `[batch, C, H, W]` at the model's `chw`), one
+/// row per image; refused when any is NaN or infinite.
+fn pixel_values(
+    tensor: &TensorHeader<'_>,
+    binary: &[u8],
+    chw: [usize; 3],
+) -> Result<Vec<Vec<f32>>, String> {
+    let (shape, count) = (&tensor.shape, tensor.count);
+    let [c, h, w] = chw;
+    if shape.len() != 4 || shape[1..] != chw {
+        return Err(format!(
+            "input `pixel_values`: shape must be [batch, {c}, {h}, {w}] (the model's size), found {shape:?}"
+        ));
+    }
+    let values: Vec<f32> = match tensor.binary_size {
+        Some(size) => {
+            let bytes = tensor.take_binary(binary, size)?;
+            if bytes.len() != count * 4 {
                 return Err(format!(
-                    "input `pixel_values`: shape must be [batch, {c}, {h}, {w}] (the model's size), found {shape:?}"
+                    "input `pixel_values`: {} bytes of FP32 data for shape {shape:?} ({} values)",
+                    bytes.len(),
+                    count
                 ));
             }
-            let values: Vec<f32> = match binary_size {
-                Some(size) => {
-                    let bytes = take_binary(size)?;
-                    if bytes.len() != count * 4 {
-                        return Err(format!(
-                            "input `pixel_values`: {} bytes of FP32 data for shape {shape:?} ({} values)",
-                            bytes.len(),
-                            count
-                        ));
-                    }
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect()
-                }
-                None => {
-                    let mut flat = Vec::with_capacity(count);
-                    flatten_numbers(tensor.get("data").unwrap_or(&Value::Null), &mut flat)?;
-                    flat
-                }
-            };
-            if values.len() != count {
-                return Err(format!(
-                    "input `pixel_values`: {} values for shape {shape:?} ({count})",
-                    values.len()
-                ));
-            }
-            cnx_runtime::program::check_finite(
-                &values,
-                chw,
-                cnx_runtime::program::NonFinite::Refuse,
-            )
-            .map_err(|e| format!("input `pixel_values`: {e}"))?;
-            Input::Pixels(values.chunks(c * h * w).map(<[f32]>::to_vec).collect())
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         }
-        ("image", "BYTES") => {
-            if shape.len() != 1 {
-                return Err(format!(
-                    "input `image`: shape must be [batch] (one encoded image each), found {shape:?}"
-                ));
-            }
-            let images = match binary_size {
-                Some(size) => split_binary_bytes(take_binary(size)?)?,
-                None => {
-                    let mut strings = Vec::new();
-                    flatten_strings(tensor.get("data").unwrap_or(&Value::Null), &mut strings)?;
-                    strings
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            base64::engine::general_purpose::STANDARD
-                                .decode(s.trim())
-                                .map_err(|e| {
-                                    format!("input `image`: element {i} is not base64 ({e})")
-                                })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-            };
-            if images.len() != batch {
-                return Err(format!(
-                    "input `image`: {} images for shape {shape:?}",
-                    images.len()
-                ));
-            }
-            Input::Images(images)
-        }
-        _ => {
-            return Err(format!(
-                "input `{name}` ({datatype}): expected `pixel_values` (FP32) or `image` (BYTES)"
-            ))
+        None => {
+            let mut flat = Vec::with_capacity(count);
+            flatten_numbers(tensor.data(), &mut flat)?;
+            flat
         }
     };
-    let outputs = match v.get("outputs") {
-        None | Some(Value::Null) => OUTPUTS.iter().map(|s| s.to_string()).collect(),
+    if values.len() != count {
+        return Err(format!(
+            "input `pixel_values`: {} values for shape {shape:?} ({count})",
+            values.len()
+        ));
+    }
+    cnx_runtime::program::check_finite(&values, chw, cnx_runtime::program::NonFinite::Refuse)
+        .map_err(|e| format!("input `pixel_values`: {e}"))?;
+    Ok(values.chunks(c * h * w).map(<[f32]>::to_vec).collect())
+}
+
+/// The images of an `image` input (BYTES `[batch]`), still encoded.
+fn encoded_images(tensor: &TensorHeader<'_>, binary: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let shape = &tensor.shape;
+    if shape.len() != 1 {
+        return Err(format!(
+            "input `image`: shape must be [batch] (one encoded image each), found {shape:?}"
+        ));
+    }
+    let images = match tensor.binary_size {
+        Some(size) => split_binary_bytes(tensor.take_binary(binary, size)?)?,
+        None => base64_images(tensor.data())?,
+    };
+    if images.len() != tensor.batch {
+        return Err(format!(
+            "input `image`: {} images for shape {shape:?}",
+            images.len()
+        ));
+    }
+    Ok(images)
+}
+
+/// The base64 strings of `data` (flat or nested arrays), decoded.
+fn base64_images(data: &Value) -> Result<Vec<Vec<u8>>, String> {
+    let mut strings = Vec::new();
+    flatten_strings(data, &mut strings)?;
+    strings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| format!("input `image`: element {i} is not base64 ({e})"))
+        })
+        .collect()
+}
+
+/// The outputs the request names (`outputs`), in order; every output when it names none.
+fn requested_outputs(v: &Value) -> Result<Vec<String>, String> {
+    match v.get("outputs") {
+        None | Some(Value::Null) => Ok(OUTPUTS.iter().map(|s| s.to_string()).collect()),
         Some(Value::Array(list)) => list
             .iter()
             .map(|o| {
@@ -422,10 +485,9 @@ pub fn parse(
                     ))
                 }
             })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(other) => return Err(format!("`outputs` must be an array, found {other}")),
-    };
-    Ok(InferRequest { id, input, outputs })
+            .collect(),
+        Some(other) => Err(format!("`outputs` must be an array, found {other}")),
+    }
 }
 
 /// Row-major numbers of flat or nested arrays.
