@@ -3,7 +3,7 @@
 //! recorded in `held-out-transformers.json`): the accuracy harness every backend and
 //! precision is checked against.
 //!
-//! Standard library and serde_json only: `compiler/cli/tests` includes this file too (by
+//! Standard library and serde_json only: `cli/tests` includes this file too (by
 //! path), so the tests that drive the `cnx` binary read the same truth the same way.
 //!
 //! Tolerance, as for every fixture (`cnx_tests::tolerance`): transformers' float32 logits sit

@@ -4,7 +4,7 @@
 //! logits bit for bit (one lowered program, one set of kernels), and those logits give every
 //! image transformers' top-1, transformers' accuracy exactly, and transformers' logits within
 //! the fixture tolerance (`cnx_tests::digits`). `cnx eval`, the ahead-of-time object driven
-//! from C and `cnx serve` are checked on the same set in `compiler/cli/tests/digits.rs`.
+//! from C and `cnx serve` are checked on the same set in `cli/tests/digits.rs`.
 
 use std::path::Path;
 

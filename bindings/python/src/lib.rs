@@ -12,15 +12,13 @@
 //! - Errors: `cnx.CnxError` with the CLI's one-line message; `ValueError` for pixel values of
 //!   the wrong shape or dtype.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 
-use cnx_cli::engine::Backend;
-use cnx_cli::{Error, ModelSpec};
+use cnx_app::engine::Backend;
+use cnx_app::model_thread::{Loader, ModelThread};
+use cnx_app::{Error, ModelSpec};
 use cnx_compiler::ir::{outputs, Precision};
-use cnx_compiler::passes::Pipeline;
 use cnx_compiler::LoadedModel;
 use cnx_runtime::preprocess::{PreprocessConfig, RgbImage};
 use cnx_runtime::Tensor;
@@ -70,14 +68,11 @@ fn wanted_outputs(task: &str) -> PyResult<&'static [&'static str]> {
     }
 }
 
+/// A backend from the one table of names.
 fn parse_backend(name: &str) -> PyResult<Backend> {
-    match name {
-        "jit" => Ok(Backend::Jit),
-        "interp" => Ok(Backend::Interp),
-        other => Err(PyValueError::new_err(format!(
-            "backend `{other}`: expected `jit` or `interp`"
-        ))),
-    }
+    Backend::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!("backend `{name}`: expected `jit` or `interp`"))
+    })
 }
 
 /// A precision from the one table of names (`float32` and `bfloat16` as numpy and torch
@@ -105,106 +100,6 @@ fn check_threads(threads: usize) -> PyResult<usize> {
             "threads must be 1 to {most}, got {threads}"
         )))
     }
-}
-
-/// One forward pass asked of an engine's thread.
-struct Request {
-    pixels: Tensor,
-    threads: usize,
-    reply: mpsc::SyncSender<Result<HashMap<String, Tensor>, Error>>,
-}
-
-/// How the engine thread loads the model for an input size.
-struct Loader {
-    spec: ModelSpec,
-    checkpoint: PathBuf,
-    /// The pipeline's precision (a `Pipeline` holds boxed passes that are not `Send`: it is
-    /// made on the engine thread).
-    precision: Precision,
-    backend: Backend,
-    wanted: &'static [&'static str],
-}
-
-impl Loader {
-    fn load(&self, hw: (usize, usize)) -> Result<cnx_cli::engine::Engine, Error> {
-        let pipeline = Pipeline::default_pipeline().with_precision(self.precision);
-        let loaded = self
-            .spec
-            .clone()
-            .load_with(Some(&self.checkpoint), hw, &pipeline)?;
-        if loaded.is_backbone() {
-            return Err(Error::Usage(format!(
-                "{}: the checkpoint is a ConvNextV2Backbone (it has hidden_states_norms): `cnx run --backbone` gives its feature maps",
-                loaded.name
-            )));
-        }
-        cnx_cli::engine::Engine::new(loaded, self.backend, self.wanted)
-    }
-}
-
-/// Engines kept per input size besides the model's own (transformers runs any size; each
-/// other size costs a graph, packed weights and a workspace, so only the most recent few stay).
-const OTHER_SIZES_KEPT: usize = 2;
-
-/// The engine thread: loads the model at its own size (reported through `ready`), then runs
-/// requests until every sender is gone. Other input sizes are loaded when first asked for.
-fn engine_thread(
-    loader: Loader,
-    own_hw: (usize, usize),
-    requests: mpsc::Receiver<Request>,
-    ready: mpsc::Sender<Result<Info, Error>>,
-) {
-    let own = match loader.load(own_hw) {
-        Ok(engine) => engine,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(Info::of(own.model(), &loader)));
-    // Most recently used last.
-    let mut others: Vec<((usize, usize), cnx_cli::engine::Engine)> = Vec::new();
-    for request in requests {
-        let shape = request.pixels.shape();
-        let hw = (shape[2], shape[3]);
-        let result = (|| {
-            loader.spec.check_run(shape[0], hw)?;
-            if hw == own_hw {
-                return run_caught(&own, &request.pixels, request.threads);
-            }
-            let at = match others.iter().position(|(size, _)| *size == hw) {
-                Some(at) => at,
-                None => {
-                    let engine = loader.load(hw)?;
-                    if others.len() == OTHER_SIZES_KEPT {
-                        others.remove(0);
-                    }
-                    others.push((hw, engine));
-                    others.len() - 1
-                }
-            };
-            let entry = others.remove(at);
-            let result = run_caught(&entry.1, &request.pixels, request.threads);
-            others.push(entry);
-            result
-        })();
-        // The caller may have gone (an interrupt): nothing to do then.
-        let _ = request.reply.send(result);
-    }
-}
-
-/// A forward pass; a panic in it (a bug) is an error, not the end of the thread.
-fn run_caught(
-    engine: &cnx_cli::engine::Engine,
-    x: &Tensor,
-    threads: usize,
-) -> Result<HashMap<String, Tensor>, Error> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(x, threads)))
-        .unwrap_or_else(|_| {
-            Err(Error::Usage(
-                "the forward pass panicked (a bug in cnx)".into(),
-            ))
-        })
 }
 
 /// What Python reads about a loaded model.
@@ -242,7 +137,7 @@ impl Info {
 /// `cnx.ConvNextV2Model` wrap one).
 #[pyclass(module = "cnx._cnx", frozen)]
 struct Engine {
-    requests: mpsc::Sender<Request>,
+    model: ModelThread,
     info: Info,
     threads: AtomicUsize,
     backend: &'static str,
@@ -270,15 +165,13 @@ impl Engine {
         let precision_kind = parse_precision(precision)?;
         let threads = check_threads(threads.unwrap_or_else(cnx_runtime::pool::available))?;
         let model = model.to_string();
-        let (tx, info) = py
+        let (thread, info) = py
             .detach(move || -> Result<_, Error> {
                 let spec = ModelSpec::resolve(&model)?;
                 let checkpoint = match weights {
                     Some(path) => path,
                     None => spec.checkpoint()?,
                 };
-                let own_hw = (spec.config.image_size, spec.config.image_size);
-                spec.check_run(1, own_hw)?;
                 let loader = Loader {
                     spec,
                     checkpoint,
@@ -286,31 +179,14 @@ impl Engine {
                     backend: backend_kind,
                     wanted,
                 };
-                let (tx, rx) = mpsc::channel::<Request>();
-                let (ready_tx, ready_rx) = mpsc::channel();
-                std::thread::Builder::new()
-                    .name("cnx-engine".into())
-                    .spawn(move || engine_thread(loader, own_hw, rx, ready_tx))
-                    .map_err(|source| Error::Io {
-                        path: "(engine thread)".into(),
-                        source,
-                    })?;
-                let info = ready_rx.recv().unwrap_or_else(|_| {
-                    Err(Error::Usage(
-                        "the model's thread panicked while loading (a bug in cnx)".into(),
-                    ))
-                })?;
-                Ok((tx, info))
+                ModelThread::start(loader, Info::of)
             })
             .map_err(to_py)?;
         Ok(Engine {
-            requests: tx,
+            model: thread,
             info,
             threads: AtomicUsize::new(threads),
-            backend: match backend_kind {
-                Backend::Jit => "jit",
-                Backend::Interp => "interp",
-            },
+            backend: backend_kind.name(),
             precision: precision_kind.name(),
         })
     }
@@ -345,16 +221,9 @@ impl Engine {
         };
         let pixels = Tensor::from_vec(&shape, data).map_err(|e| to_py(Error::Weights(e)))?;
         let threads = self.threads.load(Ordering::Relaxed);
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.requests
-            .send(Request {
-                pixels,
-                threads,
-                reply,
-            })
-            .map_err(|_| worker_gone())?;
-        let result = py.detach(move || answer.recv());
-        let outputs = result.map_err(|_| worker_gone())?.map_err(to_py)?;
+        let pending = self.model.submit(pixels, threads).ok_or_else(worker_gone)?;
+        let result = py.detach(move || pending.wait());
+        let outputs = result.ok_or_else(worker_gone)?.map_err(to_py)?;
         let dict = PyDict::new(py);
         for (name, tensor) in outputs {
             let shape = tensor.shape().to_vec();
@@ -497,20 +366,20 @@ fn image_input(item: &Bound<'_, PyAny>, index: usize) -> PyResult<ImageInput> {
 /// One image's pixel values `(1, C, H, W)`, as `cnx classify` makes them; a decoder panic (a
 /// bug of the image crate's on a crafted file) is that image's error.
 fn preprocess_input(input: &ImageInput, cfg: &PreprocessConfig) -> Result<Tensor, String> {
-    let limits = cnx_cli::limits();
+    let limits = cnx_app::limits();
     std::panic::catch_unwind(|| match input {
         ImageInput::Path(path) => {
-            cnx_cli::classify::pixel_values(path, cfg).map_err(|e| e.to_string())
+            cnx_app::classify::pixel_values(path, cfg).map_err(|e| e.to_string())
         }
         ImageInput::Encoded(bytes) => {
-            let img = cnx_cli::images::decode_bytes(bytes, limits).map_err(|e| e.to_string())?;
-            cnx_cli::classify::preprocess_image(&img, cfg, limits)
+            let img = cnx_app::images::decode_bytes(bytes, limits).map_err(|e| e.to_string())?;
+            cnx_app::classify::preprocess_image(&img, cfg, limits)
         }
         ImageInput::Rgb(img) => {
             limits
                 .check_image(img.width as u64, img.height as u64)
                 .map_err(|e| e.to_string())?;
-            cnx_cli::classify::preprocess_image(img, cfg, limits)
+            cnx_app::classify::preprocess_image(img, cfg, limits)
         }
     })
     .unwrap_or_else(|_| Err("the image decoder failed on this image".into()))
@@ -668,7 +537,7 @@ fn top_k(
         .outer_iter()
         .map(|row| {
             let row: Vec<f32> = row.iter().copied().collect();
-            cnx_cli::classify::top_k(&row, &labels, k)
+            cnx_app::classify::top_k(&row, &labels, k)
                 .into_iter()
                 .map(|p| (p.index, p.label, p.probability))
                 .collect()
@@ -686,7 +555,7 @@ fn l2_normalize<'py>(
     let mut data: Vec<f32> = values.as_array().iter().copied().collect();
     if shape[1] > 0 {
         for row in data.chunks_mut(shape[1]) {
-            cnx_cli::commands::embed::l2_normalize(row);
+            cnx_app::classify::l2_normalize(row);
         }
     }
     PyArray1::from_vec(py, data).reshape(shape)

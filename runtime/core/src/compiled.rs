@@ -162,15 +162,6 @@ impl Weights {
     }
 }
 
-/// Where one instance of a compiled block reads and writes: its values' workspace slots
-/// (operands from outside the block first), its parameters' weight slots and its sums slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slots<const V: usize, const P: usize, const S: usize> {
-    pub values: [usize; V],
-    pub params: [usize; P],
-    pub sums: [usize; S],
-}
-
 /// Side results: per-sample sums of squares a linear layer accumulates for a GRN, by slot.
 #[derive(Debug)]
 pub struct Sums<'a> {

@@ -8,7 +8,7 @@ use cnx_cli::io::read_npz;
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
+        .join("../tests/fixtures")
         .join(case)
 }
 
@@ -757,7 +757,7 @@ fn preprocess_writes_what_run_takes() {
 fn preprocess_stacks_several_images() {
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("pv.npy");
-    let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/convnextv2-digits");
+    let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/convnextv2-digits");
     let sevens = digits.join("held-out/7");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&sevens)
         .unwrap()

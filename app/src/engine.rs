@@ -8,14 +8,43 @@ use cnx_runtime::Tensor;
 
 use crate::Error;
 
-/// Which engine runs the graph (the `--backend` flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which engine runs the graph (the `--backend` flag, the Python package's `backend=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Backend {
     /// The interpreter over the runtime's ops and kernels.
     Interp,
     /// The program compiled by Cranelift at run time (its schedule; every step through the
     /// runtime's kernels).
     Jit,
+}
+
+impl Backend {
+    /// Every backend by name: the one table the command line and the Python package read.
+    pub const NAMES: [(Backend, &'static str); 2] =
+        [(Backend::Interp, "interp"), (Backend::Jit, "jit")];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map(|(_, name)| *name)
+            .expect("every backend is named")
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(b, _)| *b)
+    }
+
+    /// `interp` or `jit`, for messages.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
+        let (last, rest) = names.split_last().expect("backends");
+        format!("{} or {last}", rest.join(", "))
+    }
 }
 
 /// A loaded model on its engine.

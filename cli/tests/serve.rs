@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-#[path = "../../../tests/src/digits.rs"]
+#[path = "../../tests/src/digits.rs"]
 mod digits;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn model() -> PathBuf {

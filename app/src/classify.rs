@@ -295,3 +295,13 @@ fn error_reason(e: &Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// `v / max(||v||, 1e-12)`, as `torch.nn.functional.normalize` does (in f64, rounded once):
+/// how `cnx embed --normalize`, `cnx serve` and the Python package normalise an embedding.
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let scale = 1.0 / norm.max(1e-12);
+    for x in v {
+        *x = (*x as f64 * scale) as f32;
+    }
+}

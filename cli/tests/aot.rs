@@ -17,12 +17,12 @@ use cnx_compiler::backend::interp;
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
+        .join("../tests/fixtures")
         .join(case)
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The static runtime library built with `cnx`: beside it when the `convnextv2` package was

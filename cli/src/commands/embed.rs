@@ -39,14 +39,7 @@ pub fn paths_file(output: &Path) -> PathBuf {
     output.with_extension("paths.txt")
 }
 
-/// `v / max(||v||, 1e-12)`, as `torch.nn.functional.normalize` does (in f64, rounded once).
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    let scale = 1.0 / norm.max(1e-12);
-    for x in v {
-        *x = (*x as f64 * scale) as f32;
-    }
-}
+pub use crate::classify::l2_normalize;
 
 impl Args {
     pub fn run(self) -> Result<(), Error> {

@@ -17,7 +17,7 @@ use cnx_compiler::loss::{loss, Labels, ProblemType};
 use cnx_compiler::ConvNextV2Config;
 
 fn cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/losses");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,18 +1,19 @@
-//! The `cnx` application: model names and the hub, images, `.npy` / `.npz` files, random
-//! models, classification and benchmarks, and one module per subcommand (`commands`). The
-//! binary (`main.rs`) parses the command line and prints; everything here returns typed errors.
+//! `cnx-app`: what every front door of cnx shares (the `cnx` command, `cnx serve`, the Python
+//! package): naming a model (a preset, a hub id, a directory, a `config.json`) and fetching it,
+//! loading it through the compiler's front end, the engines that run it (interpreter, JIT),
+//! images (decode, preprocess), `.npy` / `.npz` files, random models, classification and
+//! embeddings, and the model thread. No command line, no HTTP server: those are `cnx-cli`'s.
+//! Everything here returns typed errors; only binaries print.
 
-pub mod bench;
 pub mod classify;
-pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod images;
 pub mod io;
 pub mod model;
+pub mod model_thread;
 pub mod random;
-pub mod serve;
 
 pub use error::Error;
 pub use model::ModelSpec;

@@ -5,7 +5,7 @@
 //! every backend's logits equal the interpreter's bit for bit. (`cnx serve` on the same
 //! digits: `tests/serve.rs`; the macro: `tests/tests/digits.rs`.)
 
-#[path = "../../../tests/src/digits.rs"]
+#[path = "../../tests/src/digits.rs"]
 mod digits;
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use digits::Digits;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn cnx(args: &[&str]) -> Output {
