@@ -25,7 +25,7 @@
 //! Intel's SDM defines it; the tests run the AMX kernels' packing, blocking and edge code
 //! through it on any machine, and check it against the real tiles where the CPU has them.
 
-use super::matmul::{tile_to_c, Dequant, MicroTile, Operand, PanelRef, TileEpilogue};
+use super::microkernel::{tile_to_c, Dequant, MicroTile, Operand, PanelRef, TileEpilogue};
 
 /// Rows and columns of one tile of C.
 const TILE: usize = 32;
@@ -451,7 +451,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::gemm::x86::store;
-    use super::super::matmul::{Dequant, TileEpilogue};
+    use super::super::microkernel::{Dequant, TileEpilogue};
     use super::super::qgemm::x86::dequantise_512;
     use super::super::simd::V512;
     use super::{Accumulators, Product, TileJob, TILE};

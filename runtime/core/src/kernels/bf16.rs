@@ -22,7 +22,7 @@
 //! | AVX2 FMA | 6 x 16 | the same on ymm, twice |
 //! | portable | 4 x 16 | plain loops (`mul_add`) |
 
-use super::matmul::{tile_to_c, MicroTile, Operand, PanelRef, SumOrder, TileEpilogue};
+use super::microkernel::{tile_to_c, MicroTile, Operand, PanelRef, SumOrder, TileEpilogue};
 
 /// f32 to bf16 bits, round to nearest even; denormals to a signed zero; NaN stays NaN (quiet).
 #[inline(always)]

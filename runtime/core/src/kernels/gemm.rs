@@ -10,7 +10,7 @@
 //! by the matrix's edge, and activations other than GELU, take the same arithmetic through a
 //! tile on the stack.
 
-use super::matmul::{tile_from_c, tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
+use super::microkernel::{tile_from_c, tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
 pub use super::{Isa, Width};
 use crate::Activation;
 

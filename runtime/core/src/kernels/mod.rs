@@ -13,6 +13,7 @@ pub mod fused;
 pub mod gemm;
 pub mod isa;
 pub mod matmul;
+pub mod microkernel;
 pub mod qgemm;
 pub mod quantize;
 pub mod reference;

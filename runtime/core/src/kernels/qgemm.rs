@@ -20,7 +20,7 @@
 //! | AVX2 | 6 x 16 | `vpmaddubsw` + `vpmaddwd` + `vpaddd`, twice (ymm); weights at most 63 |
 //! | portable | 4 x 16 | plain loops |
 
-use super::matmul::{tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
+use super::microkernel::{tile_to_c, MicroTile, Operand, PanelRef, TileEpilogue};
 use super::quantize::RowQuant;
 
 /// One microkernel call: the `rows x cols` tile of C at `c` (row stride `ldc`) gets the
@@ -392,11 +392,12 @@ pub(super) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use crate::kernels::matmul::weight_max;
     use crate::kernels::matmul::{
         kernel_for, linear_fused as qlinear_fused_packed,
         linear_fused_panels as qlinear_fused_packed_panels, PackedMatrix,
     };
-    use crate::kernels::quantize::{weight_max, QuantisedWeights};
+    use crate::kernels::quantize::QuantisedWeights;
     use crate::kernels::reference::{self, LinearEpilogue, LinearPrologue, RowScale};
     use crate::kernels::Isa;
     use crate::ops::Precision;

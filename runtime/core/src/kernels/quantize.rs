@@ -20,16 +20,8 @@
 //!
 //! Error: each activation is off by at most `s_a / 2` and each weight by `s_w / 2`, so
 //! `|y - x.W| <= sum_k (|x_k| s_w / 2 + |W_k| s_a / 2 + s_a s_w / 4)` plus f32 rounding of the
-//! result ([`error_bound`]).
-
-/// The largest quantised weight magnitude a kernel can take without overflowing its
-/// intermediate sums: 127 where the products go straight to i32 (VNNI's `vpdpbusd`, the
-/// portable kernel), 63 for AVX2's `vpmaddubsw`, which adds two u8 x s8 products in a
-/// *saturating* i16 (`2 * 255 * 63 = 32130 <= 32767`; with 127 it would reach 64770). fbgemm
-/// and ONNX Runtime's `reduce_range` make the same choice.
-pub fn weight_max(isa: super::Isa) -> i32 {
-    super::matmul::kernel_for(crate::ops::Precision::Int8, isa).weight_max
-}
+//! result ([`error_bound`]). The largest weight level each kernel takes is the kernel
+//! table's ([`super::matmul::weight_max`]).
 
 /// Activations take the full u8 range.
 pub const ACTIVATION_LEVELS: f32 = 255.0;

@@ -265,7 +265,7 @@ impl<'a> LinearJob<'a> {
                 (None, Precision::Int8) => {
                     // The reference kernels asked for: the weights quantised here, as for
                     // the portable kernel (as an int8 conv without prepared weights is).
-                    let q_max = quantize::weight_max(Isa::Portable);
+                    let q_max = crate::kernels::matmul::weight_max(Isa::Portable);
                     let q = quantize::QuantisedWeights::new(p.weight, n, k_in, q_max);
                     k::qlinear_fused(x, rows, &q, p.bias, prologue, epilogue, y, sums.as_mut())
                 }
