@@ -23,7 +23,9 @@ pub fn write_safetensors(
 }
 
 /// Parameters as the bytes of a safetensors file (f32, in the order given).
-pub fn safetensors_bytes(params: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>, String> {
+pub fn safetensors_bytes(
+    params: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let bytes: Vec<Vec<u8>> = params
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -39,5 +41,5 @@ pub fn safetensors_bytes(params: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Ve
         .collect();
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    safetensors::serialize(views, Some(metadata))
 }

@@ -78,10 +78,14 @@ fn jit_matches_the_interpreter_on_every_preset_size() {
         "large-1k-224",
         "huge-1k-224",
     ] {
+        // One random checkpoint per preset (the parameters do not depend on the input size;
+        // drawing huge's 660 M values twice took most of this test's time).
+        let spec = ModelSpec::resolve(preset).unwrap();
+        let graph = cnx_compiler::build_graph(&spec.config, (64, 64)).unwrap();
+        let parameters = random::random_parameters(&graph, 11);
         for (hw, batch) in [((97, 75), 3), ((64, 64), 1)] {
-            let spec = ModelSpec::resolve(preset).unwrap();
-            let graph = cnx_compiler::build_graph(&spec.config, hw).unwrap();
-            let store = WeightStore::from_tensors(random::random_parameters(&graph, 11)).unwrap();
+            let spec = spec.clone();
+            let store = WeightStore::from_tensors(parameters.clone()).unwrap();
             let model = spec
                 .with_weights(store, hw, &Pipeline::default_pipeline())
                 .unwrap();

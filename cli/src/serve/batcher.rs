@@ -29,7 +29,7 @@ pub struct Job {
     /// `pixel_values` of one image (C x H x W).
     pub pixels: Vec<f32>,
     pub enqueued: Instant,
-    pub reply: oneshot::Sender<Result<ImageResult, String>>,
+    pub reply: oneshot::Sender<Result<ImageResult, BatchFailed>>,
 }
 
 /// The queue's sending side; the inference thread ends when every handle is dropped, after
@@ -39,6 +39,11 @@ pub struct Batcher {
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
 }
+
+/// A batch that failed (a bug in cnx: its requests are answered 500 with this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BatchFailed(pub String);
 
 /// The queue is full: the caller answers 503.
 #[derive(Debug)]
@@ -194,6 +199,6 @@ fn failpoint_batch_panic() -> bool {
 
 fn fail(jobs: Vec<Job>, message: &str) {
     for job in jobs {
-        let _ = job.reply.send(Err(message.to_string()));
+        let _ = job.reply.send(Err(BatchFailed(message.to_string())));
     }
 }

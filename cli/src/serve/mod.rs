@@ -425,7 +425,7 @@ async fn infer(s: &Shared, pixels: Vec<Vec<f32>>) -> Result<Vec<ImageResult>, Re
     for rx in replies {
         match rx.await {
             Ok(Ok(r)) => results.push(r),
-            Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
             Err(_) => {
                 return Err(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
