@@ -25,25 +25,16 @@ impl Backend {
         [(Backend::Interp, "interp"), (Backend::Jit, "jit")];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(b, _)| *b == self)
-            .map(|(_, name)| *name)
-            .expect("every backend is named")
+        cnx_runtime::names::name_of(&Self::NAMES, &self)
     }
 
     pub fn from_name(name: &str) -> Option<Backend> {
-        Self::NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(b, _)| *b)
+        cnx_runtime::names::value_of(&Self::NAMES, name)
     }
 
-    /// `interp` or `jit`, for messages.
+    /// `interp or jit`, for messages.
     pub fn names() -> String {
-        let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
-        let (last, rest) = names.split_last().expect("backends");
-        format!("{} or {last}", rest.join(", "))
+        cnx_runtime::names::listed(&Self::NAMES)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod compiled;
 pub mod error;
 pub mod executor;
 pub mod kernels;
+pub mod names;
 pub mod ops;
 pub mod phases;
 pub mod pool;

@@ -127,30 +127,19 @@ impl Precision {
 
     /// `f32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(p, _)| *p == self)
-            .map(|(_, name)| *name)
-            .expect("every precision is named")
+        crate::names::name_of(&Self::NAMES, &self)
     }
 
-    /// The precision [`Precision::name`] names.
     pub fn from_name(name: &str) -> Option<Precision> {
-        Self::NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(p, _)| *p)
+        crate::names::value_of(&Self::NAMES, name)
     }
 
-    /// The names, for messages: `f32, bf16 or int8`.
+    /// `f32, bf16 or int8`, for messages.
     pub fn names() -> String {
-        let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
-        let (last, rest) = names.split_last().expect("precisions");
-        format!("{} or {last}", rest.join(", "))
+        crate::names::listed(&Self::NAMES)
     }
 }
 
-/// `nn.Conv2d`, in either image layout, with the fusions the optimiser adds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
     pub in_channels: usize,
