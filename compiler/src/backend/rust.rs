@@ -835,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn blocks_of_a_stage_share_one_function() {
+    fn emitted_code_does_not_grow_with_the_blocks() {
         let spec = |preset: &str| EmitSpec {
             name: "Model".into(),
             model: preset.into(),

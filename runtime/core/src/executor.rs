@@ -11,8 +11,8 @@ use crate::ops::{self, ConvParams, GrnSource};
 use crate::program::{AffineParams, Phase, Step, StepBuffers, StepOp, SumsBuffer};
 
 /// Runs `step` on `buffers` for `batch` images: the one function that binds a step to the
-/// runtime's ops (operand order, parameters, sums). Inlined into [`run_step`], so a caller
-/// holding the step as a constant gets the op's call alone.
+/// runtime's ops (operand order, parameters, sums). `#[inline]`: other crates (the JIT's
+/// step shim, the macro's code through [`run_phases`]) may inline it.
 #[inline]
 pub fn execute(step: &Step, weights: &Weights, batch: usize, buffers: StepBuffers<'_>) {
     let StepBuffers {

@@ -211,30 +211,15 @@ impl Step {
         }
     }
 
-    /// The weight-table indices it reads.
+    /// The weight-table indices it reads (read off [`Step::params_mut`]'s one list of them;
+    /// called once per step to validate a program).
     pub fn params(&self) -> Vec<usize> {
-        let affine = |a: &Option<AffineParams>| a.map(|a| [a.gamma, a.beta]);
-        match &self.op {
-            StepOp::Conv2d {
-                weight, bias, norm, ..
-            } => [*weight, *bias]
-                .into_iter()
-                .chain(affine(norm).into_iter().flatten())
-                .collect(),
-            StepOp::LayerNorm { affine: a, .. } => affine(a).into_iter().flatten().collect(),
-            StepOp::Linear { weight, bias, .. } | StepOp::PoolNormLinear { weight, bias, .. } => {
-                vec![*weight, *bias]
-            }
-            StepOp::Grn { gamma, beta, .. } => vec![*gamma, *beta],
-            StepOp::GrnScale { gamma, .. } => vec![*gamma],
-            StepOp::Activation { .. }
-            | StepOp::Add { .. }
-            | StepOp::GlobalAvgPool { .. }
-            | StepOp::Permute { .. } => Vec::new(),
-        }
+        let mut step = self.clone();
+        let params = step.params_mut().into_iter().map(|p| *p).collect();
+        params
     }
 
-    /// Its weight-table indices, to renumber (in [`Step::params`] order).
+    /// Its weight-table indices, to renumber: the one place that lists a step's parameters.
     fn params_mut(&mut self) -> Vec<&mut usize> {
         fn affine(a: &mut Option<AffineParams>) -> impl Iterator<Item = &mut usize> {
             a.as_mut()
